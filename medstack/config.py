@@ -1,0 +1,209 @@
+"""The one validated configuration object of a medstack run.
+
+A YAML file in ``configs/`` is loaded into :class:`RunConfig`; every function downstream receives only the
+section it needs. Unknown keys are errors, so a typo fails at the boundary with a message naming the key.
+Strategy sections are validated against the parameter model that each strategy registers, so adding a
+strategy never touches this file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SubsetConfig(_Section):
+    """Stratified subsample per split (after splitting), for smoke runs. ``None`` keeps the whole split."""
+
+    train: int | None = Field(default=None, ge=2)
+    val: int | None = Field(default=None, ge=2)
+    test: int | None = Field(default=None, ge=2)
+
+
+class DataConfig(_Section):
+    source: Literal["npz", "folder", "digits"] = "npz"
+    name: str = Field(default="dataset", description="Dataset name; 'pneumoniamnist' without a path downloads it.")
+    path: str | None = Field(default=None, description="npz file or image folder; relative paths resolve from the CWD.")
+    image_size: tuple[int, int] | None = Field(
+        default=None, description="(height, width) the model sees; None keeps the stored size (npz, digits)."
+    )
+    channels: Literal[1, 3] | None = Field(default=None, description="Folder images are converted to this; npz keeps its own.")
+    class_names: list[str] | None = None
+    positive_class: int | None = Field(
+        default=None, ge=0, description="Binary tasks: index of the class treated as positive (default: 1)."
+    )
+    subset: SubsetConfig = SubsetConfig()
+    on_bad_image: Literal["error", "skip"] = "error"
+
+    @model_validator(mode="after")
+    def _check_source(self) -> "DataConfig":
+        if self.source == "folder" and not self.path:
+            raise ValueError("data.path is required when data.source is 'folder'")
+        if self.source == "folder" and self.image_size is None:
+            raise ValueError("data.image_size is required when data.source is 'folder' (images differ in size)")
+        return self
+
+
+class SplitConfig(_Section):
+    use_official: bool = Field(default=False, description="Use the dataset's own train/val/test split when it has one.")
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    folds: int = Field(default=5, ge=2, description="K stratified folds on the training split for OOF predictions.")
+    seed: int = 42
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions_sum_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f <= 0 for f in value):
+            raise ValueError(f"split.fractions must all be > 0, got {list(value)}")
+        if abs(sum(value) - 1.0) > 1e-6:
+            raise ValueError(f"split.fractions must sum to 1, got {list(value)} (sum {sum(value):.4f})")
+        return value
+
+
+class ModelConfig(_Section):
+    filters: list[int] = Field(default=[32, 64, 128], min_length=1)
+    convs_per_block: int = Field(default=2, ge=1)
+    batch_norm: bool = True
+    head: Literal["flatten", "gap"] = "flatten"
+    dense_units: int = Field(default=256, ge=1)
+    dropout: float = Field(default=0.5, ge=0.0, lt=1.0)
+    l2: float = Field(default=1e-4, ge=0.0)
+
+
+class AugmentationConfig(_Section):
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "none"
+    rotation: float = Field(default=0.05, ge=0.0, le=0.5, description="Fraction of a full turn.")
+    zoom: float = Field(default=0.1, ge=0.0, lt=1.0)
+    shift: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+
+class PlateauSchedule(_Section):
+    kind: Literal["plateau"] = "plateau"
+    factor: float = Field(default=0.5, gt=0.0, lt=1.0)
+    patience: int = Field(default=2, ge=1)
+    min_lr: float = Field(default=1e-6, ge=0.0)
+
+
+class InverseTimeSchedule(_Section):
+    kind: Literal["inverse_time"] = "inverse_time"
+    decay_steps: int = Field(default=100, ge=1)
+    decay_rate: float = Field(default=0.5, gt=0.0)
+
+
+class TrainingConfig(_Section):
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0.0)
+    early_stopping_patience: int = Field(default=5, ge=1)
+    lr_schedule: PlateauSchedule | InverseTimeSchedule = Field(default=PlateauSchedule(), discriminator="kind")
+    mixed_precision: bool = Field(default=False, description="float16 compute on GPU; ignored on CPU.")
+
+
+class EnsembleConfig(_Section):
+    threshold_policy: Literal["f1", "youden", "sensitivity"] = "f1"
+    target_sensitivity: float = Field(default=0.9, gt=0.0, le=1.0)
+    meta_Cs: list[float] = Field(default=[0.001, 0.01, 0.1, 1.0, 10.0, 100.0], min_length=1)
+    inner_folds: int = Field(default=5, ge=2)
+
+
+class ReportConfig(_Section):
+    bootstrap: int = Field(default=1000, ge=0, description="Bootstrap resamples for test CIs; 0 disables.")
+    ci: float = Field(default=0.95, gt=0.0, lt=1.0)
+
+
+class RuntimeConfig(_Section):
+    task_runner: Literal["threads", "processes"] = "threads"
+    max_workers: int = Field(default=2, ge=1)
+    gpu_tag: str = Field(default="gpu", description="Prefect tag on training tasks; a tag concurrency limit caps them.")
+    cache_dir: str = ".medstack-cache"
+    output_dir: str = "runs"
+
+
+class RunConfig(_Section):
+    """Everything a run needs. ``strategies`` maps a registered strategy name to its parameters."""
+
+    name: str = "medstack-run"
+    seed: int = 42
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    augmentation: AugmentationConfig = AugmentationConfig()
+    training: TrainingConfig = TrainingConfig()
+    strategies: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"ldam": {}, "class_weight": {}, "smote": {}, "custom_loss": {}}
+    )
+    ensemble: EnsembleConfig = EnsembleConfig()
+    report: ReportConfig = ReportConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @field_validator("strategies")
+    @classmethod
+    def _validate_strategies(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from models.strategies import STRATEGIES  # registry lives with the strategies
+
+        if not value:
+            raise ValueError("strategies must name at least one strategy")
+        resolved = {}
+        for name, params in value.items():
+            if name not in STRATEGIES:
+                raise ValueError(f"unknown strategy {name!r}; registered: {sorted(STRATEGIES)}")
+            try:
+                resolved[name] = STRATEGIES[name].params_model(**(params or {})).model_dump()
+            except ValidationError as exc:
+                raise ValueError(f"strategies.{name}: {exc}") from exc
+        return resolved
+
+    def strategy_params(self, name: str) -> BaseModel:
+        from models.strategies import STRATEGIES
+
+        return STRATEGIES[name].params_model(**self.strategies[name])
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be read or does not validate."""
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML config, apply dotted-key ``overrides`` (e.g. ``{"data.path": "x.npz"}``) and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid config:\n{exc}") from exc
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
+
+
+def config_to_yaml(config: RunConfig) -> str:
+    """The resolved config (defaults filled in) as YAML, round-trippable through :func:`load_config`."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def stable_hash(*parts: Any) -> str:
+    """A short, order-sensitive sha256 of JSON-serialisable parts (used for cache keys and run ids)."""
+    payload = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
