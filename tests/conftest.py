@@ -1,0 +1,49 @@
+"""Shared fixtures. Environment first: no telemetry, quiet TensorFlow, a throwaway Prefect home."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="medstack-prefect-home-"))
+os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PNEUMONIA_NPZ = REPO.parent / "shared" / "data" / "pneumoniamnist.npz"
+
+
+@pytest.fixture(scope="session")
+def pneumonia_npz() -> Path:
+    if not PNEUMONIA_NPZ.is_file():
+        pytest.skip(f"real dataset not found at {PNEUMONIA_NPZ} (it ships beside the repo in ../shared/data)")
+    return PNEUMONIA_NPZ
+
+
+@pytest.fixture
+def tiny_config_dict(tmp_path: Path) -> dict:
+    """A digits run small enough to train in seconds: 3 classes, 2 folds, 2 epochs, a 2-block CNN."""
+    return {
+        "name": "tiny",
+        "seed": 3,
+        "data": {"source": "digits", "name": "digits"},
+        "split": {"folds": 2, "seed": 3},
+        "model": {"filters": [4, 8], "convs_per_block": 1, "dense_units": 16, "batch_norm": False, "head": "gap"},
+        "augmentation": {"rotation": 0.0, "zoom": 0.0, "shift": 0.0},
+        "training": {"epochs": 2, "batch_size": 64, "early_stopping_patience": 1},
+        "strategies": {"ldam": {"drw_epoch": 1}, "class_weight": {}, "smote": {}, "custom_loss": {}},
+        "ensemble": {"inner_folds": 3},
+        "report": {"bootstrap": 50},
+        "runtime": {"cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "runs")},
+    }
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
