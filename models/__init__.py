@@ -1,0 +1,1 @@
+"""Keras model builders, imbalance strategies, ensembles and metrics (no Prefect here)."""

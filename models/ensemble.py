@@ -1,0 +1,92 @@
+"""Combining base models: soft voting and a stacked logistic-regression meta-model.
+
+As in scikit-learn's ``StackingClassifier``, the meta-model learns only from out-of-fold base predictions
+(fitting it on in-sample predictions overfits), and in binary problems the collinear first probability column
+of every base model is dropped. Its own out-of-fold predictions, used for the ensemble's threshold and OOF
+metrics, come from an inner cross-validation over the OOF matrix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import joblib
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
+
+
+def soft_vote(probas: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Unweighted mean of the base models' class probabilities."""
+    if not probas:
+        raise ValueError("soft voting needs at least one base model")
+    return np.mean(np.stack(list(probas.values())), axis=0)
+
+
+def stack_features(probas: Mapping[str, np.ndarray], model_names: list[str]) -> np.ndarray:
+    """The meta-model's input: base probabilities side by side, in ``model_names`` order."""
+    missing = [name for name in model_names if name not in probas]
+    if missing:
+        raise ValueError(f"missing base-model predictions for {missing}")
+    columns = [probas[name] for name in model_names]
+    if columns[0].shape[1] == 2:
+        columns = [p[:, 1:] for p in columns]  # P(class 0) = 1 - P(class 1): drop the collinear column
+    return np.hstack(columns)
+
+
+class StackingMetaModel:
+    """Logistic regression on out-of-fold base probabilities, its C chosen by inner stratified CV."""
+
+    def __init__(self, Cs: list[float], inner_folds: int = 5, seed: int = 0):
+        self.Cs = Cs
+        self.inner_folds = inner_folds
+        self.seed = seed
+
+    def _search(self, y: np.ndarray) -> GridSearchCV:
+        folds = min(self.inner_folds, int(np.bincount(y)[np.bincount(y) > 0].min()))
+        if folds < 2:
+            raise ValueError(f"the meta-model's inner CV needs 2+ samples per class, OOF class counts {np.bincount(y).tolist()}")
+        return GridSearchCV(
+            LogisticRegression(max_iter=2000),
+            {"C": list(self.Cs)},
+            scoring="neg_log_loss",
+            cv=StratifiedKFold(folds, shuffle=True, random_state=self.seed),
+        )
+
+    def fit(self, oof_probas: Mapping[str, np.ndarray], y: np.ndarray) -> "StackingMetaModel":
+        y = np.asarray(y)
+        self.model_names_ = list(oof_probas)
+        search = self._search(y).fit(stack_features(oof_probas, self.model_names_), y)
+        self.estimator_ = search.best_estimator_
+        self.best_C_ = float(search.best_params_["C"])
+        self.cv_results_ = {str(c): float(s) for c, s in zip(self.Cs, search.cv_results_["mean_test_score"])}
+        return self
+
+    def cross_val_proba(self, oof_probas: Mapping[str, np.ndarray], y: np.ndarray) -> np.ndarray:
+        """Honest out-of-fold meta predictions: each row from a meta-model (C re-tuned inside) that never saw it."""
+        y = np.asarray(y)
+        outer = StratifiedKFold(self._search(y).cv.n_splits, shuffle=True, random_state=self.seed + 1)
+        features = stack_features(oof_probas, list(oof_probas))
+        return cross_val_predict(self._search(y), features, y, cv=outer, method="predict_proba")
+
+    def predict_proba(self, probas: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self.estimator_.predict_proba(stack_features(probas, self.model_names_))
+
+    @property
+    def coefficients(self) -> dict[str, list[float]]:
+        """Meta-model weights per base-model feature column (readable in the report)."""
+        coef = self.estimator_.coef_
+        per_model = np.split(coef, len(self.model_names_), axis=1)
+        return {name: block.ravel().round(4).tolist() for name, block in zip(self.model_names_, per_model)}
+
+    def save(self, path: str | Path) -> None:
+        joblib.dump(self, path)
+
+    @staticmethod
+    def load(path: str | Path) -> "StackingMetaModel":
+        """Unpickle a meta-model. Pickles can run code: only load files from a run folder medstack wrote."""
+        obj = joblib.load(path)
+        if not isinstance(obj, StackingMetaModel):
+            raise TypeError(f"{path} does not hold a StackingMetaModel")
+        return obj

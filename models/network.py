@@ -1,0 +1,89 @@
+"""The configurable CNN shared by every strategy: a pure builder, no training, no global state.
+
+The model takes raw pixel values (0..255) at the stored image size and does resizing, scaling to [0, 1] and
+augmentation itself, so the saved ``.keras`` file is self-contained and augmentation is active only while
+training (Keras' random preprocessing layers are the identity at inference).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from medstack.config import AugmentationConfig, ModelConfig
+
+
+def build_model(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    config: ModelConfig,
+    augmentation: AugmentationConfig | None = None,
+    image_size: tuple[int, int] | None = None,
+    seed: int = 0,
+    mixed_precision: bool = False,
+    name: str = "cnn",
+) -> keras.Model:
+    """Conv blocks (3x3 ReLU convs, 2x2 max-pool) -> Flatten/GAP -> Dense -> Dropout -> ``num_classes`` logits."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    dtype = "mixed_float16" if mixed_precision else None
+    regularizer = keras.regularizers.L2(config.l2) if config.l2 else None
+    seeds = iter(range(seed * 1000, seed * 1000 + 1000))  # one fixed seed per random layer: thread-safe determinism
+
+    inputs = keras.Input(shape=input_shape, name="pixels")
+    x = inputs
+    if image_size is not None and tuple(image_size) != tuple(input_shape[:2]):
+        x = layers.Resizing(*image_size, name="resize")(x)
+    x = layers.Rescaling(1.0 / 255.0, name="scale")(x)
+    for layer in _augmentation_layers(augmentation, seeds):
+        x = layer(x)
+    for block, filters in enumerate(config.filters, start=1):
+        for conv in range(1, config.convs_per_block + 1):
+            x = layers.Conv2D(
+                filters,
+                3,
+                padding="same",
+                use_bias=not config.batch_norm,
+                kernel_initializer=keras.initializers.HeNormal(seed=next(seeds)),
+                kernel_regularizer=regularizer,
+                dtype=dtype,
+                name=f"block{block}_conv{conv}",
+            )(x)
+            if config.batch_norm:
+                x = layers.BatchNormalization(dtype=dtype, name=f"block{block}_bn{conv}")(x)
+            x = layers.Activation("relu", dtype=dtype, name=f"block{block}_relu{conv}")(x)
+        x = layers.MaxPooling2D(2, padding="same", dtype=dtype, name=f"block{block}_pool")(x)
+    x = layers.Flatten(name="flatten")(x) if config.head == "flatten" else layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dense(
+        config.dense_units,
+        activation="relu",
+        kernel_initializer=keras.initializers.HeNormal(seed=next(seeds)),
+        kernel_regularizer=regularizer,
+        dtype=dtype,
+        name="dense",
+    )(x)
+    x = layers.Dropout(config.dropout, seed=next(seeds), name="dropout")(x)
+    logits = layers.Dense(
+        num_classes,
+        kernel_initializer=keras.initializers.GlorotUniform(seed=next(seeds)),
+        dtype="float32",  # logits stay float32 under mixed precision for a stable softmax/loss
+        name="logits",
+    )(x)
+    return keras.Model(inputs, logits, name=name)
+
+
+def _augmentation_layers(cfg: AugmentationConfig | None, seeds) -> list[keras.layers.Layer]:
+    if cfg is None:
+        return []
+    out: list[keras.layers.Layer] = []
+    if cfg.flip != "none":
+        out.append(layers.RandomFlip(cfg.flip, seed=next(seeds), name="aug_flip"))
+    if cfg.rotation > 0:
+        out.append(layers.RandomRotation(cfg.rotation, fill_mode="constant", seed=next(seeds), name="aug_rotation"))
+    if cfg.zoom > 0:
+        out.append(layers.RandomZoom(cfg.zoom, fill_mode="constant", seed=next(seeds), name="aug_zoom"))
+    if cfg.shift > 0:
+        out.append(
+            layers.RandomTranslation(cfg.shift, cfg.shift, fill_mode="constant", seed=next(seeds), name="aug_shift")
+        )
+    return out

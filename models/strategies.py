@@ -1,0 +1,148 @@
+"""The registry of imbalance strategies.
+
+A strategy decides three things and nothing else: how the fold's training part is resampled, which class
+weights Keras applies, and which loss is used in which epochs. Adding a fifth strategy is one new
+:class:`Strategy` entry in :data:`STRATEGIES` with its own parameter model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import keras
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from sklearn.utils.class_weight import compute_class_weight
+
+from models.losses import ClassBalancedFocalLoss, LDAMLoss, effective_number_weights
+
+
+class StrategyParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoParams(StrategyParams):
+    pass
+
+
+class LDAMParams(StrategyParams):
+    max_m: float = Field(default=0.5, gt=0.0)
+    s: float = Field(default=30.0, gt=0.0)
+    drw_epoch: int = Field(default=10, ge=0, description="Epoch (0-based) from which class re-weighting starts.")
+    beta: float = Field(default=0.9999, ge=0.0, lt=1.0)
+
+
+class SmoteParams(StrategyParams):
+    k_neighbors: int = Field(default=5, ge=1)
+
+
+class FocalParams(StrategyParams):
+    gamma: float = Field(default=2.0, ge=0.0)
+    beta: float = Field(default=0.9999, ge=0.0, lt=1.0)
+
+
+@dataclass
+class TrainingPlan:
+    """The training data and loss schedule a strategy prepared for one fold."""
+
+    x: np.ndarray
+    y: np.ndarray
+    source_rows: np.ndarray  # position in the fold's training part of every row; -1 for synthetic rows
+    loss_phases: list[tuple[int, keras.losses.Loss]]  # (first epoch, loss) in increasing epoch order
+    class_weight: dict[int, float] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _cross_entropy(counts: list[int], params: StrategyParams, epochs: int) -> list[tuple[int, keras.losses.Loss]]:
+    return [(0, keras.losses.CategoricalCrossentropy(from_logits=True))]
+
+
+def _ldam_drw(counts: list[int], params: LDAMParams, epochs: int) -> list[tuple[int, keras.losses.Loss]]:
+    plain = LDAMLoss(counts, max_m=params.max_m, s=params.s)
+    weighted = LDAMLoss(counts, max_m=params.max_m, s=params.s, class_weights=effective_number_weights(counts, params.beta))
+    if params.drw_epoch <= 0:
+        return [(0, weighted)]
+    if params.drw_epoch >= epochs:
+        return [(0, plain)]
+    return [(0, plain), (params.drw_epoch, weighted)]
+
+
+def _class_balanced_focal(counts: list[int], params: FocalParams, epochs: int) -> list[tuple[int, keras.losses.Loss]]:
+    return [(0, ClassBalancedFocalLoss(counts, beta=params.beta, gamma=params.gamma))]
+
+
+def _balanced_class_weight(y: np.ndarray, num_classes: int) -> dict[int, float]:
+    classes = np.arange(num_classes)
+    weights = compute_class_weight("balanced", classes=classes, y=y)
+    return {int(c): float(w) for c, w in zip(classes, weights)}
+
+
+def smote_resample(x: np.ndarray, y: np.ndarray, k_neighbors: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """SMOTE on flattened pixels of the training part only; returns (x, y, source_rows, notes).
+
+    ``k_neighbors`` is lowered (and said so) when the smallest class has too few samples; a class of fewer than
+    two samples cannot be oversampled and is an error.
+    """
+    from imblearn.over_sampling import SMOTE
+
+    counts = np.bincount(y)
+    smallest = int(counts[counts > 0].min())
+    notes = []
+    if smallest < 2:
+        raise ValueError(f"SMOTE needs at least 2 samples per class, class counts are {counts.tolist()}")
+    k = min(k_neighbors, smallest - 1)
+    if k < k_neighbors:
+        notes.append(f"SMOTE k_neighbors lowered from {k_neighbors} to {k}: smallest class has {smallest} samples")
+    flat = x.reshape(len(x), -1).astype(np.float32)
+    x_res, y_res = SMOTE(k_neighbors=k, random_state=seed).fit_resample(flat, y)
+    # imbalanced-learn keeps the original rows first, in order, and appends the synthetic ones.
+    source_rows = np.concatenate([np.arange(len(x)), np.full(len(x_res) - len(x), -1)])
+    x_res = np.clip(np.rint(x_res), 0, 255).astype(np.uint8).reshape((-1,) + x.shape[1:])
+    notes.append(f"SMOTE added {len(x_res) - len(x)} synthetic samples (k_neighbors={k})")
+    return x_res, y_res.astype(np.int64), source_rows, notes
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    description: str
+    params_model: type[StrategyParams]
+    loss_phases: Callable[[list[int], StrategyParams, int], list[tuple[int, keras.losses.Loss]]]
+    uses_class_weight: bool = False
+    uses_smote: bool = False
+
+    def plan(self, x: np.ndarray, y: np.ndarray, num_classes: int, params: StrategyParams, epochs: int, seed: int) -> TrainingPlan:
+        """Prepare one fold's training part. Only that part is ever given here: val, test and the held-out
+        fold never reach resampling or weighting."""
+        source_rows = np.arange(len(x))
+        notes: list[str] = []
+        if self.uses_smote:
+            x, y, source_rows, notes = smote_resample(x, y, params.k_neighbors, seed)
+        counts = np.bincount(y, minlength=num_classes).tolist()
+        return TrainingPlan(
+            x=x,
+            y=y,
+            source_rows=source_rows,
+            loss_phases=self.loss_phases(counts, params, epochs),
+            class_weight=_balanced_class_weight(y, num_classes) if self.uses_class_weight else None,
+            notes=notes,
+        )
+
+
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in (
+        Strategy("ldam", "LDAM loss with deferred re-weighting (Cao et al., 2019)", LDAMParams, _ldam_drw),
+        Strategy("class_weight", "cross-entropy with scikit-learn 'balanced' class weights", NoParams, _cross_entropy, uses_class_weight=True),
+        Strategy("smote", "cross-entropy on SMOTE-oversampled training folds", SmoteParams, _cross_entropy, uses_smote=True),
+        Strategy("custom_loss", "class-balanced focal loss (effective-number alpha, gamma 2)", FocalParams, _class_balanced_focal),
+    )
+}
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; registered: {sorted(STRATEGIES)}") from None
