@@ -12,8 +12,13 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="medstack-prefect-home-"))
 os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
 
+import logging
+
 import numpy as np
 import pytest
+
+# Many small models per process make tf.function retrace by design; the warning says nothing useful here.
+logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 REPO = Path(__file__).resolve().parents[1]
 PNEUMONIA_NPZ = REPO.parent / "shared" / "data" / "pneumoniamnist.npz"

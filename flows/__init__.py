@@ -1,0 +1,1 @@
+"""Prefect flows: the wiring of the medstack DAG."""

@@ -1,0 +1,151 @@
+"""Writing a run folder: every file of ``runs/<run-id>/`` appears together or not at all.
+
+The folder is assembled under a temporary name beside its final place and renamed when complete, so a
+crash never leaves a half-written run that looks finished.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medstack.config import RunConfig, config_to_yaml, stable_hash
+from medstack.pipeline import EnsembleFit, PreparedData, code_version
+from medstack.storage import atomic_directory, atomic_write_json, atomic_write_text
+
+PACKAGES = ("medstack", "prefect", "tensorflow", "keras", "scikit-learn", "imbalanced-learn", "numpy", "pandas", "joblib")
+
+
+class OutputError(OSError):
+    """The output folder cannot be created or written."""
+
+
+def new_run_id(cfg: RunConfig, now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now()
+    # Time for sorting, config hash for telling configs apart, a random tail so two runs in one second never collide.
+    return f"{now:%Y%m%d-%H%M%S}-{stable_hash(cfg.model_dump(mode='json'))[:6]}-{uuid.uuid4().hex[:4]}"
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Resolve the output folder and make sure a run can be written there, before any training starts."""
+    out = Path(path).expanduser().resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"output dir {out} cannot be created: {exc.strerror}") from exc
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutputError(f"output dir {out} is not writable")
+    return out
+
+
+def predictions_frame(rows: np.ndarray, labels: np.ndarray, probas: dict[str, np.ndarray], class_names: list[str], fold: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per image: dataset row, true label, fold (OOF only) and every model's class probabilities."""
+    frame = pd.DataFrame({"row": rows, "label": labels})
+    if fold is not None:
+        frame["fold"] = fold
+    for model, proba in probas.items():
+        for k, name in enumerate(class_names):
+            frame[f"{model}:p({name})"] = proba[:, k]
+    return frame
+
+
+def manifest(cfg: RunConfig, prepared: PreparedData, run_id: str, extra: dict[str, Any]) -> dict[str, Any]:
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "run_id": run_id,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+        "git_commit": _git_commit(),
+        "code_version_models": code_version(),
+        "data_fingerprint": prepared.fingerprint,
+        "seed": cfg.seed,
+        "split_seed": cfg.split.seed,
+        **extra,
+    }
+
+
+def _git_commit() -> str | None:
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def write_run(
+    output_dir: Path,
+    run_id: str,
+    cfg: RunConfig,
+    prepared: PreparedData,
+    ensembles: EnsembleFit,
+    metrics: dict,
+    extra: dict[str, Any],
+) -> Path:
+    """Write the complete run folder atomically; returns its final path."""
+    from models.metrics import metrics_table
+    from medstack.report import diagnose_all, make_plots, render_report
+
+    preds = ensembles.predictions
+    final = check_output_dir(output_dir) / run_id
+    if final.exists():
+        raise OutputError(f"run folder {final} already exists")
+    names = list(prepared.class_names)
+    with atomic_directory(final) as tmp:
+        atomic_write_json(tmp / "metrics.json", metrics)
+        metrics_table(metrics["models"]).to_csv(tmp / "leaderboard.csv")
+        predictions_frame(prepared.train_idx, prepared.y_train, preds.oof, names, prepared.fold_of).to_csv(
+            tmp / "oof_predictions.csv", index=False
+        )
+        y_test = prepared.test_labels.reveal()  # written next to the test metrics, after evaluation
+        predictions_frame(prepared.test_idx, y_test, preds.test, names).to_csv(tmp / "test_predictions.csv", index=False)
+        plots = make_plots(tmp / "plots", metrics, y_test, preds.test, preds.histories, names, prepared.positive_class)
+        _copy_models(tmp / "models", preds.model_paths)
+        ensembles.meta_model.save(tmp / "models" / "meta_model.joblib")
+        diagnoses = diagnose_all(preds.histories)
+        notes = list(prepared.notes) + [
+            f"{strategy} fold {fold + 1}: {note}"
+            for strategy, per_fold in preds.fold_info.items()
+            for fold, info in per_fold.items()
+            for note in info.get("notes", [])
+        ]
+        details = {
+            "run id": run_id,
+            "threshold policy": ensembles.threshold_policy,
+            "meta-model C": ensembles.meta_model.best_C_,
+            "meta-model coefficients": ensembles.meta_model.coefficients,
+            **{k: v for k, v in extra.items() if k != "folds"},
+        }
+        plot_links = {label: f"plots/{name}" for label, name in plots.items()}
+        atomic_write_text(tmp / "report.md", render_report(metrics, diagnoses, plot_links, notes, details))
+        atomic_write_text(tmp / "config.yaml", config_to_yaml(cfg))
+        atomic_write_json(tmp / "manifest.json", manifest(cfg, prepared, run_id, extra))
+    return final
+
+
+def _copy_models(dest: Path, model_paths: dict[str, dict[int, str]]) -> None:
+    for strategy, per_fold in model_paths.items():
+        (dest / strategy).mkdir(parents=True, exist_ok=True)
+        for fold, src in per_fold.items():
+            target = dest / strategy / f"fold-{fold + 1}.keras"
+            try:
+                os.link(src, target)  # cache and runs usually share a disk: no copy needed
+            except OSError:
+                shutil.copy2(src, target)

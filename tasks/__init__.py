@@ -1,0 +1,1 @@
+"""Thin Prefect tasks, one per DAG node, each wrapping a plain function."""

@@ -1,0 +1,61 @@
+"""Report node: the run folder on disk and the same report as Prefect artifacts."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from medstack import outputs, pipeline
+from medstack.config import RunConfig
+
+REPORT_KEY = "ensemble-report"
+LEADERBOARD_KEY = "ensemble-leaderboard"
+RUN_FOLDER_KEY = "ensemble-run-folder"
+
+
+@task(name="write_report", cache_policy=NO_CACHE)
+def write_report(
+    output_dir: str,
+    run_id: str,
+    cfg: RunConfig,
+    prepared: pipeline.PreparedData,
+    ensembles: pipeline.EnsembleFit,
+    metrics: dict,
+    extra: dict[str, Any],
+) -> Path:
+    """Write runs/<run-id>/ atomically: metrics, leaderboard, predictions, plots, models, config, manifest."""
+    return outputs.write_run(Path(output_dir), run_id, cfg, prepared, ensembles, metrics, extra)
+
+
+@task(name="publish_artifacts", cache_policy=NO_CACHE)
+def publish_artifacts(run_dir: Path) -> None:
+    """The report (plots inlined so the UI shows them), the leaderboard table and a link to the run folder."""
+    report = (run_dir / "report.md").read_text()
+    create_markdown_artifact(inline_images(report, run_dir), key=REPORT_KEY, description=f"medstack report {run_dir.name}")
+    board = pd.read_csv(run_dir / "leaderboard.csv").round(4)
+    create_table_artifact(
+        board.astype(object).where(board.notna(), None).to_dict(orient="records"),
+        key=LEADERBOARD_KEY,
+        description="test-split metrics of every model",
+    )
+    create_link_artifact(run_dir.resolve().as_uri(), link_text=str(run_dir), key=RUN_FOLDER_KEY)
+
+
+def inline_images(markdown: str, base: Path) -> str:
+    """Replace relative PNG links with data URIs: the Prefect UI cannot reach files on the run's disk."""
+
+    def _inline(match: re.Match[str]) -> str:
+        path = base / match.group(2)
+        if not path.is_file():
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f"![{match.group(1)}](data:image/png;base64,{data})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", _inline, markdown)

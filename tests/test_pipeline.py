@@ -1,0 +1,161 @@
+"""The plain pipeline functions, with real (tiny) CNN trainings on bundled digits. No Prefect."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medstack import pipeline
+from medstack.config import RunConfig
+from medstack.data import Dataset, load_digits_dataset
+from medstack.storage import FoldCache
+from models.training import CNNClassifier
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def imbalanced_digits() -> Dataset:
+    """'zero' (rare, ~1:4) vs 'other' from the bundled digits: 8x8 gray, offline, trains in a second."""
+    digits = load_digits_dataset()
+    rng = np.random.default_rng(0)
+    zeros = np.flatnonzero(digits.labels == 0)[:60]
+    others = rng.choice(np.flatnonzero(digits.labels != 0), 240, replace=False)
+    rows = np.sort(np.concatenate([zeros, others]))
+    return Dataset(
+        name="digits-zero",
+        images=digits.images[rows],
+        labels=(digits.labels[rows] != 0).astype(np.int64),  # 0 = zero (rare), 1 = other
+        class_names=("zero", "other"),
+        official_split=None,
+        sources=None,
+    )
+
+
+@pytest.fixture
+def cfg(tiny_config_dict) -> RunConfig:
+    return RunConfig.model_validate(tiny_config_dict)
+
+
+@pytest.fixture
+def training_counter(monkeypatch):
+    """Counts real CNN trainings by strategy (wraps the real fit, does not replace it)."""
+    calls: list[str] = []
+    real_fit = CNNClassifier.fit
+
+    def counting_fit(self, *args, **kwargs):
+        calls.append(self.strategy)
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(CNNClassifier, "fit", counting_fit)
+    return calls
+
+
+def _train_all(prepared, cfg, cache):
+    version = pipeline.code_version()
+    return [
+        pipeline.train_fold(prepared, cfg, s, k, cache, version)
+        for s in cfg.strategies
+        for k in range(cfg.split.folds)
+    ]
+
+
+def test_oof_rows_come_from_the_one_model_that_never_saw_them(imbalanced_digits, cfg, tmp_path, training_counter):
+    prepared = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg), cfg)
+    results = _train_all(prepared, cfg, FoldCache(tmp_path / "c"))
+    for r in results:
+        trained_on = prepared.train_idx[prepared.fold_of != r.fold]
+        assert not set(r.oof_index) & set(trained_on)
+        assert not set(r.oof_index) & (set(prepared.val_idx) | set(prepared.test_idx))
+        assert r.test_proba.shape == (len(prepared.test_idx), 2)
+    preds = pipeline.gather_predictions(prepared, results)
+    for strategy in cfg.strategies:
+        oof = preds.oof[strategy]
+        assert oof.shape == (len(prepared.train_idx), 2) and np.allclose(oof.sum(axis=1), 1)
+        for r in (r for r in results if r.strategy == strategy):
+            rows = np.searchsorted(prepared.train_idx, r.oof_index)
+            assert np.array_equal(oof[rows], r.oof_proba)
+    assert len(training_counter) == 4 * 2
+
+
+def test_gather_refuses_overlapping_or_missing_folds(imbalanced_digits, cfg, tmp_path):
+    prepared = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg), cfg)
+    cfg1 = cfg.model_copy(update={"strategies": {"class_weight": {}}})
+    results = _train_all(prepared, cfg1, FoldCache(tmp_path / "c"))
+    with pytest.raises(ValueError, match=r"expected folds 0..1, got \[0\]"):
+        pipeline.gather_predictions(prepared, results[:1])
+    results[1].oof_index = results[0].oof_index
+    results[1].oof_proba = results[0].oof_proba
+    with pytest.raises(ValueError, match="predicted rows it was trained on"):
+        pipeline.gather_predictions(prepared, results)
+
+
+def test_cache_hit_retrains_nothing_and_one_changed_strategy_retrains_only_itself(
+    imbalanced_digits, cfg, tmp_path, training_counter
+):
+    prepared = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg), cfg)
+    cache = FoldCache(tmp_path / "c")
+    first = _train_all(prepared, cfg, cache)
+    assert len(training_counter) == 8 and not any(r.from_cache for r in first)
+
+    again = _train_all(prepared, cfg, cache)
+    assert len(training_counter) == 8  # nothing retrained
+    assert all(r.from_cache for r in again)
+    assert all(np.array_equal(a.test_proba, b.test_proba) for a, b in zip(first, again))
+
+    # The meta-model and report settings are not part of any fold's key.
+    changed_meta = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"inner_folds": 4}), "report": cfg.report.model_copy(update={"bootstrap": 7})})
+    _train_all(prepared, changed_meta, cache)
+    assert len(training_counter) == 8
+
+    changed_smote = cfg.model_copy(update={"strategies": {**cfg.strategies, "smote": {"k_neighbors": 2}}})
+    _train_all(prepared, changed_smote, cache)
+    assert training_counter[8:] == ["smote", "smote"]
+
+
+def test_ensembles_thresholds_and_the_sealed_test_labels(imbalanced_digits, cfg, tmp_path, monkeypatch):
+    prepared = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg), cfg)
+    with pytest.raises(TypeError, match="sealed"):
+        np.asarray(prepared.test_labels) + 0
+    readers: list[str] = []
+    real_reveal = pipeline.SealedLabels.reveal
+
+    def spying_reveal(self):
+        import sys
+
+        readers.append(sys._getframe(1).f_code.co_name)
+        return real_reveal(self)
+
+    monkeypatch.setattr(pipeline.SealedLabels, "reveal", spying_reveal)
+    preds = pipeline.gather_predictions(prepared, _train_all(prepared, cfg, FoldCache(tmp_path / "c")))
+    ensembles = pipeline.fit_ensembles(prepared, preds, cfg)
+    assert readers == []  # training, OOF, meta-model and thresholds never opened the test labels
+    assert set(ensembles.predictions.test) == {"ldam", "class_weight", "smote", "custom_loss", "soft_voting", "stacking"}
+    assert "soft_voting" not in preds.test  # the caller's predictions are left as they were
+    assert all(0.0 <= t <= 1.0 for t in ensembles.thresholds.values())
+    metrics = pipeline.evaluate_on_test(prepared, ensembles, cfg)
+    assert readers == ["evaluate_on_test"]
+    assert set(metrics["models"]) == set(ensembles.predictions.test)
+    stacking = metrics["models"]["stacking"]
+    assert stacking["test"]["threshold"] == ensembles.thresholds["stacking"]
+    assert sum(map(sum, stacking["test"]["confusion_matrix"])) == len(prepared.test_idx)
+    assert metrics["dataset"]["counts"]["test"] == dict(zip(("zero", "other"), np.bincount(imbalanced_digits.labels[prepared.test_idx]).tolist()))
+
+
+def test_drw_switch_happens_at_the_configured_epoch(imbalanced_digits, cfg):
+    x, y = imbalanced_digits.images[:200], imbalanced_digits.labels[:200]
+    params = cfg.strategy_params("ldam").model_copy(update={"drw_epoch": 2})
+    training = cfg.training.model_copy(update={"epochs": 3, "early_stopping_patience": 5})
+    clf = CNNClassifier("ldam", params, 2, cfg.model, None, training, seed=1).fit(x, y, x[:40], y[:40])
+    assert clf.history_["loss_phase"] == [0, 0, 1]
+    phases = clf.info_["loss_phases"]
+    assert [p["epoch"] for p in phases] == [0, 2]
+    assert phases[0]["loss"]["class_weights"] is None and phases[1]["loss"]["class_weights"] is not None
+
+
+def test_saved_model_reloads_in_safe_mode_and_predicts_the_same(imbalanced_digits, cfg, tmp_path):
+    x, y = imbalanced_digits.images[:120], imbalanced_digits.labels[:120]
+    clf = CNNClassifier("custom_loss", cfg.strategy_params("custom_loss"), 2, cfg.model, cfg.augmentation, cfg.training).fit(x, y, x[:30], y[:30])
+    clf.save(tmp_path / "m.keras")
+    again = CNNClassifier.load(tmp_path / "m.keras")
+    assert np.allclose(again.predict_proba(x), clf.predict_proba(x), atol=1e-6)
