@@ -1,0 +1,132 @@
+"""The whole Prefect flow on configs/smoke.yaml with the real PneumoniaMNIST file (skipped if it is absent)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from medstack.config import load_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+RUN_FILES = [
+    "metrics.json", "report.md", "leaderboard.csv", "oof_predictions.csv", "test_predictions.csv",
+    "config.yaml", "manifest.json", "models/meta_model.joblib",
+    "plots/roc.png", "plots/pr.png", "plots/confusion_test.png", "plots/calibration.png",
+]
+MODELS = {"ldam", "class_weight", "smote", "custom_loss", "soft_voting", "stacking"}
+METRIC_KEYS = {"accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc",
+               "mcc", "brier", "threshold", "confusion_matrix"}
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(prefect_harness, pneumonia_npz, tmp_path_factory):
+    """Run the smoke config twice against one cache: a cold run, then a cached re-run."""
+    from flows.ensemble import with_runtime
+    from medstack import pipeline
+    from models.training import CNNClassifier
+
+    base = tmp_path_factory.mktemp("smoke")
+    cfg = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml",
+        {"data.path": str(pneumonia_npz), "runtime.output_dir": str(base / "runs"), "runtime.cache_dir": str(base / "cache")},
+    )
+    trainings, readers = [], []
+    real_fit, real_reveal = CNNClassifier.fit, pipeline.SealedLabels.reveal
+
+    def counting_fit(self, *a, **k):
+        trainings.append(self.strategy)
+        return real_fit(self, *a, **k)
+
+    def spying_reveal(self):
+        import sys
+
+        readers.append(sys._getframe(1).f_code.co_name)
+        return real_reveal(self)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(CNNClassifier, "fit", counting_fit)
+    mp.setattr(pipeline.SealedLabels, "reveal", spying_reveal)
+    try:
+        flow = with_runtime(cfg.runtime)
+        t0 = time.perf_counter()
+        first = flow(config=cfg)
+        t1 = time.perf_counter()
+        n_first, readers_first = len(trainings), list(readers)
+        second = flow(config=cfg)
+        t2 = time.perf_counter()
+    finally:
+        mp.undo()
+    print(f"\nsmoke run: cold {t1 - t0:.1f}s, cached {t2 - t1:.1f}s")
+    return {"cfg": cfg, "first": first, "second": second, "n_first": n_first, "n_total": len(trainings),
+            "readers_first": readers_first}
+
+
+def test_smoke_run_writes_every_file(smoke_runs):
+    run = Path(smoke_runs["first"])
+    for name in RUN_FILES:
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    for strategy in ("ldam", "class_weight", "smote", "custom_loss"):
+        assert (run / "plots" / f"curves_{strategy}.png").is_file()
+        assert sorted(p.name for p in (run / "models" / strategy).iterdir()) == ["fold-1.keras", "fold-2.keras"]
+    assert not [p for p in run.parent.iterdir() if p.name.startswith(".")]  # no half-written run folders
+
+
+def test_metrics_json_has_the_fixed_shape(smoke_runs):
+    metrics = json.loads((Path(smoke_runs["first"]) / "metrics.json").read_text())
+    assert metrics["dataset"]["name"] == "pneumoniamnist"
+    assert metrics["dataset"]["classes"] == ["normal", "pneumonia"]
+    counts = metrics["dataset"]["counts"]
+    assert sum(counts["train"].values()) == 400 and sum(counts["test"].values()) == 120
+    assert set(metrics["models"]) == MODELS
+    for model in metrics["models"].values():
+        assert METRIC_KEYS <= set(model["test"]) and METRIC_KEYS <= set(model["oof"])
+        assert sum(map(sum, model["test"]["confusion_matrix"])) == 120
+        assert sum(map(sum, model["oof"]["confusion_matrix"])) == 400
+
+
+def test_predictions_and_leaderboard_files(smoke_runs):
+    run = Path(smoke_runs["first"])
+    oof = pd.read_csv(run / "oof_predictions.csv")
+    assert len(oof) == 400 and set(oof["fold"]) == {0, 1} and oof["row"].is_unique
+    test = pd.read_csv(run / "test_predictions.csv")
+    assert len(test) == 120 and not set(test["row"]) & set(oof["row"])
+    board = pd.read_csv(run / "leaderboard.csv")
+    assert set(board["model"]) == MODELS
+    report = (run / "report.md").read_text()
+    assert all(m in report for m in MODELS) and "plots/roc.png" in report
+
+
+def test_manifest_records_versions_seed_and_fingerprint(smoke_runs):
+    manifest = json.loads((Path(smoke_runs["first"]) / "manifest.json").read_text())
+    assert manifest["seed"] == smoke_runs["cfg"].seed
+    assert len(manifest["data_fingerprint"]) == 16
+    assert manifest["packages"]["tensorflow"] and manifest["packages"]["prefect"] == "3.8.8"
+    assert manifest["trained"] == 8 and manifest["cache_hits"] == 0
+
+
+def test_test_labels_are_read_only_by_the_final_evaluation(smoke_runs):
+    # write_run reads them afterwards to put them next to the predictions in test_predictions.csv.
+    assert smoke_runs["readers_first"] == ["evaluate_on_test", "write_run"]
+
+
+def test_rerun_is_served_from_the_cache(smoke_runs):
+    assert smoke_runs["n_first"] == 8 and smoke_runs["n_total"] == 8
+    assert smoke_runs["second"] != smoke_runs["first"]
+    manifest = json.loads((Path(smoke_runs["second"]) / "manifest.json").read_text())
+    assert manifest["trained"] == 0 and manifest["cache_hits"] == 8
+    first = json.loads((Path(smoke_runs["first"]) / "metrics.json").read_text())
+    second = json.loads((Path(smoke_runs["second"]) / "metrics.json").read_text())
+    assert first["models"]["smote"]["test"] == second["models"]["smote"]["test"]
