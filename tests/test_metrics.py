@@ -1,0 +1,95 @@
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from models.metrics import METRIC_KEYS, bootstrap_ci, choose_threshold, compute_metrics, metrics_table, predict_labels
+
+# 10 samples, positive class 1. Scores and labels:
+Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+S = np.array([0.9, 0.8, 0.6, 0.3, 0.7, 0.4, 0.2, 0.1, 0.1, 0.05])
+P = np.column_stack([1 - S, S])
+
+
+def test_binary_metrics_by_hand():
+    # threshold 0.5 -> predicted positive: 0.9, 0.8, 0.6 (true) and 0.7 (false)
+    # TP=3 FN=1 FP=1 TN=5; precision 3/4, recall 3/4, specificity 5/6, F1 0.75
+    # MCC = (3*5 - 1*1) / sqrt(4*4*6*6) = 14/24; accuracy 8/10; balanced (0.75 + 5/6) / 2
+    # Brier = mean((s - y)^2) = (0.01+0.04+0.16+0.49+0.49+0.16+0.04+0.01+0.01+0.0025)/10 = 0.14125
+    m = compute_metrics(Y, P, 0.5)
+    assert set(METRIC_KEYS) <= set(m)
+    assert m["confusion_matrix"] == [[5, 1], [1, 3]]
+    assert m["precision"] == pytest.approx(0.75) and m["recall"] == pytest.approx(0.75)
+    assert m["specificity"] == pytest.approx(5 / 6) and m["f1"] == pytest.approx(0.75)
+    assert m["mcc"] == pytest.approx(14 / 24) and m["accuracy"] == pytest.approx(0.8)
+    assert m["balanced_accuracy"] == pytest.approx((0.75 + 5 / 6) / 2)
+    assert m["brier"] == pytest.approx(0.14125)
+    # ROC AUC: of 24 (pos, neg) pairs, (0.6 vs 0.7), (0.3 vs 0.7), (0.3 vs 0.4) are mis-ordered -> 21/24
+    assert m["roc_auc"] == pytest.approx(21 / 24)
+    assert m["per_class"]["0"]["support"] == 6 and m["threshold"] == 0.5
+
+
+def test_positive_class_zero_swaps_roles():
+    m = compute_metrics(1 - Y, P[:, ::-1], 0.5, positive_class=0)
+    assert m["recall"] == pytest.approx(0.75) and m["specificity"] == pytest.approx(5 / 6)
+    assert predict_labels(P[:, ::-1], 0.5, positive_class=0).tolist() == (1 - predict_labels(P, 0.5)).tolist()
+
+
+def test_threshold_policies():
+    # sensitivity >= 0.75 needs 3 of 4 positives: the highest such threshold is 0.6.
+    assert choose_threshold(Y, P, "sensitivity", target_sensitivity=0.75) == pytest.approx(0.6)
+    # full sensitivity needs 0.3
+    assert choose_threshold(Y, P, "sensitivity", target_sensitivity=1.0) == pytest.approx(0.3)
+    # F1: t=0.3 -> TP4 FP2 -> P 2/3, R 1 -> 0.8; t=0.6 -> TP3 FP1 -> 0.75; t=0.8 -> TP2 FP0 -> 0.667
+    assert choose_threshold(Y, P, "f1") == pytest.approx(0.3)
+    # Youden: t=0.3 -> 1 - 2/6 = 0.667; t=0.6 -> 0.75 - 1/6 = 0.583; t=0.8 -> 0.5 - 0 = 0.5
+    assert choose_threshold(Y, P, "youden") == pytest.approx(0.3)
+
+
+def test_threshold_errors_and_multiclass():
+    with pytest.raises(ValueError, match="unknown threshold policy 'best'"):
+        choose_threshold(Y, P, "best")
+    with pytest.raises(ValueError, match="both classes"):
+        choose_threshold(np.ones(10, int), P, "f1")
+    assert choose_threshold(np.array([0, 1, 2]), np.eye(3), "f1") is None
+
+
+def test_multiclass_macro_matches_sklearn(rng):
+    y = rng.integers(0, 3, 200)
+    p = rng.dirichlet([1, 1, 1], 200)
+    p[np.arange(200), y] += 0.5
+    p /= p.sum(axis=1, keepdims=True)
+    m = compute_metrics(y, p, None, class_names=["a", "b", "c"])
+    assert m["f1"] == pytest.approx(f1_score(y, p.argmax(1), average="macro"))
+    assert m["threshold"] is None and set(m["per_class"]) == {"a", "b", "c"}
+    assert sum(v["support"] for v in m["per_class"].values()) == 200
+    assert 0.5 < m["roc_auc"] <= 1.0
+
+
+def test_single_class_truth_gives_nan_auc():
+    m = compute_metrics(np.ones(4, int), np.tile([0.3, 0.7], (4, 1)), 0.5)
+    assert math.isnan(m["roc_auc"]) and math.isnan(m["pr_auc"])
+
+
+def test_bootstrap_interval_contains_estimate_and_is_deterministic(rng):
+    y = rng.integers(0, 2, 300)
+    s = np.clip(0.35 * y + 0.65 * rng.random(300), 0, 1)
+    p = np.column_stack([1 - s, s])
+    point = compute_metrics(y, p, 0.5)
+    ci = bootstrap_ci(y, p, 0.5, n_boot=300, seed=1)
+    assert set(ci) == {"accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc", "mcc", "brier"}
+    for key, (lo, hi) in ci.items():
+        assert lo <= point[key] <= hi, key
+        assert hi - lo < 0.3, key
+    assert bootstrap_ci(y, p, 0.5, n_boot=300, seed=1) == ci
+    assert bootstrap_ci(y, p, 0.5, n_boot=0) == {}
+
+
+def test_metrics_table_orders_by_roc_auc():
+    results = {
+        "weak": {"test": compute_metrics(Y, np.column_stack([1 - S[::-1], S[::-1]]), 0.5)},
+        "strong": {"test": compute_metrics(Y, P, 0.5)},
+    }
+    table = metrics_table(results)
+    assert list(table.index) == ["strong", "weak"] and "confusion_matrix" not in table.columns
