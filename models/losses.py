@@ -40,11 +40,12 @@ def _positive_counts(class_counts: Sequence[int]) -> np.ndarray:
 
 @keras.saving.register_keras_serializable(package="medstack")
 class LDAMLoss(keras.losses.Loss):
-    """Label-distribution-aware margin loss (Cao et al., NeurIPS 2019).
+    """Label-distribution-aware margin loss (Cao et al., NeurIPS 2019): CE(s * (cos - m_y * onehot)).
 
-    The true-class logit is lowered by its class margin, logits are scaled by ``s`` and fed to softmax
-    cross-entropy. With ``class_weights`` (the DRW phase) each sample's loss is weighted by its class weight and
-    the batch mean is normalised by the mean weight, as a weighted cross-entropy does.
+    ``y_pred`` are the *scaled* cosine logits ``s * cos`` that :class:`models.network.CosineLogits` outputs, so
+    predictions are plain ``softmax(y_pred)``; the loss lowers the true-class logit by ``s * m_y``, which is the
+    paper's ``s * (cos_y - m_y)``. With ``class_weights`` (the DRW phase) each sample's loss is weighted by its
+    class weight and the batch mean is normalised by the mean weight, as a weighted cross-entropy does.
     """
 
     def __init__(
@@ -69,8 +70,7 @@ class LDAMLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
         margins = ops.cast(ops.convert_to_tensor(self._margins), y_pred.dtype)
-        adjusted = y_pred - y_true * margins
-        loss = ops.categorical_crossentropy(y_true, self.s * adjusted, from_logits=True)
+        loss = ops.categorical_crossentropy(y_true, y_pred - self.s * y_true * margins, from_logits=True)
         if self.class_weights is None:
             return loss
         weights = ops.cast(ops.convert_to_tensor(np.asarray(self.class_weights, "float32")), y_pred.dtype)
@@ -114,6 +114,24 @@ class ClassBalancedFocalLoss(keras.losses.CategoricalFocalCrossentropy):
             name=name,
             dtype=dtype,
         )
+
+    def call(self, y_true, y_pred):
+        """Keras' focal formula on logits, computed through log-softmax.
+
+        Keras' own ``from_logits`` path takes softmax and then clips probabilities to [eps, 1 - eps]; a sample
+        whose probability falls under eps gets zero gradient through the clip, and in our trainings whole
+        networks got stuck there after the first epochs (val loss frozen, AUC 0.5). Same loss value, no clip.
+        """
+        if not self.from_logits:
+            return super().call(y_true, y_pred)
+        y_true = ops.cast(y_true, y_pred.dtype)
+        if self.label_smoothing:
+            classes = ops.cast(ops.shape(y_true)[-1], y_pred.dtype)
+            y_true = y_true * (1.0 - self.label_smoothing) + self.label_smoothing / classes
+        log_p = ops.log_softmax(y_pred, axis=self.axis)
+        alpha = ops.cast(ops.convert_to_tensor(self.alpha), y_pred.dtype)
+        focal = alpha * ops.power(1.0 - ops.exp(log_p), self.gamma) * (-y_true * log_p)
+        return ops.sum(focal, axis=self.axis)
 
     def get_config(self):
         config = super().get_config()

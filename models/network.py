@@ -8,7 +8,7 @@ training (Keras' random preprocessing layers are the identity at inference).
 from __future__ import annotations
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 from medstack.config import AugmentationConfig, ModelConfig
 
@@ -21,9 +21,14 @@ def build_model(
     image_size: tuple[int, int] | None = None,
     seed: int = 0,
     mixed_precision: bool = False,
+    cosine_scale: float | None = None,
     name: str = "cnn",
 ) -> keras.Model:
-    """Conv blocks (3x3 ReLU convs, 2x2 max-pool) -> Flatten/GAP -> Dense -> Dropout -> ``num_classes`` logits."""
+    """Conv blocks (3x3 ReLU convs, 2x2 max-pool) -> Flatten/GAP -> Dense -> Dropout -> ``num_classes`` logits.
+
+    With ``cosine_scale`` the last layer is :class:`CosineLogits` (normalised features and class weights, times
+    the scale), the classifier LDAM was designed for; otherwise a plain Dense layer.
+    """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     dtype = "mixed_float16" if mixed_precision else None
@@ -63,13 +68,46 @@ def build_model(
         name="dense",
     )(x)
     x = layers.Dropout(config.dropout, seed=next(seeds), name="dropout")(x)
-    logits = layers.Dense(
-        num_classes,
-        kernel_initializer=keras.initializers.GlorotUniform(seed=next(seeds)),
-        dtype="float32",  # logits stay float32 under mixed precision for a stable softmax/loss
-        name="logits",
-    )(x)
+    # Logits stay float32 under mixed precision for a stable softmax/loss.
+    init = keras.initializers.GlorotUniform(seed=next(seeds))
+    if cosine_scale is None:
+        logits = layers.Dense(num_classes, kernel_initializer=init, dtype="float32", name="logits")(x)
+    else:
+        logits = CosineLogits(num_classes, scale=cosine_scale, kernel_initializer=init, dtype="float32", name="logits")(x)
     return keras.Model(inputs, logits, name=name)
+
+
+@keras.saving.register_keras_serializable(package="medstack")
+class CosineLogits(layers.Layer):
+    """``scale * cos(feature, class weight)``: L2-normalised features times L2-normalised weight columns."""
+
+    def __init__(self, units: int, scale: float = 30.0, kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.scale = float(scale)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(
+            shape=(int(input_shape[-1]), self.units), initializer=self.kernel_initializer, name="kernel"
+        )
+
+    def call(self, inputs):
+        features = ops.normalize(ops.cast(inputs, self.compute_dtype), axis=-1)
+        weights = ops.normalize(ops.cast(self.kernel, self.compute_dtype), axis=0)
+        return self.scale * ops.matmul(features, weights)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            units=self.units,
+            scale=self.scale,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
+        return config
 
 
 def _augmentation_layers(cfg: AugmentationConfig | None, seeds) -> list[keras.layers.Layer]:

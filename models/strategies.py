@@ -51,6 +51,7 @@ class TrainingPlan:
     source_rows: np.ndarray  # position in the fold's training part of every row; -1 for synthetic rows
     loss_phases: list[tuple[int, keras.losses.Loss]]  # (first epoch, loss) in increasing epoch order
     class_weight: dict[int, float] | None = None
+    cosine_scale: float | None = None  # set: the model ends in scaled cosine logits (LDAM's classifier)
     notes: list[str] = field(default_factory=list)
 
 
@@ -111,6 +112,7 @@ class Strategy:
     loss_phases: Callable[[list[int], StrategyParams, int], list[tuple[int, keras.losses.Loss]]]
     uses_class_weight: bool = False
     uses_smote: bool = False
+    cosine_head: bool = False  # normalised last layer scaled by params.s
 
     def plan(self, x: np.ndarray, y: np.ndarray, num_classes: int, params: StrategyParams, epochs: int, seed: int) -> TrainingPlan:
         """Prepare one fold's training part. Only that part is ever given here: val, test and the held-out
@@ -126,6 +128,7 @@ class Strategy:
             source_rows=source_rows,
             loss_phases=self.loss_phases(counts, params, epochs),
             class_weight=_balanced_class_weight(y, num_classes) if self.uses_class_weight else None,
+            cosine_scale=params.s if self.cosine_head else None,
             notes=notes,
         )
 
@@ -133,7 +136,7 @@ class Strategy:
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in (
-        Strategy("ldam", "LDAM loss with deferred re-weighting (Cao et al., 2019)", LDAMParams, _ldam_drw),
+        Strategy("ldam", "LDAM loss with deferred re-weighting (Cao et al., 2019)", LDAMParams, _ldam_drw, cosine_head=True),
         Strategy("class_weight", "cross-entropy with scikit-learn 'balanced' class weights", NoParams, _cross_entropy, uses_class_weight=True),
         Strategy("smote", "cross-entropy on SMOTE-oversampled training folds", SmoteParams, _cross_entropy, uses_smote=True),
         Strategy("custom_loss", "class-balanced focal loss (effective-number alpha, gamma 2)", FocalParams, _class_balanced_focal),

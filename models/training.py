@@ -57,6 +57,7 @@ class CNNClassifier:
             self.image_size,
             seed=self.seed,
             mixed_precision=cfg.mixed_precision and _has_gpu(),
+            cosine_scale=plan.cosine_scale,
             name=f"cnn_{self.strategy}",
         )
         optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(cfg))
