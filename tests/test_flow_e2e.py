@@ -130,3 +130,37 @@ def test_rerun_is_served_from_the_cache(smoke_runs):
     first = json.loads((Path(smoke_runs["first"]) / "metrics.json").read_text())
     second = json.loads((Path(smoke_runs["second"]) / "metrics.json").read_text())
     assert first["models"]["smote"]["test"] == second["models"]["smote"]["test"]
+
+
+def test_cli_runs_a_multiclass_flow_on_bundled_digits(prefect_harness, tiny_config_dict, tmp_path, capsys):
+    """10 classes through `medstack run`: multi-class metrics, per-class rows, argmax decisions."""
+    import yaml
+
+    from medstack.cli import main
+
+    tiny_config_dict["data"]["subset"] = {"train": 300, "val": 100, "test": 100}
+    config = tmp_path / "digits.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict))
+    assert main(["run", "--config", str(config), "--output-dir", str(tmp_path / "out")]) == 0
+    run = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert run.parent == tmp_path / "out"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["dataset"]["classes"] == [str(d) for d in range(10)]
+    for model in metrics["models"].values():
+        assert model["test"]["threshold"] is None
+        assert len(model["test"]["per_class"]) == 10
+        assert sum(v["support"] for v in model["test"]["per_class"].values()) == 100
+        assert len(model["test"]["confusion_matrix"]) == 10
+    assert "## Per-class test metrics" in (run / "report.md").read_text()
+    oof = pd.read_csv(run / "oof_predictions.csv")
+    assert len([c for c in oof.columns if c.startswith("stacking:")]) == 10
+
+
+def test_cli_rejects_a_bad_config_before_any_work(tmp_path, capsys):
+    from medstack.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: {epochs: 0}\n")
+    assert main(["run", "--config", str(bad), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "training.epochs" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
