@@ -159,3 +159,25 @@ def test_saved_model_reloads_in_safe_mode_and_predicts_the_same(imbalanced_digit
     clf.save(tmp_path / "m.keras")
     again = CNNClassifier.load(tmp_path / "m.keras")
     assert np.allclose(again.predict_proba(x), clf.predict_proba(x), atol=1e-6)
+
+
+def test_smote_sees_exactly_the_training_part_of_each_fold(imbalanced_digits, cfg, tmp_path, monkeypatch):
+    import models.strategies as strategies
+
+    seen: list[np.ndarray] = []
+    real = strategies.smote_resample
+
+    def spying_smote(x, y, k_neighbors, seed):
+        seen.append(x.copy())
+        return real(x, y, k_neighbors, seed)
+
+    monkeypatch.setattr(strategies, "smote_resample", spying_smote)
+    cfg1 = cfg.model_copy(update={"strategies": {"smote": {"k_neighbors": 3}}})
+    prepared = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg1), cfg1)
+    results = _train_all(prepared, cfg1, FoldCache(tmp_path / "c"))
+    assert len(seen) == 2
+    for fold, x_seen in enumerate(seen):
+        training_rows = prepared.train_idx[prepared.fold_of != fold]
+        assert np.array_equal(x_seen, imbalanced_digits.images[training_rows])
+        assert results[fold].info["n_synthetic"] > 0
+        assert results[fold].info["n_train"] == len(training_rows)
