@@ -164,3 +164,20 @@ def test_cli_rejects_a_bad_config_before_any_work(tmp_path, capsys):
     assert main(["run", "--config", str(bad), "--output-dir", str(tmp_path / "out")]) == 2
     assert "training.epochs" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_process_pool_task_runner_runs_the_flow(prefect_harness, tiny_config_dict, tmp_path):
+    """runtime.task_runner: processes -> trainings in worker processes, results back in the flow."""
+    from flows.ensemble import with_runtime
+    from medstack.config import RunConfig
+
+    tiny_config_dict["data"]["subset"] = {"train": 200, "val": 60, "test": 60}
+    tiny_config_dict["strategies"] = {"class_weight": {}, "smote": {}}
+    tiny_config_dict["runtime"].update(task_runner="processes", max_workers=2)
+    cfg = RunConfig.model_validate(tiny_config_dict)
+    run = Path(with_runtime(cfg.runtime)(config=cfg))
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["trained"] == 4 and sorted(manifest["folds"]) == [
+        "class_weight|fold-1", "class_weight|fold-2", "smote|fold-1", "smote|fold-2"
+    ]
+    assert set(json.loads((run / "metrics.json").read_text())["models"]) == {"class_weight", "smote", "soft_voting", "stacking"}

@@ -1,0 +1,45 @@
+"""The classifier contract: augmentation only while training, LR schedules, input validation."""
+
+import numpy as np
+import pytest
+
+from medstack.config import AugmentationConfig, ModelConfig, TrainingConfig
+from models.network import build_model
+from models.strategies import NoParams
+from models.training import CNNClassifier
+
+pytestmark = pytest.mark.slow
+
+SMALL = ModelConfig(filters=[4], convs_per_block=1, dense_units=8, batch_norm=False, head="gap")
+STRONG_AUG = AugmentationConfig(flip="horizontal_and_vertical", rotation=0.4, zoom=0.5, shift=0.4)
+
+
+def test_augmentation_is_active_in_training_only(rng):
+    model = build_model((12, 12, 1), 2, SMALL, STRONG_AUG, seed=1)
+    x = rng.integers(0, 255, (8, 12, 12, 1)).astype("float32")
+    inference = [np.asarray(model(x, training=False)) for _ in range(2)]
+    assert np.array_equal(inference[0], inference[1])
+    assert np.allclose(model.predict(x, verbose=0), inference[0], atol=1e-5)
+    training = np.asarray(model(x, training=True))
+    assert not np.allclose(training, inference[0])  # random flips/rotations/zooms changed the input
+
+
+def test_resizing_happens_inside_the_model(rng):
+    model = build_model((10, 14, 3), 3, SMALL, None, image_size=(16, 16))
+    assert model.get_layer("resize").output.shape[1:3] == (16, 16)
+    assert model.predict(rng.integers(0, 255, (2, 10, 14, 3)).astype("uint8"), verbose=0).shape == (2, 3)
+
+
+def test_inverse_time_schedule_trains_and_decays(rng):
+    x = rng.integers(0, 255, (64, 8, 8, 1)).astype("uint8")
+    y = np.array([0] * 48 + [1] * 16)
+    training = TrainingConfig(epochs=2, batch_size=16, learning_rate=0.01, lr_schedule={"kind": "inverse_time", "decay_steps": 1, "decay_rate": 1.0})
+    clf = CNNClassifier("class_weight", NoParams(), 2, SMALL, None, training, seed=0).fit(x, y, x[:16], y[:16])
+    lr = clf.model_.optimizer.learning_rate
+    assert float(np.asarray(lr)) < 0.01 / 5  # 8 steps of 1/(1 + t): well below the start value
+    assert clf.info_["epochs_run"] == 2 and len(clf.history_["val_loss"]) == 2
+
+
+def test_num_classes_must_be_two_or_more():
+    with pytest.raises(ValueError, match="num_classes must be >= 2"):
+        build_model((8, 8, 1), 1, SMALL)
