@@ -61,6 +61,8 @@ def with_runtime(runtime: RuntimeConfig):
 
 
 if __name__ == "__main__":
+    import sys
+
     from medstack.cli import main
 
-    raise SystemExit(main(["run", *__import__("sys").argv[1:]]))
+    raise SystemExit(main(["run", *sys.argv[1:]]))
