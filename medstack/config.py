@@ -58,6 +58,10 @@ class SplitConfig(_Section):
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     folds: int = Field(default=5, ge=2, description="K stratified folds on the training split for OOF predictions.")
     seed: int = 42
+    duplicates: Literal["group", "report"] = Field(
+        default="group",
+        description="Exact-duplicate images: keep each group in one split and one fold ('group'), or only count them.",
+    )
 
     @field_validator("fractions")
     @classmethod

@@ -21,7 +21,8 @@ import numpy as np
 
 from medstack.config import RunConfig, stable_hash
 from medstack.data import Dataset
-from medstack.splits import Splits, class_counts, make_folds as _fold_assignment
+from medstack.splits import Splits, class_counts, describe_duplicates, find_duplicate_groups
+from medstack.splits import make_folds as _fold_assignment
 from medstack.splits import make_splits as _split_indices
 from medstack.splits import subsample_splits
 from medstack.storage import FoldCache, FoldResult
@@ -81,6 +82,7 @@ class PreparedData:
     counts: dict[str, dict[str, int]]
     fingerprint: str  # of the data and the exact split/fold indices
     positive_class: int
+    duplicates: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
 
     @property
@@ -107,15 +109,24 @@ class PreparedData:
         )
 
 
+def _duplicate_groups(dataset: Dataset, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """Exact-duplicate group of every image, and the grouping to enforce (None when only reporting)."""
+    groups = find_duplicate_groups(dataset.images)
+    return groups, (groups if cfg.split.duplicates == "group" else None)
+
+
 def make_splits(dataset: Dataset, cfg: RunConfig) -> Splits:
     """Stratified (or official) train/val/test indices, then the optional smoke-run subsample."""
-    splits = _split_indices(dataset.labels, cfg.split, dataset.official_split)
+    _, enforce = _duplicate_groups(dataset, cfg)
+    splits = _split_indices(dataset.labels, cfg.split, dataset.official_split, enforce)
     return subsample_splits(dataset.labels, splits, cfg.data.subset, cfg.split.seed)
 
 
 def make_folds(dataset: Dataset, splits: Splits, cfg: RunConfig) -> PreparedData:
     """K stratified folds on the train split, packaged with everything training needs."""
-    fold_of = _fold_assignment(dataset.labels, splits.train, cfg.split.folds, cfg.split.seed)
+    groups, enforce = _duplicate_groups(dataset, cfg)
+    fold_of = _fold_assignment(dataset.labels, splits.train, cfg.split.folds, cfg.split.seed, enforce)
+    duplicates = _duplicate_summary(groups, dataset.labels, splits, fold_of, cfg)
     names = list(dataset.class_names)
     counts = {
         split: dict(zip(names, class_counts(dataset.labels[idx], len(names))))
@@ -127,7 +138,7 @@ def make_folds(dataset: Dataset, splits: Splits, cfg: RunConfig) -> PreparedData
     index_hash = hashlib.sha256()
     for arr in (splits.train, splits.val, splits.test, fold_of):
         index_hash.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
-    notes = tuple(f"skipped unreadable image {path}: {why}" for path, why in dataset.skipped)
+    notes = tuple(f"skipped unreadable image {path}: {why}" for path, why in dataset.skipped) + (duplicates["summary"],)
     return PreparedData(
         name=dataset.name,
         class_names=tuple(names),
@@ -142,8 +153,33 @@ def make_folds(dataset: Dataset, splits: Splits, cfg: RunConfig) -> PreparedData
         counts=counts,
         fingerprint=stable_hash(dataset.fingerprint(), index_hash.hexdigest()),
         positive_class=positive,
+        duplicates=duplicates,
         notes=notes,
     )
+
+
+def _duplicate_summary(groups: np.ndarray, labels: np.ndarray, splits: Splits, fold_of: np.ndarray, cfg: RunConfig) -> dict[str, Any]:
+    """Counts of exact-duplicate groups, how many straddle splits or folds, and what was done about them."""
+    across_splits = describe_duplicates(groups, labels, splits.as_dict())
+    folds = {str(k): splits.train[fold_of == k] for k in range(int(fold_of.max()) + 1)}
+    across_folds = describe_duplicates(groups, labels, folds)
+    handling = "grouped: every duplicate group kept in one split and one fold" if cfg.split.duplicates == "group" else "reported only"
+    if cfg.split.use_official and cfg.split.duplicates == "group":
+        handling = "grouped within the train folds; the official split is used as published"
+    summary = (
+        f"exact-duplicate images: {across_splits['groups']} groups ({across_splits['rows']} images); "
+        f"{across_splits['crossing']} cross train/val/test, {across_folds['crossing']} cross folds; "
+        f"{across_splits['conflicting_labels']} with conflicting labels; {handling}"
+    )
+    return {
+        "groups": across_splits["groups"],
+        "images": across_splits["rows"],
+        "crossing_splits": across_splits["crossing"],
+        "crossing_folds": across_folds["crossing"],
+        "conflicting_labels": across_splits["conflicting_labels"],
+        "handling": handling,
+        "summary": summary,
+    }
 
 
 def code_version() -> str:
@@ -312,7 +348,12 @@ def evaluate_on_test(prepared: PreparedData, ensembles: EnsembleFit, cfg: RunCon
             },
         }
     return {
-        "dataset": {"name": prepared.name, "classes": names, "counts": prepared.counts},
+        "dataset": {
+            "name": prepared.name,
+            "classes": names,
+            "counts": prepared.counts,
+            "duplicates": {k: v for k, v in prepared.duplicates.items() if k != "summary"},
+        },
         "models": models,
     }
 

@@ -91,6 +91,7 @@ def test_metrics_json_has_the_fixed_shape(smoke_runs):
     counts = metrics["dataset"]["counts"]
     assert sum(counts["train"].values()) == 400 and sum(counts["test"].values()) == 120
     assert set(metrics["models"]) == MODELS
+    assert metrics["dataset"]["duplicates"]["crossing_folds"] == 0
     for model in metrics["models"].values():
         assert METRIC_KEYS <= set(model["test"]) and METRIC_KEYS <= set(model["oof"])
         assert sum(map(sum, model["test"]["confusion_matrix"])) == 120
@@ -107,6 +108,7 @@ def test_predictions_and_leaderboard_files(smoke_runs):
     assert set(board["model"]) == MODELS
     report = (run / "report.md").read_text()
     assert all(m in report for m in MODELS) and "plots/roc.png" in report
+    assert "exact-duplicate images:" in report
 
 
 def test_manifest_records_versions_seed_and_fingerprint(smoke_runs):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from medstack.config import SplitConfig, SubsetConfig
-from medstack.splits import SplitError, make_folds, make_splits, subsample_splits
+from medstack.splits import SplitError, describe_duplicates, find_duplicate_groups, make_folds, make_splits, subsample_splits
 
 
 @pytest.mark.parametrize("seed", [0, 1, 7, 123])
@@ -65,3 +65,55 @@ def test_subsample_keeps_strata_and_limits_size():
     assert len(small.train) == 100 and len(small.test) == 40 and np.array_equal(small.val, splits.val)
     assert set(small.train) <= set(splits.train)
     assert np.mean(labels[small.train]) == pytest.approx(0.25, abs=0.03)
+
+
+def _with_duplicates(rng, n=300, n_dups=40):
+    """Random 4x4 images, labels 3:1, and ``n_dups`` extra copies of earlier images (same label)."""
+    images = rng.integers(0, 255, (n, 4, 4, 1)).astype(np.uint8)
+    labels = (rng.random(n) < 0.25).astype(np.int64)
+    src = rng.choice(n, n_dups, replace=False)
+    return np.concatenate([images, images[src]]), np.concatenate([labels, labels[src]])
+
+
+def test_find_duplicate_groups_by_pixels(rng):
+    images, labels = _with_duplicates(rng)
+    groups = find_duplicate_groups(images)
+    assert np.array_equal(groups[300:], groups[groups[300:]])  # each copy points at its original's group
+    assert len(np.unique(groups)) == 300
+    summary = describe_duplicates(groups, labels, {"all": np.arange(len(labels))})
+    assert summary == {"groups": 40, "rows": 80, "crossing": 0, "conflicting_labels": 0}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_grouped_splits_and_folds_keep_duplicates_together(rng, seed):
+    images, labels = _with_duplicates(rng)
+    groups = find_duplicate_groups(images)
+    plain = make_splits(labels, SplitConfig(seed=seed))
+    assert describe_duplicates(groups, labels, plain.as_dict())["crossing"] > 0  # the leak grouping prevents
+    splits = make_splits(labels, SplitConfig(seed=seed), groups=groups)
+    assert describe_duplicates(groups, labels, splits.as_dict())["crossing"] == 0
+    assert sum(map(len, splits.as_dict().values())) == len(labels)
+    assert len(splits.test) == pytest.approx(0.1 * len(labels), abs=6)
+    fold_of = make_folds(labels, splits.train, 4, seed, groups=groups)
+    folds = {k: splits.train[fold_of == k] for k in range(4)}
+    assert describe_duplicates(groups, labels, folds)["crossing"] == 0
+    for rows in folds.values():
+        assert np.mean(labels[rows]) == pytest.approx(np.mean(labels[splits.train]), abs=0.08)
+
+
+def test_pneumoniamnist_duplicates_are_found_and_kept_out_of_other_folds(pneumonia_npz):
+    from medstack import pipeline
+    from medstack.config import RunConfig
+    from medstack.data import load_npz
+
+    dataset = load_npz(pneumonia_npz, "pneumoniamnist")
+    official = RunConfig(split={"use_official": True, "folds": 5})
+    prepared = pipeline.make_folds(dataset, pipeline.make_splits(dataset, official), official)
+    # The shared README: 18 train images duplicate other train images, 8 train images reappear in val.
+    assert prepared.duplicates["crossing_splits"] == 8  # the published split is kept and the overlap reported
+    assert prepared.duplicates["crossing_folds"] == 0
+    assert prepared.duplicates["groups"] >= 8 + 9
+    assert any("exact-duplicate images" in note for note in prepared.notes)
+    stratified = RunConfig(split={"use_official": False, "folds": 5})
+    prepared = pipeline.make_folds(dataset, pipeline.make_splits(dataset, stratified), stratified)
+    assert prepared.duplicates["crossing_splits"] == 0 and prepared.duplicates["crossing_folds"] == 0
