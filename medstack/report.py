@@ -42,7 +42,8 @@ def diagnose_fit(history: dict[str, list[float]]) -> tuple[str, str]:
     if best < len(val) - 1 and rise > OVERFIT_RISE * abs(val[best]) and rise > OVERFIT_MIN_DELTA and train[-1] < train[best]:
         return "overfitting", (
             f"val loss rose from {val[best]:.3f} (epoch {keep[best] + 1}) to {val[-1]:.3f} "
-            f"while train loss fell from {train[best]:.3f} to {train[-1]:.3f}"
+            f"while train loss fell from {train[best]:.3f} to {train[-1]:.3f}; "
+            f"early stopping kept the epoch-{keep[best] + 1} weights"
         )
     if train[-1] > UNDERFIT_FLAT * train[0] and (val[0] - min(val)) < UNDERFIT_VAL_GAIN * abs(val[0]):
         return "underfitting", (

@@ -81,10 +81,9 @@ def make_splits(
         reps = _representatives(np.arange(len(labels)), groups)
         _check_class_counts(labels, reps, minimum=3, where="the dataset")
         train_frac, val_frac, test_frac = cfg.fractions
-        train, rest = train_test_split(reps, train_size=train_frac, stratify=labels[reps], random_state=cfg.seed)
-        val, test = train_test_split(
-            rest, test_size=test_frac / (val_frac + test_frac), stratify=labels[rest], random_state=cfg.seed
-        )
+        train, rest = _stratified_split(labels, reps, train_frac, cfg.seed, "train vs val+test")
+        test_share = test_frac / (val_frac + test_frac)
+        val, test = _stratified_split(labels, rest, 1.0 - test_share, cfg.seed, "val vs test")
         parts = [_expand(part, groups) for part in (train, val, test)]
     splits = Splits(*(np.sort(p) for p in parts))
     for name, idx in splits.as_dict().items():
@@ -127,6 +126,16 @@ def make_folds(
     for fold in range(n_folds):
         _check_class_counts(labels, train_idx[fold_of != fold], minimum=1, where=f"the training part of fold {fold}")
     return fold_of
+
+
+def _stratified_split(labels: np.ndarray, idx: np.ndarray, first_share: float, seed: int, what: str):
+    try:
+        return train_test_split(idx, train_size=first_share, stratify=labels[idx], random_state=seed)
+    except ValueError as exc:  # scikit-learn's message names neither our split nor the counts
+        counts = np.bincount(labels[idx], minlength=int(labels.max()) + 1).tolist()
+        raise SplitError(
+            f"cannot stratify {what}: class counts {counts} are too small for split.fractions ({exc})"
+        ) from exc
 
 
 def _representatives(idx: np.ndarray, groups: np.ndarray | None) -> np.ndarray:

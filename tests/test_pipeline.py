@@ -181,3 +181,31 @@ def test_smote_sees_exactly_the_training_part_of_each_fold(imbalanced_digits, cf
         assert np.array_equal(x_seen, imbalanced_digits.images[training_rows])
         assert results[fold].info["n_synthetic"] > 0
         assert results[fold].info["n_train"] == len(training_rows)
+
+
+def test_two_runs_training_the_same_fold_at_once_share_the_cache(imbalanced_digits, cfg, tmp_path, training_counter):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg1 = cfg.model_copy(update={"strategies": {"class_weight": {}}})
+    prepared = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg1), cfg1)
+    cache = FoldCache(tmp_path / "c")
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: pipeline.train_fold(prepared, cfg1, "class_weight", 0, cache, "v"), range(2)))
+    assert results[0].cache_key == results[1].cache_key
+    entries = list((tmp_path / "c" / "folds").iterdir())
+    assert [e.name for e in entries] == [results[0].cache_key]  # one whole entry, no temporaries left
+    assert cache.load(results[0].cache_key) is not None
+
+
+def test_same_seed_same_splits_folds_and_smote_samples(imbalanced_digits, cfg):
+    from models.strategies import smote_resample
+
+    a = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg), cfg)
+    b = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg), cfg)
+    assert a.fingerprint == b.fingerprint and np.array_equal(a.fold_of, b.fold_of)
+    fold = a.fold_data(0)
+    seed = pipeline.fold_seed(cfg.seed, "smote", 0)
+    assert np.array_equal(smote_resample(fold.x_train, fold.y_train, 5, seed)[0], smote_resample(fold.x_train, fold.y_train, 5, seed)[0])
+    other = cfg.model_copy(update={"split": cfg.split.model_copy(update={"seed": cfg.split.seed + 1})})
+    c = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, other), other)
+    assert c.fingerprint != a.fingerprint
