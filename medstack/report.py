@@ -1,234 +1,465 @@
-"""Plots and the markdown report of a run (matplotlib's object API: no pyplot global state, thread-safe).
+"""Plots and the markdown report of a run.
 
-Inputs are the metrics dict of :func:`medstack.pipeline.evaluate_on_test`, test probabilities per model and the
-training histories per strategy and fold.
+Plots use matplotlib's object API (``matplotlib.figure.Figure``, rendered by Agg on save): no pyplot, so no global
+figure registry, nothing to close and several runs may render in threads at once. matplotlib is imported inside the
+functions, so importing this module has no side effects (matplotlib builds its font cache on first import).
+
+Inputs are the metrics dict of :func:`medstack.pipeline.evaluate_on_test`, the test probabilities per model and the
+training histories per strategy and fold (``loss``, ``val_loss``, ``accuracy``, ``val_accuracy``, ``loss_phase``).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import precision_recall_curve, roc_curve
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CI_KEYS = ("roc_auc", "pr_auc", "balanced_accuracy", "f1", "recall", "specificity", "mcc", "brier")
-OVERFIT_RISE = 0.10  # val loss this much above its minimum ...
-OVERFIT_MIN_DELTA = 0.02  # ... and by at least this much in absolute terms
+OOF_KEYS = ("roc_auc", "pr_auc", "balanced_accuracy", "f1", "recall", "specificity", "mcc", "brier")
+MIN_EPOCHS = 3  # fewer epochs in the last loss phase: too short to judge
+OVERFIT_RISE = 0.10  # final val loss this share above its minimum ...
+OVERFIT_MIN_DELTA = 0.02  # ... and at least this much in absolute terms
 UNDERFIT_FLAT = 0.90  # final train loss above this share of its first value
-UNDERFIT_VAL_GAIN = 0.05  # val loss fell by less than this share of its first value
+UNDERFIT_VAL_GAIN = 0.05  # val loss never fell by this share of its first value
+OPTIMISM_GAP = 0.05  # OOF ROC AUC this much above test: the OOF estimate was optimistic
+DPI = 110
+
+History = Mapping[str, list[float]]
 
 
-def diagnose_fit(history: dict[str, list[float]]) -> tuple[str, str]:
-    """Heuristic fit check of one training, on the epochs of its last loss phase (LDAM-DRW changes the loss
-    mid-training, so losses before and after the switch are not comparable).
+# --------------------------------------------------------------------------------------------------- fit diagnosis
 
-    - ``overfitting``: the final val loss is more than 10% (and 0.02) above its minimum while train loss kept
-      falling after that minimum.
-    - ``underfitting``: train loss ended above 90% of its first value and val loss fell by less than 5%.
-    - ``too_short``: fewer than 3 epochs in the phase; otherwise ``ok``.
+
+def diagnose_fit(history: History) -> tuple[str, str]:
+    """Heuristic verdict on one training: ``(verdict, reason with the numbers)``.
+
+    Only the epochs of the last ``loss_phase`` are compared (LDAM-DRW switches loss mid-training, so losses before
+    and after the switch are on different scales; early stopping also acts on that phase only). Epochs with a
+    non-finite loss are dropped and counted in the reason. Rules, in order:
+
+    - ``too_short``: fewer than 3 epochs in that phase, or no ``val_loss`` recorded.
+    - ``overfitting``: val loss ends more than 10% *and* more than 0.02 above its minimum, and train loss at the end
+      is below its value at that minimum epoch (it kept falling while val loss rose).
+    - ``underfitting``: final train loss above 90% of its first value in the phase *and* val loss never fell by 5%
+      of its first value (both flat). If earlier phases exist and the first one did reduce train loss by more than
+      10%, the flat last phase is fine-tuning of a model that already learned: ``ok``.
+    - ``ok`` otherwise (the reason still says when val loss rose while train loss rose too: unstable, not overfit).
+
+    These are heuristics on loss curves, not tests; the report says so.
     """
-    phase = history.get("loss_phase") or [0] * len(history.get("loss", []))
-    keep = [i for i, p in enumerate(phase) if p == phase[-1]] if phase else []
-    train = [history["loss"][i] for i in keep]
-    val = [history["val_loss"][i] for i in keep] if "val_loss" in history else []
-    if len(train) < 3 or len(val) < 3:
-        return "too_short", f"{len(train)} epoch(s) in the last loss phase: too few to judge"
+    loss, val_loss = list(history.get("loss", [])), list(history.get("val_loss", []))
+    phase = list(history.get("loss_phase") or [0] * len(loss))
+    if not val_loss:
+        return "too_short", "no validation loss recorded: cannot judge the fit"
+    n = min(len(loss), len(val_loss), len(phase))
+    in_last = [i for i in range(n) if phase[i] == phase[n - 1]] if n else []
+    keep = [i for i in in_last if math.isfinite(loss[i]) and math.isfinite(val_loss[i])]
+    dropped = len(in_last) - len(keep)
+    note = f" ({dropped} epoch(s) with non-finite loss ignored)" if dropped else ""
+    if len(keep) < MIN_EPOCHS:
+        return "too_short", f"{len(keep)} epoch(s) in the last loss phase: fewer than {MIN_EPOCHS}, too few to judge{note}"
+    train = [loss[i] for i in keep]
+    val = [val_loss[i] for i in keep]
     best = int(np.argmin(val))
+    best_epoch, last_epoch = keep[best] + 1, keep[-1] + 1  # 1-based epochs of the whole training
     rise = val[-1] - val[best]
-    if best < len(val) - 1 and rise > OVERFIT_RISE * abs(val[best]) and rise > OVERFIT_MIN_DELTA and train[-1] < train[best]:
+    rose_clearly = rise > OVERFIT_RISE * abs(val[best]) and rise > OVERFIT_MIN_DELTA
+    if rose_clearly and train[-1] < train[best]:
         return "overfitting", (
-            f"val loss rose from {val[best]:.3f} (epoch {keep[best] + 1}) to {val[-1]:.3f} "
-            f"while train loss fell from {train[best]:.3f} to {train[-1]:.3f}; "
-            f"early stopping kept the epoch-{keep[best] + 1} weights"
+            f"val loss rose from {val[best]:.3f} (epoch {best_epoch}) to {val[-1]:.3f} (epoch {last_epoch}, "
+            f"+{rise / abs(val[best]):.0%}) while train loss fell from {train[best]:.3f} to {train[-1]:.3f}; "
+            f"restore-best early stopping keeps the epoch-{best_epoch} weights{note}"
         )
-    if train[-1] > UNDERFIT_FLAT * train[0] and (val[0] - min(val)) < UNDERFIT_VAL_GAIN * abs(val[0]):
-        return "underfitting", (
-            f"train loss {train[0]:.3f} -> {train[-1]:.3f} and val loss {val[0]:.3f} -> best {min(val):.3f}: both flat"
+    flat_train = train[-1] > UNDERFIT_FLAT * train[0]
+    val_gain = val[0] - min(val)
+    if flat_train and val_gain < UNDERFIT_VAL_GAIN * abs(val[0]):
+        earlier = _first_phase_drop(history, loss, phase, n)
+        flat = f"train loss {train[0]:.3f} -> {train[-1]:.3f}, val loss {val[0]:.3f} -> best {min(val):.3f}"
+        if earlier is not None and earlier[1] < UNDERFIT_FLAT * earlier[0]:
+            return "ok", (
+                f"last loss phase flat ({flat}) but train loss already fell {earlier[0]:.3f} -> {earlier[1]:.3f} "
+                f"in the first phase: fine-tuning after the loss switch{note}"
+            )
+        return "underfitting", f"both flat: {flat} (val loss fell by under {UNDERFIT_VAL_GAIN:.0%}){note}"
+    reason = f"best val loss {val[best]:.3f} at epoch {best_epoch} of {last_epoch}"
+    if rose_clearly:
+        reason += (
+            f"; val loss then rose to {val[-1]:.3f} but train loss did not fall ({train[best]:.3f} -> {train[-1]:.3f}): "
+            "unstable training rather than overfitting"
         )
-    return "ok", f"best val loss {val[best]:.3f} at epoch {keep[best] + 1} of {keep[-1] + 1}"
+    return "ok", reason + note
 
 
-def diagnose_all(histories: dict[str, dict[int, dict[str, list[float]]]]) -> dict[str, dict[int, tuple[str, str]]]:
+def _first_phase_drop(history: History, loss: list[float], phase: list, n: int) -> tuple[float, float] | None:
+    """(first, last) finite train loss of the first loss phase when a later phase exists, else None."""
+    if not history.get("loss_phase") or phase[0] == phase[n - 1]:
+        return None
+    first = [loss[i] for i in range(n) if phase[i] == phase[0] and math.isfinite(loss[i])]
+    return (first[0], first[-1]) if len(first) >= 2 else None
+
+
+def diagnose_all(histories: Mapping[str, Mapping[int, History]]) -> dict[str, dict[int, tuple[str, str]]]:
+    """:func:`diagnose_fit` for every strategy and fold, folds in order."""
     return {s: {fold: diagnose_fit(h) for fold, h in sorted(per.items())} for s, per in histories.items()}
 
 
-def _scores(y_true: np.ndarray, proba: np.ndarray, positive_class: int) -> tuple[np.ndarray, np.ndarray]:
-    """Binary: the positive class's score; multi-class: micro-averaged one-vs-rest scores."""
+# ----------------------------------------------------------------------------------------------------------- plots
+
+
+def _figure(**kwargs: Any) -> Figure:
+    from matplotlib.figure import Figure  # imported here: no matplotlib side effects when the module is imported
+
+    return Figure(layout="constrained", **kwargs)
+
+
+def _save(fig: Figure, path: Path | str) -> None:
+    fig.savefig(path, dpi=DPI)
+    fig.clear()  # free the artists now instead of waiting for the garbage collector
+
+
+def _scores(y_true, proba: np.ndarray, positive_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """Binary: (is positive, P(positive)); K>2: micro-averaged one-vs-rest (flattened one-hot, flattened proba)."""
+    y_true, proba = np.asarray(y_true, dtype=np.int64), np.asarray(proba, dtype=np.float64)
     if proba.shape[1] == 2:
-        return (np.asarray(y_true) == positive_class).astype(int), proba[:, positive_class]
-    onehot = np.eye(proba.shape[1])[y_true]
-    return onehot.ravel(), proba.ravel()
+        return (y_true == positive_class).astype(int), proba[:, positive_class]
+    return np.eye(proba.shape[1], dtype=int)[y_true].ravel(), proba.ravel()
 
 
-def plot_roc_pr(path_roc: Path, path_pr: Path, y_true, probas: dict[str, np.ndarray], positive_class: int) -> None:
-    roc, pr = Figure(figsize=(6, 5)), Figure(figsize=(6, 5))
+def _curve_scope(probas: Mapping[str, np.ndarray], positive_class: int, class_names: list[str] | None) -> str:
+    k = np.asarray(next(iter(probas.values()))).shape[1] if probas else 2
+    if k == 2:
+        name = class_names[positive_class] if class_names else str(positive_class)
+        return f"positive class: {name}"
+    return f"micro-average one-vs-rest over {k} classes"
+
+
+def plot_roc_pr(
+    path_roc: Path | str,
+    path_pr: Path | str,
+    y_true,
+    probas: Mapping[str, np.ndarray],
+    positive_class: int,
+    class_names: list[str] | None = None,
+) -> None:
+    """All models on one ROC and one precision-recall figure (test split), areas in the legend.
+
+    Binary: curves for ``positive_class``. K>2: one micro-averaged one-vs-rest curve per model (one line per model
+    stays readable with six models; the table's ROC AUC is the macro average, so the legend says "micro")."""
+    micro = bool(probas) and np.asarray(next(iter(probas.values()))).shape[1] > 2
+    tag = "micro " if micro else ""
+    roc, pr = _figure(figsize=(6, 5)), _figure(figsize=(6, 5))
     ax_roc, ax_pr = roc.subplots(), pr.subplots()
+    prevalence = None
     for name, proba in probas.items():
         truth, score = _scores(y_true, proba, positive_class)
-        if len(np.unique(truth)) < 2:
+        if len(np.unique(truth)) < 2:  # one class only: the curves are undefined
             continue
         fpr, tpr, _ = roc_curve(truth, score)
-        ax_roc.plot(fpr, tpr, label=f"{name} (AUC {np.trapezoid(tpr, fpr):.3f})")
+        ax_roc.plot(fpr, tpr, lw=1.4, label=f"{name} ({tag}AUC {auc(fpr, tpr):.3f})")
         precision, recall, _ = precision_recall_curve(truth, score)
-        ax_pr.plot(recall, precision, label=name)
-    ax_roc.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
-    ax_pr.axhline(np.mean(_scores(y_true, next(iter(probas.values())), positive_class)[0]), color="k", ls="--", lw=0.8)
-    ax_pr.set(xlabel="recall", ylabel="precision", title="Precision-recall (test)")
-    for fig, ax, path in ((roc, ax_roc, path_roc), (pr, ax_pr, path_pr)):
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        ap = average_precision_score(truth, score)
+        ax_pr.plot(recall, precision, lw=1.4, drawstyle="steps-post", label=f"{name} ({tag}AP {ap:.3f})")
+        prevalence = float(truth.mean())
+    scope = _curve_scope(probas, positive_class, class_names)
+    ax_roc.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
+    ax_roc.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
+               xlim=(0, 1), ylim=(0, 1.01), title=f"ROC, test split\n{scope}")
+    if prevalence is not None:
+        ax_pr.axhline(prevalence, color="k", ls="--", lw=0.8, label=f"chance (prevalence {prevalence:.2f})")
+    ax_pr.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.01),
+              title=f"Precision-recall, test split\n{scope}")
+    ax_roc.legend(fontsize=8, loc="lower right")
+    ax_pr.legend(fontsize=8, loc="lower left")
+    _save(roc, path_roc)
+    _save(pr, path_pr)
 
 
-def plot_confusion_matrices(path: Path, metrics: dict, class_names: list[str], split: str = "test") -> None:
+def plot_confusion_matrices(path: Path | str, metrics: Mapping, class_names: list[str], split: str = "test") -> None:
+    """One panel per model: counts with row percentages (recall per true class), threshold in the title.
+
+    Colour is the row-normalised share, so a minority class's row is as visible as the majority's."""
     models = metrics["models"]
-    cols = min(3, len(models))
-    rows = math.ceil(len(models) / cols)
-    fig = Figure(figsize=(4 * cols, 3.6 * rows))
+    cols = max(1, min(3, len(models)))
+    rows = max(1, math.ceil(len(models) / cols))
+    k = len(class_names)
+    side = 2.2 + 0.6 * k
+    fig = _figure(figsize=(side * cols, (side - 0.2) * rows))
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     for ax, (name, result) in zip(axes, models.items()):
-        cm = np.asarray(result[split]["confusion_matrix"])
-        ax.imshow(cm, cmap="Blues")
+        cm = np.asarray(result[split]["confusion_matrix"], dtype=np.int64)
+        share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
         for (i, j), count in np.ndenumerate(cm):
-            ax.text(j, i, str(count), ha="center", va="center", color="white" if count > cm.max() / 2 else "black")
-        threshold = result[split]["threshold"]
-        ax.set_title(name + ("" if threshold is None else f" (t={threshold:.2f})"), fontsize=9)
-        ax.set_xticks(range(len(class_names)), class_names, fontsize=7)
-        ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
+            ax.text(j, i, f"{count}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black")
+        threshold = result[split].get("threshold")
+        rule = "argmax" if threshold is None else f"threshold {_fmt(threshold)}"
+        ax.set_title(f"{name} ({rule})", fontsize=9)
+        ax.set_xticks(range(k), class_names, fontsize=7, rotation=30 if k > 3 else 0)
+        ax.set_yticks(range(k), class_names, fontsize=7)
         ax.set_xlabel("predicted", fontsize=8)
         ax.set_ylabel("true", fontsize=8)
     for ax in axes[len(models):]:
         ax.set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.suptitle(f"Confusion matrices, {split} split (count, share of the true class)", fontsize=10)
+    _save(fig, path)
 
 
-def plot_histories(path: Path, history_by_fold: dict[int, dict[str, list[float]]], title: str) -> None:
-    fig = Figure(figsize=(10, 4))
+def plot_histories(path: Path | str, history_by_fold: Mapping[int, History], title: str) -> None:
+    """One strategy: train (solid) and val (dashed) loss and accuracy per fold; loss-phase switches (DRW) dotted."""
+    from matplotlib.lines import Line2D
+
+    fig = _figure(figsize=(11, 4.2))
     ax_loss, ax_acc = fig.subplots(1, 2)
-    for fold, history in sorted(history_by_fold.items()):
-        epochs = np.arange(1, len(history["loss"]) + 1)
-        line = ax_loss.plot(epochs, history["loss"], label=f"fold {fold + 1} train")[0]
-        ax_loss.plot(epochs, history["val_loss"], ls="--", color=line.get_color(), label=f"fold {fold + 1} val")
-        if "accuracy" in history:
-            ax_acc.plot(epochs, history["accuracy"], color=line.get_color())
-            ax_acc.plot(epochs, history["val_accuracy"], ls="--", color=line.get_color())
-        switches = np.flatnonzero(np.diff(history.get("loss_phase", [0])) != 0)
-        for s in switches:
-            ax_loss.axvline(s + 1.5, color="grey", lw=0.8, ls=":")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title=f"{title}: loss (dotted: DRW switch)")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title=f"{title}: accuracy (dashed: val)")
-    ax_loss.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    colours = [f"C{i % 10}" for i in range(len(history_by_fold))]
+    switches: set[float] = set()
+    handles = []
+    for colour, (fold, history) in zip(colours, sorted(history_by_fold.items())):
+        for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+            for suffix, style in (("", "-"), ("val_", "--")):
+                values = history.get(suffix + key)
+                if values:
+                    ax.plot(np.arange(1, len(values) + 1), values, ls=style, color=colour, lw=1.2)
+        phase = history.get("loss_phase") or []
+        switches.update(float(s) + 1.5 for s in np.flatnonzero(np.diff(phase) != 0))  # between the two epochs
+        handles.append(Line2D([], [], color=colour, label=f"fold {fold + 1}"))
+    for ax in (ax_loss, ax_acc):
+        for x in sorted(switches):
+            ax.axvline(x, color="grey", lw=0.9, ls=":")
+        ax.set_xlabel("epoch")
+    handles += [Line2D([], [], color="k", ls="-", label="train"), Line2D([], [], color="k", ls="--", label="val")]
+    if switches:
+        handles.append(Line2D([], [], color="grey", ls=":", label="loss switch (DRW)"))
+    ax_loss.set(ylabel="loss", title=f"{title}: loss")
+    ax_acc.set(ylabel="accuracy", title=f"{title}: accuracy")
+    ax_acc.legend(handles=handles, fontsize=7, loc="best")
+    _save(fig, path)
 
 
-def plot_calibration(path: Path, y_true, probas: dict[str, np.ndarray], positive_class: int) -> None:
-    fig = Figure(figsize=(6, 5))
+def plot_calibration(path: Path | str, y_true, probas: Mapping[str, np.ndarray], positive_class: int) -> None:
+    """Reliability curve per model (10 quantile bins) against the diagonal. K>2: pooled one-vs-rest probabilities."""
+    fig = _figure(figsize=(6, 5))
     ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfectly calibrated")
     for name, proba in probas.items():
         truth, score = _scores(y_true, proba, positive_class)
+        if len(np.unique(truth)) < 2:
+            continue
         frac, mean = calibration_curve(truth, score, n_bins=10, strategy="quantile")
-        ax.plot(mean, frac, marker="o", ms=3, label=name)
-    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect")
-    ax.set(xlabel="mean predicted probability", ylabel="observed frequency", title="Calibration (test)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        ax.plot(mean, frac, marker="o", ms=3, lw=1.2, label=name)
+    k = np.asarray(next(iter(probas.values()))).shape[1] if probas else 2
+    what = "P(positive class)" if k == 2 else "class probability (all classes pooled, one-vs-rest)"
+    ax.set(xlabel=f"mean predicted {what}", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1),
+           title="Calibration, test split (quantile bins)")
+    ax.legend(fontsize=8, loc="upper left")
+    _save(fig, path)
 
 
-def make_plots(plot_dir: Path, metrics: dict, y_test, test_probas, histories, class_names, positive_class) -> dict[str, str]:
+def make_plots(
+    plot_dir: Path,
+    metrics: Mapping,
+    y_test,
+    test_probas: Mapping[str, np.ndarray],
+    histories: Mapping[str, Mapping[int, History]],
+    class_names: list[str],
+    positive_class: int,
+) -> dict[str, str]:
     """Write every plot of the report into ``plot_dir``; returns {label: file name}."""
+    plot_dir = Path(plot_dir)
     plot_dir.mkdir(parents=True, exist_ok=True)
-    plot_roc_pr(plot_dir / "roc.png", plot_dir / "pr.png", y_test, test_probas, positive_class)
+    plot_roc_pr(plot_dir / "roc.png", plot_dir / "pr.png", y_test, test_probas, positive_class, class_names)
     plot_confusion_matrices(plot_dir / "confusion_test.png", metrics, class_names)
     plot_calibration(plot_dir / "calibration.png", y_test, test_probas, positive_class)
-    files = {"ROC": "roc.png", "Precision-recall": "pr.png", "Confusion matrices": "confusion_test.png", "Calibration": "calibration.png"}
+    files = {"ROC": "roc.png", "Precision-recall": "pr.png", "Confusion matrices": "confusion_test.png",
+             "Calibration": "calibration.png"}
     for strategy, per_fold in histories.items():
         plot_histories(plot_dir / f"curves_{strategy}.png", per_fold, strategy)
         files[f"Training curves: {strategy}"] = f"curves_{strategy}.png"
     return files
 
 
+# ---------------------------------------------------------------------------------------------------------- report
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and math.isnan(value)
+
+
 def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    """3 decimals for reals, "n/a" for None and nan."""
+    if value is None or _is_nan(value):
         return "n/a"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    if isinstance(value, (bool, np.bool_, numbers.Integral)):
+        return str(value)
+    if isinstance(value, numbers.Real):
+        return f"{float(value):.3f}"
+    return str(value)
 
 
-def _with_ci(result: dict, key: str) -> str:
-    ci = result.get("test_ci", {}).get(key)
-    point = _fmt(result["test"][key])
-    return point if not ci else f"{point} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+def _fmt_value(value: Any) -> str:
+    """Run-details values: numbers as in tables, mappings and sequences recursively, on one line."""
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_fmt_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "[" + ", ".join(_fmt_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return value
+    return _fmt(value)
 
 
-def _ranked(models: dict) -> list[str]:
-    def key(name: str) -> tuple[float, float]:
-        t = models[name]["test"]
-        auc = t["roc_auc"]
-        return (-(auc if not math.isnan(auc) else -1.0), -t["balanced_accuracy"])
-
-    return sorted(models, key=key)
+def _cell(text: Any) -> str:
+    """Safe inside a markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _recommendation(models: dict) -> list[str]:
+def _ci(result: Mapping, key: str) -> tuple[float, float] | None:
+    ci = (result.get("test_ci") or {}).get(key)
+    if not ci or all(_is_nan(v) or v is None for v in ci):
+        return None
+    return float(ci[0]), float(ci[1])
+
+
+def _with_ci(result: Mapping, key: str) -> str:
+    """``0.912 [0.880, 0.940]``; the point alone when no interval was computed."""
+    point = _fmt(result["test"].get(key))
+    ci = _ci(result, key)
+    return point if ci is None else f"{point} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _threshold(m: Mapping) -> str:
+    t = m.get("threshold")
+    return "argmax" if t is None else _fmt(t)
+
+
+def _desc(value: Any) -> tuple[bool, float]:
+    """Sort key: larger first, nan/None last."""
+    return (True, 0.0) if value is None or _is_nan(value) else (False, -float(value))
+
+
+def _asc(value: Any) -> tuple[bool, float]:
+    """Sort key: smaller first, nan/None last."""
+    return (True, 0.0) if value is None or _is_nan(value) else (False, float(value))
+
+
+def _ranked(models: Mapping) -> list[str]:
+    """Model names by test ROC AUC, then balanced accuracy (nan last; ties keep the given order)."""
+    return sorted(models, key=lambda n: (_desc(models[n]["test"].get("roc_auc")),
+                                         _desc(models[n]["test"].get("balanced_accuracy"))))
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+
+
+def _recommendation(models: Mapping) -> list[str]:
+    """Which model to trust: best test ROC AUC, whether its CI overlaps others', and its OOF-vs-test gap."""
     order = _ranked(models)
+    if not order:
+        return ["No models were evaluated."]
     best = order[0]
+    if _is_nan(models[best]["test"].get("roc_auc", math.nan)):
+        return ["No model has a defined test ROC AUC (the test split lacks a class?): rank by the confusion "
+                "matrices and balanced accuracy instead."]
     lines = [f"**{best}** has the highest test ROC AUC ({_with_ci(models[best], 'roc_auc')})."]
+    best_ci = _ci(models[best], "roc_auc")
     if len(order) > 1:
         second = order[1]
-        lo_best = models[best].get("test_ci", {}).get("roc_auc", [math.nan])[0]
-        hi_second = models[second].get("test_ci", {}).get("roc_auc", [math.nan, math.nan])[1]
-        if not math.isnan(lo_best) and not math.isnan(hi_second) and lo_best <= hi_second:
-            lines.append(
-                f"Its 95% interval overlaps that of the runner-up **{second}** ({_with_ci(models[second], 'roc_auc')}): "
-                "the test split cannot tell them apart; prefer the simpler or better-calibrated (lower Brier) of the two."
-            )
+        second_ci = _ci(models[second], "roc_auc")
+        if best_ci is None or second_ci is None:
+            lines.append(f"No bootstrap interval was computed, so its lead over **{second}** "
+                         f"({_with_ci(models[second], 'roc_auc')}) cannot be judged against test-set noise.")
         else:
-            lines.append(f"Its interval does not overlap the runner-up **{second}**'s.")
-    gap = models[best]["oof"]["roc_auc"] - models[best]["test"]["roc_auc"]
-    if not math.isnan(gap) and gap > 0.05:
-        lines.append(f"Its OOF ROC AUC is {gap:.3f} higher than on test: expect the test figure, not the OOF one.")
+            tied = [n for n in order[1:] if (ci := _ci(models[n], "roc_auc")) is not None and ci[1] >= best_ci[0]]
+            if second in tied:
+                calibrated = min([best, *tied], key=lambda n: _asc(models[n]["test"].get("brier")))
+                lines.append(
+                    f"Its 95% interval overlaps the runner-up **{second}**'s ({_with_ci(models[second], 'roc_auc')}): "
+                    f"the test split cannot tell them apart. Models whose interval reaches its lower bound: "
+                    f"{', '.join(tied)}. Of these and {best}, **{calibrated}** has the lowest Brier score "
+                    f"({_fmt(models[calibrated]['test'].get('brier'))}); prefer the simpler or better-calibrated one."
+                )
+            else:
+                lines.append(f"Its 95% interval lies above the runner-up **{second}**'s "
+                             f"({_with_ci(models[second], 'roc_auc')}): the lead is larger than test-set noise.")
+    oof, test = models[best].get("oof", {}).get("roc_auc", math.nan), models[best]["test"]["roc_auc"]
+    if _is_nan(oof) or oof is None:
+        lines.append("Its out-of-fold ROC AUC is not available, so the CV estimate cannot be checked for optimism.")
+    elif oof - test > OPTIMISM_GAP:
+        lines.append(f"Its out-of-fold ROC AUC ({_fmt(oof)}) is {oof - test:.3f} above the test one ({_fmt(test)}): "
+                     "the cross-validated figure was optimistic; quote the test figure.")
+    elif test - oof > OPTIMISM_GAP:
+        lines.append(f"Its test ROC AUC is {test - oof:.3f} above the out-of-fold one ({_fmt(oof)}): likely luck of "
+                     "a small test split; expect something nearer the OOF figure on new data.")
+    else:
+        lines.append(f"Out-of-fold ({_fmt(oof)}) and test ({_fmt(test)}) ROC AUC agree within {OPTIMISM_GAP}: "
+                     "no sign of optimism.")
     return lines
 
 
-def render_report(metrics: dict, diagnoses: dict, plots: dict[str, str], notes: list[str], extra: dict) -> str:
-    """The run's markdown report: data, leaderboard with CIs, recommendation, OOF, fit diagnosis, notes, plots."""
+def _data_section(ds: Mapping) -> list[str]:
+    classes = list(ds["classes"])
+    rows = [[split, *(counts.get(c, 0) for c in classes), sum(counts.values())] for split, counts in ds["counts"].items()]
+    out = ["## Data", "", *_table(["split", *classes, "total"], rows)]
+    more = [f"- {key}: {_fmt_value(value)}" for key, value in ds.items() if key not in ("name", "classes", "counts")]
+    return out + ([""] + more if more else [])
+
+
+def _fit_section(diagnoses: Mapping[str, Mapping[int, tuple[str, str]]]) -> list[str]:
+    rows = [[s, fold + 1, verdict, why] for s, per in diagnoses.items() for fold, (verdict, why) in per.items()]
+    flagged = sum(r[2] in ("overfitting", "underfitting") for r in rows)
+    intro = (
+        "These verdicts are heuristics on the loss curves, not tests; look at the training-curve plots before acting "
+        f"on them. Only the last loss phase is compared (LDAM-DRW changes the loss mid-training). *overfitting*: val "
+        f"loss ends over {OVERFIT_RISE:.0%} (and {OVERFIT_MIN_DELTA}) above its minimum while train loss kept falling; "
+        f"*underfitting*: train loss ends above {UNDERFIT_FLAT:.0%} of its first value and val loss never fell "
+        f"{UNDERFIT_VAL_GAIN:.0%}; *too_short*: under {MIN_EPOCHS} epochs. {flagged} of {len(rows)} trainings flagged."
+    )
+    return ["## Fit diagnosis (heuristic)", "", intro, "", *_table(["strategy", "fold", "verdict", "why"], rows)]
+
+
+def render_report(
+    metrics: Mapping, diagnoses: Mapping, plots: Mapping[str, str], notes: list[str], extra: Mapping
+) -> str:
+    """The run's markdown report: data, leaderboard with CIs, recommendation, OOF, per-class, fit diagnosis, notes,
+    run details and plots (``plots`` maps a label to a link relative to the report, e.g. ``plots/roc.png``)."""
     ds, models = metrics["dataset"], metrics["models"]
-    classes = ds["classes"]
-    out = [f"# medstack report: {ds['name']}", "", "## Data", "", "| split | " + " | ".join(classes) + " | total |"]
-    out.append("|---|" + "---|" * (len(classes) + 1))
-    for split, counts in ds["counts"].items():
-        out.append(f"| {split} | " + " | ".join(str(counts[c]) for c in classes) + f" | {sum(counts.values())} |")
-    out += ["", "## Test leaderboard (95% bootstrap CI)", ""]
-    out.append("| model | " + " | ".join(CI_KEYS) + " | threshold |")
-    out.append("|---|" + "---|" * (len(CI_KEYS) + 1))
-    for name in _ranked(models):
-        cells = [_with_ci(models[name], k) for k in CI_KEYS]
-        out.append(f"| {name} | " + " | ".join(cells) + f" | {_fmt(models[name]['test']['threshold'])} |")
+    order = _ranked(models)
+    out = [f"# medstack report: {ds['name']}", "", *_data_section(ds), ""]
+    out += ["## Test leaderboard (95% bootstrap CI)", "",
+            "Sorted by test ROC AUC. Binary metrics are for the positive class at each model's threshold; "
+            "multi-class ones are macro averages at argmax.", ""]
+    out += _table(["model", *CI_KEYS, "threshold"],
+                  [[n, *(_with_ci(models[n], k) for k in CI_KEYS), _threshold(models[n]["test"])] for n in order])
     out += ["", "## Which model to trust", "", *_recommendation(models), ""]
-    out += ["## Out-of-fold (train split) for comparison", "", "| model | roc_auc | balanced_accuracy | f1 | brier |", "|---|---|---|---|---|"]
-    for name in _ranked(models):
-        o = models[name]["oof"]
-        out.append(f"| {name} | {_fmt(o['roc_auc'])} | {_fmt(o['balanced_accuracy'])} | {_fmt(o['f1'])} | {_fmt(o['brier'])} |")
-    if len(classes) > 2:
-        out += ["", "## Per-class test metrics", "", "| model | class | precision | recall | f1 | support |", "|---|---|---|---|---|---|"]
-        for name in _ranked(models):
-            for cls, row in models[name]["test"]["per_class"].items():
-                out.append(f"| {name} | {cls} | {_fmt(row['precision'])} | {_fmt(row['recall'])} | {_fmt(row['f1'])} | {row['support']} |")
-    out += ["", "## Fit diagnosis (heuristics: see medstack/report.py)", "", "| strategy | fold | verdict | why |", "|---|---|---|---|"]
-    for strategy, per_fold in diagnoses.items():
-        for fold, (verdict, why) in per_fold.items():
-            out.append(f"| {strategy} | {fold + 1} | {verdict} | {why} |")
-    out += ["", "## Warnings and notes", ""]
-    out += [f"- {n}" for n in notes] if notes else ["- none"]
-    out += ["", "## Run details", ""]
-    out += [f"- {key}: {value}" for key, value in extra.items()]
-    out += ["", "## Plots", ""]
-    out += [f"### {label}\n\n![{label}]({link})\n" for label, link in plots.items()]
-    return "\n".join(out) + "\n"
+    out += ["## Out-of-fold (train split) for comparison", "",
+            "Cross-validated predictions on the training split; a test ROC AUC far below the OOF one means the CV "
+            "estimate was optimistic.", ""]
+    rows = []
+    for n in order:
+        o, t = models[n].get("oof", {}), models[n]["test"]
+        gap = (t.get("roc_auc", math.nan) - o.get("roc_auc", math.nan)) if o else math.nan
+        rows.append([n, *(_fmt(o.get(k)) for k in OOF_KEYS), _fmt(gap)])
+    out += _table(["model", *OOF_KEYS, "test - OOF roc_auc"], rows)
+    if len(ds["classes"]) > 2:
+        out += ["", "## Per-class test metrics", ""]
+        out += _table(["model", "class", "precision", "recall", "specificity", "f1", "support"], [
+            [n, cls, *(_fmt(r.get(k)) for k in ("precision", "recall", "specificity", "f1")), _fmt(r.get("support"))]
+            for n in order for cls, r in models[n]["test"].get("per_class", {}).items()
+        ])
+    out += ["", *_fit_section(diagnoses), ""]
+    out += ["## Warnings and notes", "", *([f"- {_cell(n)}" for n in notes] or ["- none"]), ""]
+    out += ["## Run details", "", *([f"- {k}: {_cell(_fmt_value(v))}" for k, v in extra.items()] or ["- none"]), ""]
+    out += ["## Plots", ""]
+    for label, link in plots.items():
+        out += [f"### {label}", "", f"![{label}]({link})", ""]
+    return "\n".join(out).rstrip() + "\n"
