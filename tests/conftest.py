@@ -15,6 +15,7 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
 import logging
 
 import numpy as np
+from prefect import flow as _flow  # noqa: F401  set up Prefect logging now, not in a test whose captured stderr closes
 import pytest
 
 # Many small models per process make tf.function retrace by design; the warning says nothing useful here.
