@@ -23,9 +23,36 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", help="override data.path (npz file or image folder)")
     run.add_argument("--output-dir", help="override runtime.output_dir (where run folders go)")
     run.add_argument("--cache-dir", help="override runtime.cache_dir (fold cache shared by runs)")
+    serve = sub.add_parser(
+        "serve", help="serve the flow as a Prefect deployment from this process (no work pool or worker needed)"
+    )
+    serve.add_argument("--config", required=True, type=Path)
+    serve.add_argument("--name", help="deployment name (default: the config's name)")
+    serve.add_argument("--cron", help='retrain schedule, e.g. "0 3 * * 1" (Mondays 03:00)')
+    serve.add_argument("--timezone", default="UTC", help="time zone of --cron (default: UTC)")
+    for command in (run, serve):
+        command.add_argument(
+            "--set", action="append", default=[], metavar="KEY=VALUE",
+            help="override one config field by dotted key, e.g. --set training.epochs=2 (value read as YAML)",
+        )
     check = sub.add_parser("check-config", help="validate a config and print it resolved")
     check.add_argument("--config", required=True, type=Path)
     return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    import yaml
+
+    overrides = {}
+    for item in getattr(args, "set", []):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"medstack: --set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    for flag, dotted in (("data", "data.path"), ("output_dir", "runtime.output_dir"), ("cache_dir", "runtime.cache_dir")):
+        if getattr(args, flag, None):
+            overrides[dotted] = getattr(args, flag)
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,25 +60,22 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_environment()
     from medstack.config import ConfigError, config_to_yaml, load_config
 
-    overrides = {}
-    if getattr(args, "data", None):
-        overrides["data.path"] = args.data
-    if getattr(args, "output_dir", None):
-        overrides["runtime.output_dir"] = args.output_dir
-    if getattr(args, "cache_dir", None):
-        overrides["runtime.cache_dir"] = args.cache_dir
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, _overrides(args))
     except ConfigError as exc:
         print(f"medstack: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
         print(config_to_yaml(cfg), end="")
         return 0
-    from flows.ensemble import with_runtime
+    if args.command == "serve":
+        from medstack.deploy import serve_config
 
-    run_dir = with_runtime(cfg.runtime)(config=cfg)
-    print(run_dir)
+        serve_config(cfg, name=args.name or cfg.name, cron=args.cron, timezone=args.timezone)
+        return 0
+    from flows.ensemble import ensemble_flow
+
+    print(ensemble_flow(config=cfg))
     return 0
 
 

@@ -195,10 +195,32 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         raise ConfigError(f"{path}: invalid config:\n{exc}") from exc
 
 
+def apply_overrides(config: RunConfig, overrides: dict[str, Any] | None) -> RunConfig:
+    """A new config with dotted-key ``overrides`` applied (``{"training.epochs": 2}``), validated again.
+
+    Each value replaces what is at its path wholesale (``{"strategies": {"ldam": {}}}`` leaves only LDAM).
+    This is how ``prefect deployment run --param overrides=...`` changes single fields of a deployment's config:
+    Prefect merges run parameters into deployment parameters only at the top level.
+    """
+    if not overrides:
+        return config
+    if not isinstance(overrides, dict) or not all(isinstance(k, str) and k for k in overrides):
+        raise ConfigError(f"overrides must map dotted config keys to values, got {overrides!r}")
+    raw = config.model_dump(mode="json")
+    for dotted, value in overrides.items():
+        _set_dotted(raw, dotted, value)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid overrides {sorted(overrides)}:\n{exc}") from exc
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     for key in parents:
         tree = tree.setdefault(key, {})
+        if not isinstance(tree, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {key!r} is not a section")
     tree[leaf] = value
 
 

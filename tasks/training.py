@@ -1,20 +1,66 @@
-"""The fan-out node: one task per (strategy, fold)."""
+"""The fan-out node: one task per (strategy, fold), on the task runner the config asks for, with progress."""
 
 from __future__ import annotations
 
 from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, as_completed
+from prefect.states import Completed, State
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from medstack import pipeline
-from medstack.config import RunConfig
+from medstack.config import RunConfig, RuntimeConfig
 from medstack.storage import FoldCache, FoldResult
+
+PROGRESS_KEY = "ensemble-training-progress"
 
 
 @task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
-def train_fold(prepared: pipeline.PreparedData, cfg: RunConfig, strategy: str, fold: int) -> FoldResult:
-    """Train one base model on folds != fold (or load it from the fold cache) and predict OOF, val and test."""
+def train_fold(prepared: pipeline.PreparedData, cfg: RunConfig, strategy: str, fold: int) -> State:
+    """Train one base model on folds != fold (or load it from the fold cache) and predict OOF, val and test.
+
+    A fold served from medstack's fold cache ends in a Completed state named "Cached", so the Prefect UI
+    shows at a glance which folds a run retrained."""
     from models.training import configure_accelerators
 
     configure_accelerators()
     cache = FoldCache(cfg.runtime.cache_dir)
-    return pipeline.train_fold(prepared, cfg, strategy, fold, cache, pipeline.code_version())
+    result = pipeline.train_fold(prepared, cfg, strategy, fold, cache, pipeline.code_version())
+    if result.from_cache:
+        return Completed(data=result, name="Cached", message=f"fold cache hit {result.cache_key}")
+    return Completed(data=result, message=f"trained {result.info.get('epochs_run')} epochs")
+
+
+def training_runner(runtime: RuntimeConfig) -> TaskRunner:
+    """Threads (default) or processes (each training in its own TF session), ``runtime.max_workers`` wide.
+
+    The flow enters this runner itself rather than fixing one in ``@flow``, so a deployment run honours the
+    config's runtime section exactly like ``medstack run`` does."""
+    runner_cls = ProcessPoolTaskRunner if runtime.task_runner == "processes" else ThreadPoolTaskRunner
+    return runner_cls(max_workers=runtime.max_workers)
+
+
+class TrainingProgress:
+    """A Prefect progress artifact that advances as fold trainings finish (in whatever order they finish)."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.done = self.cached = 0
+        self._artifact = create_progress_artifact(
+            progress=0.0, key=PROGRESS_KEY, description=self._describe()
+        )
+
+    def _describe(self) -> str:
+        return f"{self.done}/{self.total} fold trainings finished ({self.cached} from the fold cache)"
+
+    def advance(self, result: FoldResult) -> None:
+        self.done += 1
+        self.cached += result.from_cache
+        update_progress_artifact(self._artifact, progress=100.0 * self.done / self.total, description=self._describe())
+
+    def wait(self, futures: list[PrefectFuture]) -> list[FoldResult]:
+        """Results in submission order; the artifact moves on with every completion. A failed fold raises."""
+        for future in as_completed(futures):
+            self.advance(future.result())
+        return [future.result() for future in futures]

@@ -119,12 +119,12 @@ def _assert_nothing_written(tree: dict) -> None:
 
 @pytest.mark.parametrize("case_id, build, error, pattern", DATA_CASES, ids=[c[0] for c in DATA_CASES])
 def test_bad_data_fails_clearly_through_the_flow(harness, tmp_path, case_id, build, error, pattern):
-    from flows.ensemble import with_runtime
+    from flows.ensemble import ensemble_flow
 
     tree = _tiny(tmp_path, build(tmp_path))
     cfg = RunConfig.model_validate(tree)
     with pytest.raises(error, match=pattern):
-        with_runtime(cfg.runtime)(config=cfg)
+        ensemble_flow(config=cfg)
     _assert_nothing_written(tree)
 
 
@@ -139,23 +139,23 @@ def test_bad_config_fails_at_the_boundary(tmp_path, case_id, overrides, pattern)
 
 
 def test_skip_policy_lists_every_skipped_file(harness, tmp_path):
-    from flows.ensemble import with_runtime
+    from flows.ensemble import ensemble_flow
 
     root = _folder(tmp_path / "d", counts=(10, 10))
     (root / "benign" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     tree = _tiny(tmp_path, _folder_cfg(root))
     tree["data"]["on_bad_image"] = "skip"
     cfg = RunConfig.model_validate(tree)
-    run = Path(with_runtime(cfg.runtime)(config=cfg))
+    run = Path(ensemble_flow(config=cfg))
     assert "broken.png" in (run / "report.md").read_text()
 
 
 def test_small_minority_lowers_smote_k_and_says_so(harness, tmp_path):
-    from flows.ensemble import with_runtime
+    from flows.ensemble import ensemble_flow
 
     labels = np.array([0] * 52 + [1] * 8)
     rng = np.random.default_rng(0)
     tree = _tiny(tmp_path, {**_npz_cfg(_npz(tmp_path / "x.npz", images=rng.integers(0, 255, (60, 8, 8)).astype(np.uint8), labels=labels)), "strategies": {"smote": {"k_neighbors": 5}}})
     cfg = RunConfig.model_validate(tree)
-    run = Path(with_runtime(cfg.runtime)(config=cfg))
+    run = Path(ensemble_flow(config=cfg))
     assert "k_neighbors lowered from 5 to" in (run / "report.md").read_text()

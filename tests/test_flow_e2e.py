@@ -34,7 +34,7 @@ def prefect_harness():
 @pytest.fixture(scope="module")
 def smoke_runs(prefect_harness, pneumonia_npz, tmp_path_factory):
     """Run the smoke config twice against one cache: a cold run, then a cached re-run."""
-    from flows.ensemble import with_runtime
+    from flows.ensemble import ensemble_flow
     from medstack import pipeline
     from models.training import CNNClassifier
 
@@ -60,7 +60,7 @@ def smoke_runs(prefect_harness, pneumonia_npz, tmp_path_factory):
     mp.setattr(CNNClassifier, "fit", counting_fit)
     mp.setattr(pipeline.SealedLabels, "reveal", spying_reveal)
     try:
-        flow = with_runtime(cfg.runtime)
+        flow = ensemble_flow
         t0 = time.perf_counter()
         first = flow(config=cfg)
         t1 = time.perf_counter()
@@ -170,14 +170,14 @@ def test_cli_rejects_a_bad_config_before_any_work(tmp_path, capsys):
 
 def test_process_pool_task_runner_runs_the_flow(prefect_harness, tiny_config_dict, tmp_path):
     """runtime.task_runner: processes -> trainings in worker processes, results back in the flow."""
-    from flows.ensemble import with_runtime
+    from flows.ensemble import ensemble_flow
     from medstack.config import RunConfig
 
     tiny_config_dict["data"]["subset"] = {"train": 200, "val": 60, "test": 60}
     tiny_config_dict["strategies"] = {"class_weight": {}, "smote": {}}
     tiny_config_dict["runtime"].update(task_runner="processes", max_workers=2)
     cfg = RunConfig.model_validate(tiny_config_dict)
-    run = Path(with_runtime(cfg.runtime)(config=cfg))
+    run = Path(ensemble_flow(config=cfg))
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["trained"] == 4 and sorted(manifest["folds"]) == [
         "class_weight|fold-1", "class_weight|fold-2", "smote|fold-1", "smote|fold-2"
