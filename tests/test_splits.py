@@ -1,8 +1,23 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from medstack.config import SplitConfig, SubsetConfig
-from medstack.splits import SplitError, describe_duplicates, find_duplicate_groups, make_folds, make_splits, subsample_splits
+from medstack.splits import (
+    SplitError,
+    crossing_groups,
+    describe_duplicates,
+    describe_groups,
+    find_duplicate_groups,
+    make_folds,
+    make_group_folds,
+    make_group_splits,
+    make_splits,
+    merge_groups,
+    subsample_splits,
+)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 7, 123])
@@ -125,7 +140,6 @@ def test_pneumoniamnist_duplicates_are_found_and_kept_out_of_other_folds(pneumon
 # Tolerances, measured with margin over these seeds: a split's or fold's class shares within 0.10 (splits) and
 # 0.08 (folds) of the overall shares, split sizes within 0.05 of split.fractions.
 SPLIT_SHARE_TOL, FOLD_SHARE_TOL, SIZE_TOL = 0.10, 0.08, 0.05
-from medstack.splits import crossing_groups, describe_groups, make_group_folds, make_group_splits, merge_groups  # noqa: E402
 
 
 def _patients(seed: int, n_groups: int = 120, mixed: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
@@ -252,3 +266,115 @@ def test_more_folds_than_groups_of_a_class_names_the_class():
     with pytest.raises(SplitError, match=r"train split \(folds\): class\(es\) \[1\] have images of only \{1: 4\} "
                                          r"groups, need at least 5"):
         make_group_folds(labels, np.arange(80), 5, 0, groups)
+
+
+# --------------------------------------------------------------------------------------------- groups through the pipeline
+
+
+def _breakhis_folder(root: Path, rng: np.random.Generator, patients: tuple[int, int] = (10, 14)) -> None:
+    """Tiny random 6x6 PNGs named like BreakHis: 2-5 sequence numbers x 2 magnifications per patient."""
+    for cls, code, n in (("benign", "B", patients[0]), ("malignant", "M", patients[1])):
+        for p in range(n):
+            patient = f"14-{100 + p}{'AB' if p % 3 == 0 else ''}{code}"
+            for seq in range(int(rng.integers(2, 6))):
+                for mag in (40, 100):
+                    path = root / cls / f"SOB_{code}_TA_{patient}" / f"{mag}X" / f"SOB_{code}_TA-{patient}-{mag}-{seq:03d}.png"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(rng.integers(0, 255, (6, 6), dtype=np.uint8)).save(path)
+
+
+def _patient_of(source: str) -> str:
+    """An independent parse of the BreakHis name: SOB_B_TA-14-100AB-40-001.png -> 14-100AB."""
+    return "-".join(Path(source).stem.split("-")[1:3])
+
+
+def test_breakhis_folder_through_load_split_and_fold_keeps_every_patient_whole(tmp_path, rng):
+    from medstack import pipeline
+    from medstack.config import RunConfig
+    from medstack.data import load_dataset
+
+    _breakhis_folder(tmp_path / "breast", rng)
+    # Patient 14-101B's first image copied under patient 14-102B: the duplicate joins the two patients.
+    (tmp_path / "breast/benign/SOB_B_TA_14-102B/40X/SOB_B_TA-14-102B-40-009.png").write_bytes(
+        (tmp_path / "breast/benign/SOB_B_TA_14-101B/40X/SOB_B_TA-14-101B-40-000.png").read_bytes())
+    # Patient 14-104B (benign) also has a malignant image: allowed, and reported.
+    Image.fromarray(rng.integers(0, 255, (6, 6), dtype=np.uint8)).save(tmp_path / "breast/malignant/SOB_M_DC-14-104B-400-001.png")
+    tree = {"data": {"source": "folder", "path": str(tmp_path / "breast"), "image_size": [6, 6], "channels": 1,
+                     "group_by": {"kind": "breakhis"}},
+            "split": {"folds": 3, "fractions": [0.6, 0.2, 0.2]}}
+    dataset = load_dataset(RunConfig.model_validate(tree).data)
+    patients = np.array([_patient_of(s) for s in dataset.sources])
+    assert patients.tolist() == list(dataset.groups)
+    for seed in range(6):
+        cfg = RunConfig.model_validate({**tree, "split": {**tree["split"], "seed": seed}})
+        splits = pipeline.make_splits(dataset, cfg)
+        prepared = pipeline.make_folds(dataset, splits, cfg)
+        folds = {str(k): splits.train[prepared.fold_of == k] for k in range(3)}
+        _assert_group_pure(patients, splits.as_dict())
+        _assert_group_pure(patients, folds)
+        for parts in (splits.as_dict(), folds):  # the two patients joined by a duplicate share a split and a fold
+            holding = [name for name, rows in parts.items() if {"14-101B", "14-102B"} & set(patients[rows].tolist())]
+            assert len(holding) <= 1 and (holding or parts is folds)
+            if holding:
+                assert {"14-101B", "14-102B"} <= set(patients[parts[holding[0]]].tolist())
+        assert prepared.grouping["crossing_splits"] == prepared.grouping["crossing_folds"] == 0
+    grouping = prepared.grouping
+    assert grouping["kind"] == "breakhis" and grouping["groups"] == 24
+    assert grouping["merged_by_duplicates"] == 1 and grouping["mixed_class_groups"] == 1
+    sizes = np.unique(patients, return_counts=True)[1]
+    assert grouping["images_per_group"] == {"min": int(sizes.min()), "median": float(np.median(sizes)),
+                                            "max": int(sizes.max())}
+    note = next(n for n in prepared.notes if n.startswith("grouping by BreakHis file names"))
+    assert "24 groups" in note and "0 cross train/val/test, 0 cross folds" in note
+    assert "1 merged with another group through exact-duplicate images" in note and "14-104B (benign+malignant)" in note
+
+
+def test_grouping_changes_the_fingerprint_and_every_fold_cache_key(tmp_path, rng):
+    from medstack import pipeline
+    from medstack.config import RunConfig
+    from medstack.data import load_dataset
+
+    _breakhis_folder(tmp_path / "breast", rng)
+    data = {"source": "folder", "path": str(tmp_path / "breast"), "image_size": [6, 6], "channels": 1}
+    prepared = {}
+    for kind in ("none", "breakhis", "regex"):
+        group_by = {"none": None, "breakhis": {"kind": "breakhis"},
+                    "regex": {"kind": "filename_regex", "pattern": r"-(\d+-\d+)"}}[kind]  # drops the AB/B/M suffix
+        cfg = RunConfig.model_validate({"data": {**data, "group_by": group_by}, "split": {"folds": 2}})
+        dataset = load_dataset(cfg.data)
+        prepared[kind] = (pipeline.make_folds(dataset, pipeline.make_splits(dataset, cfg), cfg), cfg)
+    assert prepared["none"][0].grouping["kind"] == "none"
+    assert len({p.fingerprint for p, _ in prepared.values()}) == 3
+    keys = {pipeline.fold_cache_key(p, cfg, "ldam", 0, "v") for p, cfg in prepared.values()}
+    assert len(keys) == 3
+
+
+def test_official_split_with_groups_keeps_it_and_reports_crossing_patients(tmp_path):
+    from medstack import pipeline
+    from medstack.config import RunConfig
+    from medstack.data import load_npz
+
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for split, n, first in (("train", 60, 0), ("val", 12, 29), ("test", 12, 40)):
+        arrays[f"{split}_images"] = rng.integers(0, 255, (n, 5, 5), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 4 == 0).astype(np.uint8)
+        arrays[f"{split}_patient"] = first + np.arange(n) // 2  # val starts at patient 29, also in train
+    np.savez(tmp_path / "m.npz", **arrays)
+    dataset = load_npz(tmp_path / "m.npz", "m", group_key="patient")
+    cfg = RunConfig(data={"source": "npz", "path": str(tmp_path / "m.npz"), "group_by": {"kind": "npz_key", "key": "patient"}},
+                    split={"use_official": True, "folds": 3})
+    prepared = pipeline.make_folds(dataset, pipeline.make_splits(dataset, cfg), cfg)
+    assert len(prepared.train_idx) == 60 and len(prepared.val_idx) == 12
+    assert prepared.grouping["crossing_splits"] == 1 and prepared.grouping["crossing_folds"] == 0
+    assert "official split is used as published" in prepared.grouping["handling"]
+
+
+def test_group_by_without_group_ids_in_the_dataset_is_refused():
+    from medstack import pipeline
+    from medstack.config import RunConfig
+    from medstack.data import load_digits_dataset
+
+    cfg = RunConfig(data={"source": "folder", "path": "x", "image_size": [8, 8], "group_by": {"kind": "breakhis"}})
+    with pytest.raises(ValueError, match="data.group_by is 'breakhis' but dataset 'digits' has no group ids"):
+        pipeline.make_splits(load_digits_dataset(), cfg)
