@@ -411,7 +411,8 @@ def _data_section(ds: Mapping) -> list[str]:
     classes = list(ds["classes"])
     rows = [[split, *(counts.get(c, 0) for c in classes), sum(counts.values())] for split, counts in ds["counts"].items()]
     out = ["## Data", "", *_table(["split", *classes, "total"], rows)]
-    more = [f"- {key}: {_cell(_fmt_value(value))}" for key, value in ds.items() if key not in ("name", "classes", "counts")]
+    more = [f"- {key}: {_cell(_fmt_value(value))}" for key, value in ds.items()
+            if key not in ("name", "classes", "counts")]
     return out + ([""] + more if more else [])
 
 

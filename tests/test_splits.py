@@ -268,7 +268,7 @@ def test_more_folds_than_groups_of_a_class_names_the_class():
         make_group_folds(labels, np.arange(80), 5, 0, groups)
 
 
-# --------------------------------------------------------------------------------------------- groups through the pipeline
+# --------------------------------------------------------------------------------------------- groups, pipeline
 
 
 def _breakhis_folder(root: Path, rng: np.random.Generator, patients: tuple[int, int] = (10, 14)) -> None:
@@ -278,7 +278,8 @@ def _breakhis_folder(root: Path, rng: np.random.Generator, patients: tuple[int, 
             patient = f"14-{100 + p}{'AB' if p % 3 == 0 else ''}{code}"
             for seq in range(int(rng.integers(2, 6))):
                 for mag in (40, 100):
-                    path = root / cls / f"SOB_{code}_TA_{patient}" / f"{mag}X" / f"SOB_{code}_TA-{patient}-{mag}-{seq:03d}.png"
+                    name = f"SOB_{code}_TA-{patient}-{mag}-{seq:03d}.png"
+                    path = root / cls / f"SOB_{code}_TA_{patient}" / f"{mag}X" / name
                     path.parent.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(rng.integers(0, 255, (6, 6), dtype=np.uint8)).save(path)
 
@@ -298,7 +299,8 @@ def test_breakhis_folder_through_load_split_and_fold_keeps_every_patient_whole(t
     (tmp_path / "breast/benign/SOB_B_TA_14-102B/40X/SOB_B_TA-14-102B-40-009.png").write_bytes(
         (tmp_path / "breast/benign/SOB_B_TA_14-101B/40X/SOB_B_TA-14-101B-40-000.png").read_bytes())
     # Patient 14-104B (benign) also has a malignant image: allowed, and reported.
-    Image.fromarray(rng.integers(0, 255, (6, 6), dtype=np.uint8)).save(tmp_path / "breast/malignant/SOB_M_DC-14-104B-400-001.png")
+    mixed = tmp_path / "breast/malignant/SOB_M_DC-14-104B-400-001.png"
+    Image.fromarray(rng.integers(0, 255, (6, 6), dtype=np.uint8)).save(mixed)
     tree = {"data": {"source": "folder", "path": str(tmp_path / "breast"), "image_size": [6, 6], "channels": 1,
                      "group_by": {"kind": "breakhis"}},
             "split": {"folds": 3, "fractions": [0.6, 0.2, 0.2]}}
@@ -362,7 +364,8 @@ def test_official_split_with_groups_keeps_it_and_reports_crossing_patients(tmp_p
         arrays[f"{split}_patient"] = first + np.arange(n) // 2  # val starts at patient 29, also in train
     np.savez(tmp_path / "m.npz", **arrays)
     dataset = load_npz(tmp_path / "m.npz", "m", group_key="patient")
-    cfg = RunConfig(data={"source": "npz", "path": str(tmp_path / "m.npz"), "group_by": {"kind": "npz_key", "key": "patient"}},
+    cfg = RunConfig(data={"source": "npz", "path": str(tmp_path / "m.npz"),
+                          "group_by": {"kind": "npz_key", "key": "patient"}},
                     split={"use_official": True, "folds": 3})
     prepared = pipeline.make_folds(dataset, pipeline.make_splits(dataset, cfg), cfg)
     assert len(prepared.train_idx) == 60 and len(prepared.val_idx) == 12
