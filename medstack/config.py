@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -29,6 +30,57 @@ class SubsetConfig(_Section):
     test: int | None = Field(default=None, ge=2)
 
 
+class BreakHisGroups(_Section):
+    """Patient (slide) id from BreakHis file names ``SOB_<B|M>_<type>-<patient>-<mag>-<seq>.png``.
+
+    ``SOB_B_A-14-22549AB-40-001.png`` belongs to patient ``14-22549AB``; the tumour type is not part of the id,
+    so a patient filed under two tumour types stays one group."""
+
+    kind: Literal["breakhis"] = "breakhis"
+
+
+class FilenameRegexGroups(_Section):
+    """Group id captured by a regex (``re.search``) from each image's file name or its path below the folder."""
+
+    kind: Literal["filename_regex"] = "filename_regex"
+    pattern: str = Field(description="One capture group, or a named group (?P<group>...), holding the group id.")
+    match: Literal["name", "relative_path"] = Field(
+        default="name", description="Search the file name, or the path relative to data.path (with '/')."
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_has_one_group(cls, value: str) -> str:
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"data.group_by.pattern {value!r} is not a valid regex: {exc}") from exc
+        if "group" not in compiled.groupindex and compiled.groups != 1:
+            raise ValueError(f"data.group_by.pattern {value!r} must have exactly one capture group or a named group "
+                             f"(?P<group>...), it has {compiled.groups} capture groups")
+        return value
+
+
+class CsvGroups(_Section):
+    """A CSV mapping every image (path relative to data.path, or a unique bare file name) to its group id."""
+
+    kind: Literal["csv"] = "csv"
+    path: str = Field(description="CSV file; relative paths resolve from the CWD, like data.path.")
+    file_column: str = "file"
+    group_column: str = "group"
+
+
+class NpzGroups(_Section):
+    """Group ids stored in the npz itself: ``<key>`` (plain npz) or ``{train,val,test}_<key>`` (MedMNIST layout)."""
+
+    kind: Literal["npz_key"] = "npz_key"
+    key: str = "groups"
+
+
+GroupBy = Annotated[Union[BreakHisGroups, FilenameRegexGroups, CsvGroups, NpzGroups], Field(discriminator="kind")]
+_GROUP_KINDS_FOR_SOURCE = {"folder": ("breakhis", "filename_regex", "csv"), "npz": ("npz_key",), "digits": ()}
+
+
 class DataConfig(_Section):
     source: Literal["npz", "folder", "digits"] = "npz"
     name: str = Field(default="dataset", description="Dataset name; 'pneumoniamnist' without a path downloads it.")
@@ -43,6 +95,17 @@ class DataConfig(_Section):
     )
     subset: SubsetConfig = SubsetConfig()
     on_bad_image: Literal["error", "skip"] = "error"
+    group_by: GroupBy | None = Field(
+        default=None,
+        description="Keep all images of one group (patient) in one split and one fold; None splits image by image.",
+    )
+
+    @field_validator("group_by", mode="before")
+    @classmethod
+    def _none_means_no_grouping(cls, value: Any) -> Any:
+        if value == "none" or (isinstance(value, dict) and value.get("kind") == "none" and len(value) == 1):
+            return None
+        return value
 
     @model_validator(mode="after")
     def _check_source(self) -> "DataConfig":
@@ -50,6 +113,15 @@ class DataConfig(_Section):
             raise ValueError("data.path is required when data.source is 'folder'")
         if self.source == "folder" and self.image_size is None:
             raise ValueError("data.image_size is required when data.source is 'folder' (images differ in size)")
+        allowed = _GROUP_KINDS_FOR_SOURCE[self.source]
+        if self.group_by is not None and self.group_by.kind not in allowed:
+            hint = {
+                "folder": "file names and CSVs give groups for folders: kind breakhis, filename_regex or csv",
+                "npz": "an npz has no file names: store the group ids in it and use {kind: npz_key, key: groups}",
+                "digits": "digits has no patients or file names to group by",
+            }[self.source]
+            raise ValueError(f"data.group_by kind {self.group_by.kind!r} does not work with data.source "
+                             f"{self.source!r}: {hint}")
         return self
 
 

@@ -15,24 +15,30 @@ Decisions worth knowing:
 * 16-bit images are mapped to 8 bits by their nominal range (``value >> 8``), never clipped, so a 12-bit
   scan stored in 16 bits comes out dark rather than saturated.
 * A ``Dataset`` holds read-only views of its arrays, so its cached fingerprint cannot go stale.
+* Optional group ids (``data.group_by``: usually a patient) come from file names (the BreakHis pattern or a
+  regex), a CSV, or an npz key. An image without a group id is an error naming the file, never its own group,
+  since a silently ungrouped image is exactly the leak grouping exists to prevent. They are computed from the
+  file list before any image is decoded, so a bad name fails fast.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from medstack.config import DataConfig
+    from medstack.config import DataConfig, GroupBy
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,13 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 _MEDMNIST_KEYS = tuple(f"{split}_{kind}" for split in SPLIT_CODES for kind in ("images", "labels"))
 _CHUNK = 1 << 20
+# BreakHis: SOB_<B|M>_<tumour type>-<patient/slide id>-<magnification>-<sequence>.png, e.g.
+# SOB_B_A-14-22549AB-40-001.png is patient 14-22549AB. The id is everything between type and magnification.
+BREAKHIS_NAME = "SOB_<B|M>_<type>-<patient>-<mag>-<seq>.png"
+BREAKHIS_PATTERN = re.compile(
+    r"SOB_(?P<tumour_class>[BM])_(?P<tumour_type>[A-Z]+)-(?P<group>\d+-[0-9A-Za-z]+)-(?P<magnification>\d+)"
+    r"-(?P<seq>\d+)\.[A-Za-z]+"
+)
 
 
 class DataError(ValueError):
@@ -77,6 +90,8 @@ class Dataset:
     official_split: np.ndarray | None
     sources: tuple[str, ...] | None
     skipped: tuple[tuple[str, str], ...] = ()
+    groups: tuple[str, ...] | None = None  # group (patient) id of every image, from data.group_by
+    grouped_by: str | None = None  # where the group ids came from, for the report
 
     def __post_init__(self) -> None:
         _check_dataset_arrays(self)
@@ -92,7 +107,7 @@ class Dataset:
         return len(self.class_names)
 
     def fingerprint(self) -> str:
-        """sha256 of the content (pixels, shape, labels, class names, official split); computed once."""
+        """sha256 of the content (pixels, shape, labels, class names, official split, grouping); computed once."""
         cached = self.__dict__.get("_fingerprint")
         if cached is None:
             cached = _fingerprint(self)
@@ -124,22 +139,44 @@ def _check_dataset_arrays(ds: Dataset) -> None:
             raise DataError(f"dataset {ds.name!r}: official_split values must be 0 (train), 1 (val) or 2 (test)")
     if ds.sources is not None and len(ds.sources) != n:
         raise DataError(f"dataset {ds.name!r}: {len(ds.sources)} sources for {n} images")
+    if ds.groups is not None:
+        if not isinstance(ds.groups, tuple) or len(ds.groups) != n:
+            raise DataError(f"dataset {ds.name!r}: groups must be a tuple of {n} group ids, got "
+                            f"{len(ds.groups) if hasattr(ds.groups, '__len__') else type(ds.groups).__name__}")
+        if not all(isinstance(g, str) and g for g in ds.groups):
+            raise DataError(f"dataset {ds.name!r}: every group id must be a non-empty string")
 
 
 def _fingerprint(ds: Dataset) -> str:
     # Name, sources and skipped are provenance, not content: the same pixels from another path hash the same.
+    # The grouping is content for splitting: which images belong together decides every split and fold. It is
+    # hashed as a partition (ids renumbered in order of first appearance), so renaming patients changes nothing;
+    # without groups the header is what it always was, so ungrouped fingerprints (and caches) stay valid.
     header = {
         "images": [list(ds.images.shape), str(ds.images.dtype)],
         "labels": [list(ds.labels.shape), str(ds.labels.dtype)],
         "class_names": list(ds.class_names),
         "official_split": None if ds.official_split is None else list(ds.official_split.shape),
     }
+    if ds.groups is not None:
+        header["groups"] = len(ds.groups)
     digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
     digest.update(np.ascontiguousarray(ds.images).data)
     digest.update(np.ascontiguousarray(ds.labels).data)
     if ds.official_split is not None:
         digest.update(np.ascontiguousarray(ds.official_split).data)
+    if ds.groups is not None:
+        digest.update(partition_codes(ds.groups).tobytes())
     return digest.hexdigest()
+
+
+def partition_codes(ids: Sequence[object]) -> np.ndarray:
+    """int64 code of every id, numbered in order of first appearance: equal for any renaming of the ids."""
+    _, first, inverse = np.unique(np.asarray(ids), return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[inverse.ravel()]
 
 
 # --------------------------------------------------------------------------------------------- dispatch
@@ -152,11 +189,12 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         return load_digits_dataset(cfg.name, class_names=class_names)
     if cfg.source == "folder":
         return load_image_folder(cfg.path, cfg.image_size, cfg.channels, cfg.on_bad_image,
-                                 name=cfg.name, class_names=class_names)
+                                 name=cfg.name, class_names=class_names, group_by=cfg.group_by)
+    group_key = cfg.group_by.key if cfg.group_by is not None and cfg.group_by.kind == "npz_key" else None
     if cfg.path:
-        return load_npz(cfg.path, cfg.name, class_names)
+        return load_npz(cfg.path, cfg.name, class_names, group_key=group_key)
     if cfg.name.lower() in KNOWN_DATASETS:
-        return load_npz(fetch_known_dataset(cfg.name.lower()), cfg.name, class_names)
+        return load_npz(fetch_known_dataset(cfg.name.lower()), cfg.name, class_names, group_key=group_key)
     raise DataError(f"data.path is not set and data.name {cfg.name!r} is not a downloadable dataset "
                     f"(known: {sorted(KNOWN_DATASETS)})")
 
@@ -164,8 +202,12 @@ def load_dataset(cfg: DataConfig) -> Dataset:
 # --------------------------------------------------------------------------------------------- npz
 
 
-def load_npz(path: str | Path, name: str, class_names: tuple[str, ...] | list[str] | None = None) -> Dataset:
-    """Load a MedMNIST npz (``{train,val,test}_{images,labels}``) or a plain npz (``images`` + ``labels``)."""
+def load_npz(path: str | Path, name: str, class_names: tuple[str, ...] | list[str] | None = None,
+             *, group_key: str | None = None) -> Dataset:
+    """Load a MedMNIST npz (``{train,val,test}_{images,labels}``) or a plain npz (``images`` + ``labels``).
+
+    With ``group_key``, group ids are read from ``<group_key>`` (plain) or ``{train,val,test}_<group_key>``
+    (MedMNIST layout): one integer or string per image."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"npz file not found: {path}")
@@ -186,6 +228,14 @@ def load_npz(path: str | Path, name: str, class_names: tuple[str, ...] | list[st
                 raise DataError(f"{path}: missing keys {missing}; the file has {sorted(keys)}")
             parts = [(g, _read_npz_key(npz, path, f"{g}images"), _read_npz_key(npz, path, f"{g}labels"))
                      for g in groups]
+            group_parts = None
+            if group_key is not None:
+                wanted = [f"{g}{group_key}" for g in groups]
+                absent = [k for k in wanted if k not in keys]
+                if absent:
+                    raise DataError(f"{path}: missing group key(s) {absent} (data.group_by: npz_key, key "
+                                    f"{group_key!r}); the file has {sorted(keys)}")
+                group_parts = [(k, _read_npz_key(npz, path, k)) for k in wanted]
     except DataError:
         raise
     except Exception as exc:  # zipfile.BadZipFile, OSError, pickle-refusal ValueError, ...
@@ -201,8 +251,28 @@ def load_npz(path: str | Path, name: str, class_names: tuple[str, ...] | list[st
         official_split = np.concatenate(
             [np.full(len(lab), SPLIT_CODES[g.rstrip("_")], dtype=np.int8) for g, lab in zip(groups, labels)])
     names = _npz_class_names(path, name, class_names, all_labels)
+    group_ids = None
+    if group_parts is not None:
+        group_ids = tuple(gid for (key, raw), lab in zip(group_parts, labels)
+                          for gid in _npz_group_ids(path, key, raw, len(lab)))
+        _log_mixed_groups(path, group_ids, all_labels, names)
     return Dataset(name=name, images=np.concatenate(images), labels=all_labels, class_names=names,
-                   official_split=official_split, sources=None)
+                   official_split=official_split, sources=None, groups=group_ids,
+                   grouped_by=None if group_key is None else f"npz key {group_key!r}")
+
+
+def _npz_group_ids(path: Path, key: str, raw: np.ndarray, n_images: int) -> list[str]:
+    if raw.ndim == 2 and raw.shape[1] == 1:
+        raw = raw[:, 0]
+    if raw.ndim != 1 or len(raw) != n_images:
+        raise DataError(f"{path}: key {key!r} must hold one group id per image ({n_images},), got shape {raw.shape}")
+    if raw.dtype.kind not in "iuUS":
+        raise DataError(f"{path}: key {key!r} must hold integer or string group ids, got dtype {raw.dtype}")
+    ids = [v.decode() if isinstance(v, bytes) else str(v) for v in raw.tolist()]
+    empty = [i for i, v in enumerate(ids) if not v.strip()]
+    if empty:
+        raise DataError(f"{path}: key {key!r} has {len(empty)} empty group id(s), first at index {empty[0]}")
+    return [v.strip() for v in ids]
 
 
 def _read_npz_key(npz: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
@@ -293,10 +363,12 @@ def load_image_folder(
     name: str | None = None,
     *,
     class_names: tuple[str, ...] | list[str] | None = None,
+    group_by: GroupBy | None = None,
 ) -> Dataset:
     """Load ``path/<class>/**/<image>``, resized to ``image_size`` (height, width) with ``channels`` (None = 3).
 
     Class names are the sorted top-level folder names; ``class_names`` may reorder them (same set required).
+    ``group_by`` (a ``data.group_by`` spec) gives every image a group id, checked before any image is decoded.
     """
     root = Path(path)
     if on_bad_image not in ("error", "skip"):
@@ -306,6 +378,11 @@ def load_image_folder(
     if mode is None:
         raise DataError(f"channels must be 1, 3 or None, got {channels!r}")
     files_by_class = _list_class_files(root, class_names)
+    group_of, grouped_by = {}, None
+    if group_by is not None:
+        all_files = [file for files in files_by_class.values() for file in files]
+        ids, grouped_by = assign_groups(group_by, all_files, root)
+        group_of = dict(zip(all_files, ids))
 
     n_files = sum(len(files) for files in files_by_class.values())
     images = np.empty((n_files, height, width, 1 if mode == "L" else 3), dtype=np.uint8)
@@ -330,9 +407,12 @@ def load_image_folder(
             raise DataError(f"{root / class_name}: every image of class {class_name!r} was skipped as unreadable")
     if skipped:
         log.warning("%s: skipped %d unreadable image(s), first: %s", root, len(skipped), skipped[0][0])
+    groups = tuple(group_of[Path(src)] for src in sources) if group_by is not None else None
+    if groups is not None:
+        _log_mixed_groups(root, groups, np.asarray(labels, np.int64), tuple(files_by_class))
     return Dataset(name=name or root.name, images=images[: len(labels)], labels=np.asarray(labels, np.int64),
                    class_names=tuple(files_by_class), official_split=None, sources=tuple(sources),
-                   skipped=tuple(skipped))
+                   skipped=tuple(skipped), groups=groups, grouped_by=grouped_by)
 
 
 def _check_image_size(image_size: tuple[int, int] | None) -> tuple[int, int]:
@@ -423,6 +503,134 @@ def _to_8bit(img: "Image.Image") -> "Image.Image":
     if img.mode == "F":
         raise _BadImage("floating-point images (mode F) are not supported; save as 8- or 16-bit")
     return img
+
+
+# --------------------------------------------------------------------------------------------- groups
+
+
+def assign_groups(spec: GroupBy, files: Sequence[Path], root: str | Path) -> tuple[tuple[str, ...], str]:
+    """Group id of every file (in order) under a folder ``data.group_by`` spec, and a one-line description of the
+    rule for the report. A file without a group id is a :class:`DataError` naming it and the rule."""
+    root = Path(root)
+    if spec.kind == "breakhis":
+        rule = f"the BreakHis pattern {BREAKHIS_NAME} (data.group_by: breakhis)"
+        ids = group_ids_from_names(files, BREAKHIS_PATTERN, rule, fullmatch=True)
+        return ids, f"BreakHis file names {BREAKHIS_NAME} (patient id)"
+    if spec.kind == "filename_regex":
+        where = "file name" if spec.match == "name" else f"path relative to {root}"
+        rule = f"the regex {spec.pattern!r} (data.group_by: filename_regex, searched in the {where})"
+        ids = group_ids_from_names(files, re.compile(spec.pattern), rule, root=root if spec.match != "name" else None)
+        return ids, f"regex {spec.pattern} on the {where}"
+    if spec.kind == "csv":
+        mapping = read_group_csv(spec.path, spec.file_column, spec.group_column)
+        ids = group_ids_from_csv(files, root, mapping, f"group_by csv {spec.path} (column {spec.file_column!r})")
+        return ids, f"csv {spec.path} ({spec.file_column} -> {spec.group_column})"
+    raise DataError(f"data.group_by kind {spec.kind!r} cannot group an image folder (use breakhis, "
+                    "filename_regex or csv)")
+
+
+def group_ids_from_names(files: Sequence[str | Path], pattern: re.Pattern[str], rule: str, *,
+                         root: Path | None = None, fullmatch: bool = False) -> tuple[str, ...]:
+    """The capture ``group`` (or the only capture group) of ``pattern`` in each file name, or in its path relative
+    to ``root`` when given. Every file must match with a non-empty id; the error names the first few that do not."""
+    which = "group" if "group" in pattern.groupindex else 1
+    ids, unmatched = [], []
+    for file in files:
+        path = Path(file)
+        text = path.relative_to(root).as_posix() if root is not None else path.name
+        found = pattern.fullmatch(text) if fullmatch else pattern.search(text)
+        group_id = found.group(which) if found else None
+        if not group_id:
+            unmatched.append(path)
+        ids.append(group_id)
+    if unmatched:
+        first = unmatched[0]
+        text = first.relative_to(root).as_posix() if root is not None else first.name
+        more = (f"; {len(unmatched)} of {len(ids)} images have no group id, e.g. {[p.name for p in unmatched[:3]]}"
+                if len(unmatched) > 1 else "")
+        raise DataError(f"{first}: no group id: {text!r} does not match {rule}{more}. Every image needs one: an "
+                        "image left in a group of its own could leak its patient across splits")
+    return tuple(ids)
+
+
+def read_group_csv(path: str | Path, file_column: str, group_column: str) -> dict[str, str]:
+    """``{file: group id}`` from a CSV with a header row; ``\\`` in file paths read as ``/``, ``./`` dropped."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"group_by csv not found: {path}")
+    mapping: dict[str, str] = {}
+    line_of: dict[str, int] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = reader.fieldnames or []
+            missing = [c for c in (file_column, group_column) if c not in columns]
+            if missing:
+                raise DataError(f"{path}: no column(s) {missing} (data.group_by file_column {file_column!r}, "
+                                f"group_column {group_column!r}); the CSV has columns {columns}")
+            for row in reader:
+                file = (row.get(file_column) or "").strip().replace("\\", "/").removeprefix("./")
+                group_id = (row.get(group_column) or "").strip()
+                if not file and not group_id:
+                    continue  # blank line
+                if not file:
+                    raise DataError(f"{path}: line {reader.line_num}: empty {file_column!r} (group {group_id!r})")
+                if not group_id:
+                    raise DataError(f"{path}: line {reader.line_num}: empty {group_column!r} for file {file!r}")
+                if mapping.get(file, group_id) != group_id:
+                    raise DataError(f"{path}: file {file!r} is listed with two groups: {mapping[file]!r} "
+                                    f"(line {line_of[file]}) and {group_id!r} (line {reader.line_num})")
+                mapping[file] = group_id
+                line_of.setdefault(file, reader.line_num)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read as CSV: {exc}") from exc
+    if not mapping:
+        raise DataError(f"{path}: no rows (expected columns {file_column!r} and {group_column!r})")
+    return mapping
+
+
+def group_ids_from_csv(files: Sequence[str | Path], root: str | Path, mapping: dict[str, str],
+                       what: str) -> tuple[str, ...]:
+    """Group id of each file: looked up by its path relative to ``root``, else by its bare file name (which must
+    then name one image only). A file found neither way is an error naming it and ``what`` (the CSV)."""
+    root = Path(root)
+    paths = [Path(f) for f in files]
+    relative = [p.relative_to(root).as_posix() for p in paths]
+    images_named: dict[str, list[str]] = {}
+    for p, rel in zip(paths, relative):
+        images_named.setdefault(p.name, []).append(rel)
+    ids, missing = [], []
+    for p, rel in zip(paths, relative):
+        group_id = mapping.get(rel)
+        if group_id is None and p.name in mapping:
+            if len(images_named[p.name]) > 1:
+                raise DataError(f"{what}: file name {p.name!r} matches {len(images_named[p.name])} images "
+                                f"{images_named[p.name][:3]}; list paths relative to {root} instead")
+            group_id = mapping[p.name]
+        if group_id is None:
+            missing.append(rel)
+        ids.append(group_id)
+    if missing:
+        more = f"; {len(missing)} of {len(ids)} images are not listed, e.g. {missing[:3]}" if len(missing) > 1 else ""
+        raise DataError(f"{root / missing[0]}: not listed in {what}, by its path {missing[0]!r} relative to {root} "
+                        f"or by its file name{more}. Every image needs a group id")
+    used = set(relative) | {p.name for p in paths}
+    unused = [f for f in mapping if f not in used]
+    if unused:
+        log.info("%s: %d row(s) match no image (e.g. %s); ignored", what, len(unused), unused[:3])
+    return tuple(ids)
+
+
+def _log_mixed_groups(where: str | Path, groups: Sequence[str], labels: np.ndarray,
+                      class_names: Sequence[str]) -> None:
+    """A group with images in several classes is allowed (e.g. two tumour types of one patient), but said."""
+    seen: dict[str, set[int]] = {}
+    for group_id, label in zip(groups, labels.tolist()):
+        seen.setdefault(group_id, set()).add(label)
+    mixed = {g: sorted(class_names[c] for c in cs) for g, cs in seen.items() if len(cs) > 1}
+    if mixed:
+        log.warning("%s: %d group(s) have images in more than one class, e.g. %s", where, len(mixed),
+                    dict(list(mixed.items())[:3]))
 
 
 # --------------------------------------------------------------------------------------------- digits

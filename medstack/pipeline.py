@@ -21,10 +21,21 @@ import numpy as np
 
 from medstack.config import RunConfig, stable_hash
 from medstack.data import Dataset
-from medstack.splits import Splits, class_counts, describe_duplicates, find_duplicate_groups
+from medstack.splits import (
+    Splits,
+    SplitError,
+    class_counts,
+    crossing_groups,
+    describe_duplicates,
+    describe_groups,
+    find_duplicate_groups,
+    make_group_folds,
+    make_group_splits,
+    merge_groups,
+    subsample_splits,
+)
 from medstack.splits import make_folds as _fold_assignment
 from medstack.splits import make_splits as _split_indices
-from medstack.splits import subsample_splits
 from medstack.storage import FoldCache, FoldResult
 
 log = logging.getLogger(__name__)
@@ -83,6 +94,7 @@ class PreparedData:
     fingerprint: str  # of the data and the exact split/fold indices
     positive_class: int
     duplicates: dict[str, Any] = field(default_factory=dict)
+    grouping: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
 
     @property
@@ -109,24 +121,52 @@ class PreparedData:
         )
 
 
-def _duplicate_groups(dataset: Dataset, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray | None]:
-    """Exact-duplicate group of every image, and the grouping to enforce (None when only reporting)."""
-    groups = find_duplicate_groups(dataset.images)
-    return groups, (groups if cfg.split.duplicates == "group" else None)
+@dataclass(frozen=True)
+class _RowGroups:
+    """Which rows belong together: exact duplicates, data.group_by groups, and what splits and folds enforce."""
+
+    duplicates: np.ndarray  # exact-duplicate group of every row (first-row ids)
+    patients: np.ndarray | None  # data.group_by group of every row (first-row ids); None splits image by image
+    enforce: np.ndarray | None  # kept whole in one split and one fold; None when nothing is
+
+
+def _row_groups(dataset: Dataset, cfg: RunConfig) -> _RowGroups:
+    """Duplicates are grouped unless split.duplicates is 'report'; with group_by, a duplicate pair across two
+    groups (patients) merges them, so both guarantees hold at once."""
+    duplicates = find_duplicate_groups(dataset.images)
+    by_duplicates = duplicates if cfg.split.duplicates == "group" else None
+    if dataset.groups is None:
+        if cfg.data.group_by is not None:
+            raise ValueError(f"data.group_by is {cfg.data.group_by.kind!r} but dataset {dataset.name!r} has no group "
+                             "ids (load it with medstack.data.load_dataset)")
+        return _RowGroups(duplicates, None, by_duplicates)
+    patients = merge_groups(np.asarray(dataset.groups))
+    enforce = patients if by_duplicates is None else merge_groups(patients, by_duplicates)
+    return _RowGroups(duplicates, patients, enforce)
 
 
 def make_splits(dataset: Dataset, cfg: RunConfig) -> Splits:
-    """Stratified (or official) train/val/test indices, then the optional smoke-run subsample."""
-    _, enforce = _duplicate_groups(dataset, cfg)
-    splits = _split_indices(dataset.labels, cfg.split, dataset.official_split, enforce)
+    """Stratified (or official) train/val/test indices, then the optional smoke-run subsample.
+
+    With group ids (``data.group_by``) the split is group-aware (StratifiedGroupKFold), otherwise row-level with
+    exact duplicates kept together."""
+    groups = _row_groups(dataset, cfg)
+    if groups.patients is not None:
+        splits = make_group_splits(dataset.labels, cfg.split, groups.enforce, dataset.official_split)
+    else:
+        splits = _split_indices(dataset.labels, cfg.split, dataset.official_split, groups.enforce)
     return subsample_splits(dataset.labels, splits, cfg.data.subset, cfg.split.seed)
 
 
 def make_folds(dataset: Dataset, splits: Splits, cfg: RunConfig) -> PreparedData:
     """K stratified folds on the train split, packaged with everything training needs."""
-    groups, enforce = _duplicate_groups(dataset, cfg)
-    fold_of = _fold_assignment(dataset.labels, splits.train, cfg.split.folds, cfg.split.seed, enforce)
-    duplicates = _duplicate_summary(groups, dataset.labels, splits, fold_of, cfg)
+    groups = _row_groups(dataset, cfg)
+    if groups.patients is not None:
+        fold_of = make_group_folds(dataset.labels, splits.train, cfg.split.folds, cfg.split.seed, groups.enforce)
+    else:
+        fold_of = _fold_assignment(dataset.labels, splits.train, cfg.split.folds, cfg.split.seed, groups.enforce)
+    duplicates = _duplicate_summary(groups.duplicates, dataset.labels, splits, fold_of, cfg)
+    grouping = _grouping_summary(groups, dataset, splits, fold_of, cfg)
     names = list(dataset.class_names)
     counts = {
         split: dict(zip(names, class_counts(dataset.labels[idx], len(names))))
@@ -139,6 +179,7 @@ def make_folds(dataset: Dataset, splits: Splits, cfg: RunConfig) -> PreparedData
     for arr in (splits.train, splits.val, splits.test, fold_of):
         index_hash.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
     notes = tuple(f"skipped unreadable image {path}: {why}" for path, why in dataset.skipped) + (duplicates["summary"],)
+    notes += (grouping["summary"],) if grouping.get("summary") else ()
     return PreparedData(
         name=dataset.name,
         class_names=tuple(names),
@@ -154,6 +195,7 @@ def make_folds(dataset: Dataset, splits: Splits, cfg: RunConfig) -> PreparedData
         fingerprint=stable_hash(dataset.fingerprint(), index_hash.hexdigest()),
         positive_class=positive,
         duplicates=duplicates,
+        grouping=grouping,
         notes=notes,
     )
 
@@ -180,6 +222,61 @@ def _duplicate_summary(groups: np.ndarray, labels: np.ndarray, splits: Splits, f
         "handling": handling,
         "summary": summary,
     }
+
+
+def _grouping_summary(groups: _RowGroups, dataset: Dataset, splits: Splits, fold_of: np.ndarray,
+                      cfg: RunConfig) -> dict[str, Any]:
+    """What the data.group_by groups look like and whether any straddles splits or folds: counted from the final
+    indices, and an error (not a footnote) where the split promised otherwise."""
+    if groups.patients is None:
+        return {"kind": "none", "unit": "image (no data.group_by: images of one patient may land in different splits)"}
+    labels = dataset.labels
+    folds = {str(k): splits.train[fold_of == k] for k in range(int(fold_of.max()) + 1)}
+    described = describe_groups(groups.patients, labels, splits.as_dict())
+    cross_splits = crossing_groups(groups.patients, splits.as_dict())
+    cross_folds = crossing_groups(groups.patients, folds)
+    enforced = len(np.unique(groups.enforce))
+    ids = np.asarray(dataset.groups)
+    if len(cross_folds) or (len(cross_splits) and not cfg.split.use_official):
+        raise SplitError(f"group-aware split broke its promise: groups {ids[cross_splits[:5]].tolist()} cross "
+                         f"train/val/test, {ids[cross_folds[:5]].tolist()} cross folds")
+    handling = "each group whole in one split and one fold (StratifiedGroupKFold)"
+    if cfg.split.use_official:
+        handling = "grouped within the train folds; the official split is used as published"
+    merged = described["groups"] - enforced
+    mixed = _mixed_class_groups(ids, labels, dataset.class_names)
+    per = described["images_per_group"]
+    summary = (
+        f"grouping by {dataset.grouped_by or 'dataset group ids'}: {described['groups']} groups, "
+        f"{per['min']}/{per['median']:g}/{per['max']} images per group (min/median/max); "
+        f"{len(cross_splits)} cross train/val/test, {len(cross_folds)} cross folds; {handling}"
+        + (f"; {merged} merged with another group through exact-duplicate images" if merged else "")
+        + (f"; {len(mixed)} with images in more than one class: {_name_some(mixed)}" if mixed else "")
+    )
+    return {
+        "kind": cfg.data.group_by.kind if cfg.data.group_by is not None else "dataset",
+        "source": dataset.grouped_by,
+        "groups": described["groups"],
+        "images_per_group": per,
+        "crossing_splits": int(len(cross_splits)),
+        "crossing_folds": int(len(cross_folds)),
+        "mixed_class_groups": len(mixed),
+        "merged_by_duplicates": int(merged),
+        "handling": handling,
+        "summary": summary,
+    }
+
+
+def _mixed_class_groups(ids: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) -> dict[str, list[str]]:
+    classes: dict[str, set[int]] = {}
+    for group_id, label in zip(ids.tolist(), labels.tolist()):
+        classes.setdefault(group_id, set()).add(label)
+    return {g: [class_names[c] for c in sorted(cs)] for g, cs in classes.items() if len(cs) > 1}
+
+
+def _name_some(mapping: dict[str, list[str]], n: int = 5) -> str:
+    shown = ", ".join(f"{k} ({'+'.join(v)})" for k, v in list(mapping.items())[:n])
+    return shown + (f", and {len(mapping) - n} more" if len(mapping) > n else "")
 
 
 def code_version() -> str:
@@ -353,6 +450,7 @@ def evaluate_on_test(prepared: PreparedData, ensembles: EnsembleFit, cfg: RunCon
             "classes": names,
             "counts": prepared.counts,
             "duplicates": {k: v for k, v in prepared.duplicates.items() if k != "summary"},
+            "grouping": {k: v for k, v in prepared.grouping.items() if k != "summary"},
         },
         "models": models,
     }

@@ -317,8 +317,9 @@ def _fmt_value(value: Any) -> str:
 
 
 def _cell(text: Any) -> str:
-    """Safe inside a markdown table cell."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """Safe inside a markdown table cell or list item: ``|`` and ``<`` escaped (file patterns such as
+    ``SOB_<B|M>_<type>`` or a regex's ``(?P<group>...)`` would otherwise split a cell or vanish as HTML tags)."""
+    return str(text).replace("|", "\\|").replace("<", "\\<").replace("\n", " ")
 
 
 def _ci(result: Mapping, key: str) -> tuple[float, float] | None:
@@ -410,7 +411,8 @@ def _data_section(ds: Mapping) -> list[str]:
     classes = list(ds["classes"])
     rows = [[split, *(counts.get(c, 0) for c in classes), sum(counts.values())] for split, counts in ds["counts"].items()]
     out = ["## Data", "", *_table(["split", *classes, "total"], rows)]
-    more = [f"- {key}: {_fmt_value(value)}" for key, value in ds.items() if key not in ("name", "classes", "counts")]
+    more = [f"- {key}: {_cell(_fmt_value(value))}" for key, value in ds.items()
+            if key not in ("name", "classes", "counts")]
     return out + ([""] + more if more else [])
 
 

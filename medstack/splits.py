@@ -2,15 +2,25 @@
 
 Roles never mix: train is split into K folds for out-of-fold predictions, val only drives early stopping and
 the learning-rate schedule, test is read once by the final evaluation.
+
+Two ways to keep groups together:
+
+* exact duplicates alone (:func:`make_splits` / :func:`make_folds` with ``groups``): almost every group is one
+  image, so the row-level stratified split is drawn over one representative per group;
+* patient groups (:func:`make_group_splits` / :func:`make_group_folds`): groups differ wildly in size, so a
+  representative per group would stratify patients, not images. scikit-learn's ``StratifiedGroupKFold`` balances
+  the class mix of whole groups instead: test is one of its ``round(1 / test fraction)`` folds, val one fold of
+  the rest, and the K training folds are its K folds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from medstack.config import SplitConfig, SubsetConfig
 
@@ -92,6 +102,121 @@ def make_splits(
     return splits
 
 
+def make_group_splits(
+    labels: np.ndarray, cfg: SplitConfig, groups: np.ndarray, official_split: np.ndarray | None = None
+) -> Splits:
+    """Train/val/test with every group (e.g. patient) whole in one split, class mix balanced over whole groups.
+
+    Test is one fold of ``StratifiedGroupKFold(round(1 / test fraction))`` over all rows, val one fold of
+    ``StratifiedGroupKFold(round((train + val) / val))`` over the rest; each time the fold is drawn with
+    ``cfg.seed`` among those that leave every class on both sides. Split sizes therefore follow the groups: with
+    few large groups they can miss ``cfg.fractions`` by a group's size. The official split, if asked for, is used
+    as published (see :func:`make_splits`)."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    if cfg.use_official:
+        return make_splits(labels, cfg, official_split)
+    everything = np.arange(len(labels))
+    _check_group_counts(labels, everything, groups, minimum=3, where="the dataset (one group per split)")
+    _, val_frac, test_frac = cfg.fractions
+    rest, test = _carve_group_fold(labels, everything, groups, test_frac, cfg.seed, "test")
+    train, val = _carve_group_fold(labels, rest, groups, val_frac / (1.0 - test_frac), cfg.seed, "val")
+    return Splits(np.sort(train), np.sort(val), np.sort(test))
+
+
+def _carve_group_fold(
+    labels: np.ndarray, idx: np.ndarray, groups: np.ndarray, share: float, seed: int, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, carved): one StratifiedGroupKFold fold of ``idx`` of about ``share``, both sides holding every class."""
+    n_splits = max(2, round(1.0 / share))
+    n_groups = len(np.unique(groups[idx]))
+    counts = _groups_per_class(labels, idx, groups)
+    if n_groups < n_splits:
+        raise SplitError(f"cannot carve the {what} split (about 1/{n_splits} of the rows) from {n_groups} groups; "
+                         f"need at least {n_splits} (groups per class: {counts})")
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    classes = len(np.unique(labels[idx]))
+    candidates = []
+    with warnings.catch_warnings():  # "least populated class has only N members": our group check covers it
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for rest, held in splitter.split(np.zeros(len(idx)), labels[idx], groups[idx]):
+            if len(np.unique(labels[idx[held]])) == classes and len(np.unique(labels[idx[rest]])) == classes:
+                candidates.append((idx[rest], idx[held]))
+    if not candidates:
+        raise SplitError(
+            f"cannot carve a {what} split holding every class: none of the {n_splits} group folds (each about "
+            f"1/{n_splits} of the rows) has groups of every class (groups per class: {counts}); the rarest class "
+            f"needs more groups, or split.fractions a larger {what} share"
+        )
+    pick = np.random.default_rng([seed, n_splits, len(idx)]).integers(len(candidates))
+    return candidates[pick]
+
+
+def make_group_folds(
+    labels: np.ndarray, train_idx: np.ndarray, n_folds: int, seed: int, groups: np.ndarray
+) -> np.ndarray:
+    """Fold number (0..K-1) of every training row, aligned with ``train_idx``: ``StratifiedGroupKFold``, so every
+    group's rows share a fold and each fold's class mix is balanced over whole groups."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    _check_group_counts(labels, train_idx, groups, minimum=n_folds, where="the train split (folds)")
+    fold_of = np.empty(len(train_idx), dtype=np.int64)
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(train_idx)), labels[train_idx],
+                                                            groups[train_idx])):
+            fold_of[held_out] = fold
+    for fold in range(n_folds):
+        _check_class_counts(labels, train_idx[fold_of != fold], minimum=1, where=f"the training part of fold {fold}")
+    return fold_of
+
+
+def merge_groups(*groupings: np.ndarray) -> np.ndarray:
+    """Rows that share a group in any of ``groupings`` end in one group (connected components), so one patient's
+    exact duplicate filed under another patient joins the two. Ids are each merged group's first row."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(groupings[0])
+    rows, anchors = [], []
+    for grouping in groupings:
+        _, first, inverse = np.unique(np.asarray(grouping), return_index=True, return_inverse=True)
+        rows.append(np.arange(n))
+        anchors.append(first[inverse.ravel()])
+    rows_, anchors_ = np.concatenate(rows), np.concatenate(anchors)
+    graph = coo_matrix((np.ones(len(rows_), dtype=np.int8), (rows_, anchors_)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    _, first, inverse = np.unique(component, return_index=True, return_inverse=True)
+    return first[inverse.ravel()].astype(np.int64)
+
+
+def crossing_groups(groups: np.ndarray, membership: dict[str, np.ndarray]) -> np.ndarray:
+    """Ids of the groups with rows in more than one of the partitions (splits or folds) in ``membership``."""
+    ids, codes = np.unique(np.asarray(groups), return_inverse=True)
+    codes = codes.ravel()
+    where = np.full(len(codes), -1)
+    for part, rows in enumerate(membership.values()):
+        where[rows] = part
+    placed = where >= 0
+    pairs = np.unique(np.stack([codes[placed], where[placed]]), axis=1)
+    group_codes, partitions = np.unique(pairs[0], return_counts=True)
+    return ids[group_codes[partitions > 1]]
+
+
+def describe_groups(groups: np.ndarray, labels: np.ndarray, membership: dict[str, np.ndarray]) -> dict:
+    """Number of groups, images per group (min/median/max), groups with several labels, groups that straddle the
+    partitions in ``membership`` (computed from the rows, not assumed)."""
+    groups = np.asarray(groups)
+    _, codes, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    pairs = np.unique(np.stack([codes.ravel(), np.asarray(labels)]), axis=1)
+    labels_per_group = np.bincount(pairs[0], minlength=len(sizes))
+    return {
+        "groups": int(len(sizes)),
+        "images_per_group": {"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max())},
+        "mixed_labels": int((labels_per_group > 1).sum()),
+        "crossing": int(len(crossing_groups(groups, membership))),
+    }
+
+
 def subsample_splits(labels: np.ndarray, splits: Splits, subset: SubsetConfig, seed: int) -> Splits:
     """Stratified subsample of each split to at most the configured size (smoke runs); others unchanged."""
     out = {}
@@ -155,6 +280,24 @@ def _expand(reps: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
 
 def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
     return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).tolist()
+
+
+def _groups_per_class(labels: np.ndarray, idx: np.ndarray, groups: np.ndarray) -> dict[int, int]:
+    """How many distinct groups hold at least one row of each class, among ``idx`` (a group may count twice)."""
+    num_classes = int(np.max(labels)) + 1
+    _, codes = np.unique(np.asarray(groups)[idx], return_inverse=True)
+    pairs = np.unique(np.stack([codes.ravel(), np.asarray(labels)[idx]]), axis=1)
+    return {c: int(n) for c, n in enumerate(np.bincount(pairs[1], minlength=num_classes))}
+
+
+def _check_group_counts(labels: np.ndarray, idx: np.ndarray, groups: np.ndarray, minimum: int, where: str) -> None:
+    counts = _groups_per_class(labels, idx, groups)
+    too_small = {c: n for c, n in counts.items() if n < minimum}
+    if too_small:
+        raise SplitError(
+            f"{where}: class(es) {sorted(too_small)} have images of only {too_small} groups, need at least {minimum} "
+            f"groups each (groups per class: {counts}); with data.group_by a group never spans splits or folds"
+        )
 
 
 def _check_class_counts(labels: np.ndarray, idx: np.ndarray, minimum: int, where: str) -> None:

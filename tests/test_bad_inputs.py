@@ -38,6 +38,26 @@ def _folder(root: Path, counts=(8, 8)) -> Path:
     return root
 
 
+def _breakhis(root: Path, patients=(6, 6), per_patient: int = 3) -> Path:
+    """BreakHis-named PNGs: patients 14-<n>B (benign) and 14-<n>M (malignant), ``per_patient`` images each."""
+    for name, code, n in zip(("benign", "malignant"), "BM", patients):
+        for p in range(n):
+            for seq in range(per_patient):
+                _png(root / name / f"SOB_{code}_TA_14-{p}{code}" / f"SOB_{code}_TA-14-{p}{code}-40-{seq:03d}.png")
+    return root
+
+
+def _grouped_cfg(path: Path, group_by: dict | None = None) -> dict:
+    return {"data": {**_folder_cfg(path)["data"], "group_by": group_by or {"kind": "breakhis"}}}
+
+
+def _csv_missing_one(t: Path) -> dict:
+    root = _breakhis(t / "d")
+    rows = [f"{f.relative_to(root).as_posix()},{f.name.split('-')[2]}" for f in sorted(root.rglob("*.png"))[1:]]
+    (t / "g.csv").write_text("file,patient\n" + "\n".join(rows) + "\n")
+    return _grouped_cfg(root, {"kind": "csv", "path": str(t / "g.csv"), "group_column": "patient"})
+
+
 def _npz(path: Path, **arrays) -> Path:
     rng = np.random.default_rng(0)
     base = {
@@ -75,6 +95,10 @@ DATA_CASES: list[Case] = [
     ("minority-too-small-to-split", lambda t: {**_npz_cfg(_npz(t / "x.npz", labels=np.array([0] * 37 + [1] * 3)))}, SplitError, r"cannot stratify val vs test: class counts \[7, 1\]"),
     ("folds-exceed-minority", lambda t: {**_npz_cfg(_npz(t / "x.npz", labels=np.array([0] * 28 + [1] * 12))), "split": {"folds": 12}}, SplitError, r"train split \(folds\): class\(es\) \[1\] have \{1: \d+\} samples, need at least 12 each"),
     ("smote-minority-of-one", lambda t: {**_npz_cfg(_npz(t / "x.npz", labels=np.array([0] * 36 + [1] * 4))), "split": {"folds": 2, "fractions": [0.5, 0.25, 0.25]}, "strategies": {"smote": {}}}, ValueError, "SMOTE needs at least 2 samples per class"),
+    ("group-name-unmatched", lambda t: _grouped_cfg(_folder(t / "d")), DataError, r"benign-0\.png: no group id: 'benign-0\.png' does not match the BreakHis pattern SOB_<B\|M>_<type>-<patient>-<mag>-<seq>\.png"),
+    ("group-csv-missing-row", _csv_missing_one, DataError, r"SOB_B_TA-14-0B-40-000\.png: not listed in group_by csv .*g\.csv \(column 'file'\)"),
+    ("group-too-few-patients", lambda t: _grouped_cfg(_breakhis(t / "d", patients=(8, 2), per_patient=6)), SplitError, r"the dataset \(one group per split\): class\(es\) \[1\] have images of only \{1: 2\} groups, need at least 3 groups each"),
+    ("group-folds-exceed-patients", lambda t: {**_grouped_cfg(_breakhis(t / "d", patients=(12, 5))), "split": {"folds": 4}}, SplitError, r"the train split \(folds\): class\(es\) \[1\] have images of only \{1: \d\} groups, need at least 4"),
     ("output-dir-not-writable", lambda t: {**_npz_cfg(_npz(t / "x.npz")), "runtime": {"output_dir": str(t / "x.npz" / "runs")}}, OutputError, "cannot be created"),
 ]
 CONFIG_CASES: list[tuple[str, dict, str]] = [
@@ -83,6 +107,8 @@ CONFIG_CASES: list[tuple[str, dict, str]] = [
     ("folds-below-two", {"split": {"folds": 1}}, "split.folds"),
     ("fractions-not-one", {"split": {"fractions": [0.8, 0.2, 0.2]}}, "must sum to 1"),
     ("unknown-strategy", {"strategies": {"mixup": {}}}, "unknown strategy 'mixup'"),
+    ("group-regex-invalid", {"data": {"source": "folder", "path": "d", "image_size": [8, 8], "group_by": {"kind": "filename_regex", "pattern": "(p[0-9]"}}}, "data.group_by.pattern '\\(p\\[0-9\\]' is not a valid regex"),
+    ("group-by-on-npz", {"data": {"source": "npz", "group_by": {"kind": "breakhis"}}}, "data.group_by kind 'breakhis' does not work with data.source 'npz'"),
 ]
 
 
@@ -159,3 +185,21 @@ def test_small_minority_lowers_smote_k_and_says_so(harness, tmp_path):
     cfg = RunConfig.model_validate(tree)
     run = Path(ensemble_flow(config=cfg))
     assert "k_neighbors lowered from 5 to" in (run / "report.md").read_text()
+
+
+def test_patient_groups_are_stated_in_metrics_and_report(harness, tmp_path):
+    import json
+
+    from flows.ensemble import with_runtime
+
+    root = _breakhis(tmp_path / "d", patients=(8, 8))
+    tree = _tiny(tmp_path, {**_grouped_cfg(root), "split": {"fractions": [0.5, 0.25, 0.25]}})
+    cfg = RunConfig.model_validate(tree)
+    run = Path(with_runtime(cfg.runtime)(config=cfg))
+    grouping = json.loads((run / "metrics.json").read_text())["dataset"]["grouping"]
+    assert grouping["kind"] == "breakhis" and grouping["groups"] == 16
+    assert grouping["images_per_group"] == {"min": 3, "median": 3.0, "max": 3}
+    assert grouping["crossing_splits"] == grouping["crossing_folds"] == 0
+    report = (run / "report.md").read_text()
+    assert "- grouping: {kind: breakhis, source: BreakHis file names" in report
+    assert "grouping by BreakHis file names" in report and "16 groups, 3/3/3 images per group" in report

@@ -6,6 +6,7 @@ import yaml
 from medstack.config import ConfigError, RunConfig, config_to_yaml, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+FOLDER = {"source": "folder", "path": "x", "image_size": [8, 8]}
 
 
 @pytest.mark.parametrize("name", ["smoke.yaml", "pneumoniamnist.yaml", "breakhis.yaml"])
@@ -34,6 +35,17 @@ def _write(tmp_path, tree) -> Path:
         ({"strategies": {"smote": {"k": 3}}}, "strategies.smote"),
         ({"data": {"source": "folder"}}, "data.path is required"),
         ({"data": {"source": "folder", "path": "x"}}, "data.image_size is required"),
+        ({"data": {**FOLDER, "group_by": {"kind": "filename_regex", "pattern": "(p[0-9+"}}}, "not a valid regex"),
+        ({"data": {**FOLDER, "group_by": {"kind": "filename_regex", "pattern": r"(\d+)-(\d+)"}}},
+         "exactly one capture group or a named group"),
+        ({"data": {**FOLDER, "group_by": {"kind": "filename_regex", "pattern": "p-.*"}}}, "it has 0 capture groups"),
+        ({"data": {**FOLDER, "group_by": {"kind": "patient"}}}, "does not match any of the expected tags"),
+        ({"data": {**FOLDER, "group_by": {"kind": "csv"}}}, r"group_by.csv.path\n  Field required"),
+        ({"data": {**FOLDER, "group_by": {"kind": "breakhis", "pattern": "x"}}}, "Extra inputs are not permitted"),
+        ({"data": {"source": "npz", "group_by": {"kind": "breakhis"}}},
+         "data.group_by kind 'breakhis' does not work with data.source 'npz'.*npz_key"),
+        ({"data": {"source": "digits", "group_by": {"kind": "npz_key"}}}, "digits has no patients"),
+        ({"data": {**FOLDER, "group_by": {"kind": "npz_key"}}}, "kind 'npz_key' does not work with data.source 'folder'"),
     ],
 )
 def test_bad_configs_fail_with_a_message_naming_the_key(tmp_path, tree, message):
@@ -58,3 +70,26 @@ def test_overrides_use_dotted_keys(tmp_path):
 def test_strategy_defaults_are_filled_in():
     cfg = RunConfig(strategies={"ldam": {}})
     assert cfg.strategies["ldam"] == {"max_m": 0.5, "s": 30.0, "drw_epoch": 10, "beta": 0.9999}
+
+
+@pytest.mark.parametrize("group_by, expected", [
+    (None, None),
+    ("none", None),
+    ({"kind": "none"}, None),
+    ({"kind": "breakhis"}, {"kind": "breakhis"}),
+    ({"kind": "filename_regex", "pattern": r"^(?P<group>p\d+)_(\d+)"},
+     {"kind": "filename_regex", "pattern": r"^(?P<group>p\d+)_(\d+)", "match": "name"}),
+    ({"kind": "filename_regex", "pattern": r"^(p\d+)/", "match": "relative_path"},
+     {"kind": "filename_regex", "pattern": r"^(p\d+)/", "match": "relative_path"}),
+    ({"kind": "csv", "path": "groups.csv"},
+     {"kind": "csv", "path": "groups.csv", "file_column": "file", "group_column": "group"}),
+])
+def test_group_by_variants_on_a_folder_dataset(group_by, expected):
+    cfg = RunConfig(data={**FOLDER, "group_by": group_by})
+    assert (cfg.data.group_by.model_dump() if cfg.data.group_by else None) == expected
+
+
+def test_group_by_npz_key_on_an_npz_dataset_and_breakhis_by_default_in_its_config():
+    assert RunConfig(data={"source": "npz", "group_by": {"kind": "npz_key"}}).data.group_by.key == "groups"
+    assert load_config(CONFIGS / "breakhis.yaml").data.group_by.kind == "breakhis"
+    assert load_config(CONFIGS / "smoke.yaml").data.group_by is None

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import http.server
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -15,11 +16,12 @@ import pytest
 from PIL import Image
 
 from medstack import data as data_module
-from medstack.config import DataConfig
+from medstack.config import BreakHisGroups, CsvGroups, DataConfig, FilenameRegexGroups
 from medstack.data import (
     DataError,
     Dataset,
     KnownDataset,
+    assign_groups,
     default_data_dir,
     download_file,
     fetch_known_dataset,
@@ -349,6 +351,8 @@ def test_dataset_arrays_are_read_only() -> None:
         ({"labels": np.array([0, 2])}, r"labels must lie in 0..1"),
         ({"official_split": np.array([0, 3], np.int8)}, "official_split values must be"),
         ({"sources": ("a",)}, "1 sources for 2 images"),
+        ({"groups": ("p1",)}, "groups must be a tuple of 2 group ids, got 1"),
+        ({"groups": ("p1", "")}, "every group id must be a non-empty string"),
     ],
 )
 def test_dataset_validates_its_arrays(changes: dict, match: str) -> None:
@@ -356,6 +360,175 @@ def test_dataset_validates_its_arrays(changes: dict, match: str) -> None:
                   class_names=("a", "b"), official_split=None, sources=None)
     with pytest.raises(DataError, match=match):
         Dataset(**{**fields, **changes})
+
+
+# --------------------------------------------------------------------------------------------- groups
+
+ROOT = Path("/data/breast")
+
+
+@pytest.mark.parametrize(("name", "patient"), [
+    ("SOB_B_A-14-22549AB-40-001.png", "14-22549AB"),
+    ("SOB_M_DC-14-2523-400-012.png", "14-2523"),
+    ("SOB_B_PT-14-21998AB-100-005.png", "14-21998AB"),
+    ("SOB_M_MC-14-13418DE-200-010.png", "14-13418DE"),
+    ("SOB_B_F-14-9133-40-001.png", "14-9133"),
+    ("SOB_M_PC-15-190EF-40-001.png", "15-190EF"),
+    ("SOB_M_LC-14-12204-40-001.PNG", "14-12204"),  # extension case does not matter
+])
+def test_breakhis_names_give_the_patient_id(name: str, patient: str) -> None:
+    ids, rule = assign_groups(BreakHisGroups(), [ROOT / "malignant" / "SOB" / name], ROOT)
+    assert ids == (patient,) and "SOB_<B|M>_<type>-<patient>-<mag>-<seq>.png" in rule
+
+
+@pytest.mark.parametrize("bad", [
+    "SOB_B_A-14-22549AB-40.png",  # no sequence number
+    "SOB_X_A-14-22549AB-40-001.png",  # neither B nor M
+    "sob_b_a-14-22549AB-40-001.png",  # lower case prefix
+    "SOB_B_A_14-22549AB-40-001.png",  # folder-style underscore before the patient
+    "SOB_B_A-14-22549AB-40-001.png.bak.png",
+    "x-SOB_B_A-14-22549AB-40-001.png",  # the whole name must match
+    "image_0001.png",
+])
+def test_breakhis_bad_names_are_errors_naming_the_file_and_the_pattern(bad: str) -> None:
+    files = [ROOT / "benign" / "SOB_B_A-14-22549AB-40-001.png", ROOT / "benign" / bad]
+    with pytest.raises(DataError, match=re.escape(f"{ROOT / 'benign' / bad}: no group id: {bad!r} does not match "
+                                                  "the BreakHis pattern SOB_<B|M>_<type>-<patient>-<mag>-<seq>.png")):
+        assign_groups(BreakHisGroups(), files, ROOT)
+
+
+def test_breakhis_error_counts_every_unmatched_file() -> None:
+    files = [ROOT / "benign" / f"img{i}.png" for i in range(4)] + [ROOT / "benign" / "SOB_B_A-14-1-40-001.png"]
+    with pytest.raises(DataError, match=r"4 of 5 images have no group id, e\.g\. \['img0\.png', 'img1\.png', "
+                                        r"'img2\.png'\]"):
+        assign_groups(BreakHisGroups(), files, ROOT)
+
+
+def test_filename_regex_group_named_or_only_and_on_the_relative_path() -> None:
+    files = [ROOT / "benign" / "p12_scan3.png", ROOT / "malignant" / "p7_scan1.png"]
+    only = FilenameRegexGroups(pattern=r"^(p\d+)_")
+    named = FilenameRegexGroups(pattern=r"(?P<group>p\d+)_scan(\d+)")
+    assert assign_groups(only, files, ROOT)[0] == assign_groups(named, files, ROOT)[0] == ("p12", "p7")
+    nested = [ROOT / "benign" / "patient-3" / "a.png", ROOT / "malignant" / "patient-9" / "b.png"]
+    on_path = FilenameRegexGroups(pattern=r"/(patient-\d+)/", match="relative_path")
+    assert assign_groups(on_path, nested, ROOT)[0] == ("patient-3", "patient-9")
+    with pytest.raises(DataError, match=r"a\.png: no group id: 'a\.png' does not match the regex '/\(patient"):
+        assign_groups(FilenameRegexGroups(pattern=r"/(patient-\d+)/"), nested, ROOT)  # the bare name has no folder
+
+
+def test_filename_regex_empty_capture_is_no_group_id() -> None:
+    with pytest.raises(DataError, match=r"/p_x\.png: no group id"):
+        assign_groups(FilenameRegexGroups(pattern=r"^p(\d*)_"), [ROOT / "a" / "p1_x.png", ROOT / "a" / "p_x.png"], ROOT)
+
+
+def _csv(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_csv_groups_by_relative_path_or_unique_file_name(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    files = [root / "benign" / "a.png", root / "benign" / "sub" / "b.png", root / "malignant" / "c.png"]
+    table = _csv(tmp_path / "g.csv", "\ufefffile,patient,site\n./benign/a.png,P1,x\nbenign\\sub\\b.png,P1,x\n"
+                                     "c.png,P2,y\n\nother.png,P9,z\n")  # BOM, ./ and \ tolerated; unused row ignored
+    spec = CsvGroups(path=str(table), group_column="patient")
+    ids, rule = assign_groups(spec, files, root)
+    assert ids == ("P1", "P1", "P2") and rule == f"csv {table} (file -> patient)"
+
+
+@pytest.mark.parametrize(("text", "spec", "match"), [
+    ("file,group\nbenign/a.png,P1\n", {}, r"benign/sub/b\.png: not listed in group_by csv .*g\.csv \(column 'file'\)"),
+    ("name,group\na.png,P1\n", {}, r"g\.csv: no column\(s\) \['file'\] .*the CSV has columns \['name', 'group'\]"),
+    ("file,group\n", {}, r"g\.csv: no rows"),
+    ("file,group\nbenign/a.png,P1\nbenign/a.png,P2\n", {}, r"file 'benign/a\.png' is listed with two groups: 'P1' "
+                                                           r"\(line 2\) and 'P2' \(line 3\)"),
+    ("file,group\nbenign/a.png,\n", {}, r"g\.csv: line 2: empty 'group' for file 'benign/a\.png'"),
+    ("file,group\na.png,P1\nb.png,P1\n", {"dup_name": True}, r"file name 'a\.png' matches 2 images"),
+])
+def test_csv_group_errors_name_the_file_and_the_csv(tmp_path: Path, text: str, spec: dict, match: str) -> None:
+    root = tmp_path / "imgs"
+    files = [root / "benign" / "a.png", root / "benign" / "sub" / "b.png"]
+    if spec.get("dup_name"):
+        files.append(root / "malignant" / "a.png")
+    with pytest.raises(DataError, match=match):
+        assign_groups(CsvGroups(path=str(_csv(tmp_path / "g.csv", text))), files, root)
+
+
+def test_csv_not_found_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"group_by csv not found: .*nope\.csv"):
+        assign_groups(CsvGroups(path=str(tmp_path / "nope.csv")), [tmp_path / "a" / "x.png"], tmp_path)
+
+
+def _breakhis_tree(root: Path) -> Path:
+    for cls, code, patients in (("benign", "B", ("14-100AB", "14-101")), ("malignant", "M", ("14-200", "15-9CD"))):
+        for patient in patients:
+            for seq in (1, 2):
+                _save_image(root / cls / f"SOB_{code}_{code}X_{patient}" / "40X" /
+                            f"SOB_{code}_TA-{patient}-40-{seq:03d}.png", _gray(seq * 40 + len(patient)))
+    return root
+
+
+def test_load_image_folder_attaches_group_ids_aligned_with_sources(tmp_path: Path) -> None:
+    root = _breakhis_tree(tmp_path / "bh")
+    (root / "benign" / "SOB_B_TA-14-100AB-40-009.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")  # skipped below
+    ds = load_image_folder(root, (4, 4), 1, on_bad_image="skip", group_by=BreakHisGroups())
+    assert len(ds.groups) == len(ds.sources) == 8 and len(ds.skipped) == 1
+    for source, group in zip(ds.sources, ds.groups):
+        assert Path(source).name.split("-40-")[0].split("-", 1)[1] == group
+    assert ds.grouped_by.startswith("BreakHis file names")
+    assert load_image_folder(root, (4, 4), 1, on_bad_image="skip").groups is None
+
+
+def test_bad_group_name_fails_before_any_image_is_decoded(tmp_path: Path, monkeypatch) -> None:
+    root = _breakhis_tree(tmp_path / "bh")
+    _save_image(root / "malignant" / "scan.png", _gray(1))
+    monkeypatch.setattr(data_module, "_decode_image", lambda *a: pytest.fail("decoded before the names were checked"))
+    with pytest.raises(DataError, match=r"scan\.png: no group id"):
+        load_dataset(DataConfig(source="folder", path=str(root), image_size=(4, 4), group_by={"kind": "breakhis"}))
+
+
+def test_a_patient_in_two_classes_is_allowed_and_logged(tmp_path: Path, caplog) -> None:
+    root = _breakhis_tree(tmp_path / "bh")
+    _save_image(root / "malignant" / "SOB_M_DC-14-101-40-001.png", _gray(250))  # benign patient 14-101 again
+    ds = load_image_folder(root, (4, 4), 1, group_by=BreakHisGroups())
+    assert sorted(set(ds.labels[np.asarray(ds.groups) == "14-101"].tolist())) == [0, 1]
+    assert "1 group(s) have images in more than one class" in caplog.text and "14-101" in caplog.text
+
+
+def test_npz_group_key_plain_and_medmnist(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    plain = _save_npz(tmp_path / "p.npz", images=rng.integers(0, 255, (4, 5, 5), dtype=np.uint8),
+                      labels=np.array([0, 1, 0, 1]), patient=np.array(["a", "a", "b", "c"]))
+    ds = load_dataset(DataConfig(source="npz", path=str(plain), group_by={"kind": "npz_key", "key": "patient"}))
+    assert ds.groups == ("a", "a", "b", "c") and ds.grouped_by == "npz key 'patient'"
+    arrays = _medmnist_arrays()
+    arrays.update(train_groups=np.arange(6) // 2, val_groups=np.array([[7], [7], [8]]), test_groups=np.arange(3) + 9)
+    medmnist = load_npz(_save_npz(tmp_path / "m.npz", **arrays), "m", group_key="groups")
+    assert medmnist.groups == ("0", "0", "1", "1", "2", "2", "7", "7", "8", "9", "10", "11")
+
+
+@pytest.mark.parametrize(("groups", "match"), [
+    ({}, r"missing group key\(s\) \['groups'\] \(data.group_by: npz_key"),
+    ({"groups": np.arange(3)}, r"key 'groups' must hold one group id per image \(4,\), got shape \(3,\)"),
+    ({"groups": np.linspace(0, 1, 4)}, "must hold integer or string group ids, got dtype float64"),
+    ({"groups": np.array(["a", " ", "b", "c"])}, "1 empty group id"),
+])
+def test_npz_group_key_errors(tmp_path: Path, groups: dict, match: str) -> None:
+    path = _save_npz(tmp_path / "p.npz", images=np.zeros((4, 5, 5), np.uint8), labels=np.array([0, 1, 0, 1]), **groups)
+    with pytest.raises(DataError, match=match):
+        load_npz(path, "p", group_key="groups")
+
+
+def test_fingerprint_follows_the_grouping_partition_not_the_group_names() -> None:
+    fields = dict(name="t", images=np.arange(4, dtype=np.uint8).reshape(4, 1, 1, 1), labels=np.array([0, 1, 0, 1]),
+                  class_names=("a", "b"), official_split=None, sources=None)
+    plain = Dataset(**fields)
+    by_patient = Dataset(**fields, groups=("p1", "p1", "p2", "p3"))
+    renamed = Dataset(**fields, groups=("x", "x", "y", "z"))
+    regrouped = Dataset(**fields, groups=("p1", "p2", "p2", "p3"))
+    singletons = Dataset(**fields, groups=("p1", "p2", "p3", "p4"))
+    assert by_patient.fingerprint() == renamed.fingerprint()
+    assert len({plain.fingerprint(), by_patient.fingerprint(), regrouped.fingerprint(), singletons.fingerprint()}) == 4
 
 
 # --------------------------------------------------------------------------------------------- downloads

@@ -265,6 +265,21 @@ def test_data_table_and_sections():
     assert "## Per-class" not in text  # binary
 
 
+def test_grouping_line_under_the_data_table_next_to_duplicates():
+    metrics = _metrics()
+    metrics["dataset"]["duplicates"] = {"groups": 2, "crossing_splits": 0}
+    metrics["dataset"]["grouping"] = {
+        "kind": "breakhis", "source": "BreakHis file names SOB_<B|M>_<type>-<patient>-<mag>-<seq>.png (patient id)",
+        "groups": 82, "images_per_group": {"min": 12, "median": 88.5, "max": 412}, "crossing_splits": 0,
+        "crossing_folds": 0,
+    }
+    data = _section(_render(metrics), "## Data", "## Test leaderboard").splitlines()
+    assert data.index("- duplicates: {groups: 2, crossing_splits: 0}") + 1 == data.index(
+        "- grouping: {kind: breakhis, source: BreakHis file names SOB_\\<B\\|M>_\\<type>-\\<patient>-\\<mag>-\\<seq>.png "
+        "(patient id), groups: 82, images_per_group: {min: 12, median: 88.500, max: 412}, crossing_splits: 0, "
+        "crossing_folds: 0}")  # < and | escaped: <type> would otherwise vanish as an HTML tag
+
+
 def test_recommendation_flags_overlapping_intervals_and_prefers_calibrated():
     advice = _section(_render(), "## Which model to trust", "## Out-of-fold")
     assert "**b** has the highest test ROC AUC (0.950 [0.910, 0.980])" in advice
