@@ -7,8 +7,8 @@ Run it with ``medstack run --config configs/smoke.yaml``, ``python -m flows.ense
 Prefect deployment (``prefect.yaml``; ``prefect deployment run 'medstack-ensemble/smoke'``).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Prefect builds the flow's parameter model from these annotations,
+# and string annotations fail to resolve when the flow is loaded by `flow.serve` ("RunConfig is not defined").
 import time
 from typing import Any
 
