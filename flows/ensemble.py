@@ -29,6 +29,7 @@ def ensemble_flow(config: RunConfig) -> str:
     started = time.perf_counter()
     logger = get_run_logger()
     output_dir = outputs.check_output_dir(config.runtime.output_dir)
+    outputs.check_cache_dir(config.runtime.cache_dir)
     run_id = outputs.new_run_id(config)
 
     dataset = load_dataset(config.data)

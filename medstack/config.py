@@ -149,6 +149,14 @@ class RunConfig(_Section):
     report: ReportConfig = ReportConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        # Not used in any path today (run ids are time-hash-random); checked so it can never become one.
+        if not value or value.startswith(".") or any(c in value for c in "/\\") or not value.isprintable():
+            raise ValueError(f"name {value!r} is not a plain name: no path separators or control characters, no leading '.'")
+        return value
+
     @field_validator("strategies")
     @classmethod
     def _validate_strategies(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -76,6 +76,7 @@ DATA_CASES: list[Case] = [
     ("folds-exceed-minority", lambda t: {**_npz_cfg(_npz(t / "x.npz", labels=np.array([0] * 28 + [1] * 12))), "split": {"folds": 12}}, SplitError, r"train split \(folds\): class\(es\) \[1\] have \{1: \d+\} samples, need at least 12 each"),
     ("smote-minority-of-one", lambda t: {**_npz_cfg(_npz(t / "x.npz", labels=np.array([0] * 36 + [1] * 4))), "split": {"folds": 2, "fractions": [0.5, 0.25, 0.25]}, "strategies": {"smote": {}}}, ValueError, "SMOTE needs at least 2 samples per class"),
     ("output-dir-not-writable", lambda t: {**_npz_cfg(_npz(t / "x.npz")), "runtime": {"output_dir": str(t / "x.npz" / "runs")}}, OutputError, "cannot be created"),
+    ("cache-dir-not-writable", lambda t: {**_npz_cfg(_npz(t / "x.npz")), "runtime": {"output_dir": str(t / "runs"), "cache_dir": str(t / "x.npz" / "cache")}}, OutputError, "cache dir .* cannot be created"),
 ]
 CONFIG_CASES: list[tuple[str, dict, str]] = [
     ("unknown-key", {"trainig": {}}, "trainig"),
@@ -83,6 +84,7 @@ CONFIG_CASES: list[tuple[str, dict, str]] = [
     ("folds-below-two", {"split": {"folds": 1}}, "split.folds"),
     ("fractions-not-one", {"split": {"fractions": [0.8, 0.2, 0.2]}}, "must sum to 1"),
     ("unknown-strategy", {"strategies": {"mixup": {}}}, "unknown strategy 'mixup'"),
+    ("name-with-path", {"name": "../../evil"}, "'../../evil' is not a plain name"),
 ]
 
 

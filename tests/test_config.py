@@ -34,6 +34,8 @@ def _write(tmp_path, tree) -> Path:
         ({"strategies": {"smote": {"k": 3}}}, "strategies.smote"),
         ({"data": {"source": "folder"}}, "data.path is required"),
         ({"data": {"source": "folder", "path": "x"}}, "data.image_size is required"),
+        ({"name": "../../evil"}, r"name\n.*'../../evil' is not a plain name"),
+        ({"name": "a\\b"}, "is not a plain name"),
     ],
 )
 def test_bad_configs_fail_with_a_message_naming_the_key(tmp_path, tree, message):
