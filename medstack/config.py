@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -219,3 +220,13 @@ def stable_hash(*parts: Any) -> str:
     """A short, order-sensitive sha256 of JSON-serialisable parts (used for cache keys and run ids)."""
     payload = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def array_sha(*arrays: np.ndarray) -> str:
+    """Full sha256 of arrays' dtypes, shapes and bytes (so [1, 2] + [3] and [1] + [2, 3] differ)."""
+    digest = hashlib.sha256()
+    for arr in arrays:
+        arr = np.ascontiguousarray(arr)
+        digest.update(f"{arr.dtype.str}{arr.shape}".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()

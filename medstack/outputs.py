@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from medstack.config import RunConfig, config_to_yaml, stable_hash
-from medstack.pipeline import EnsembleFit, PreparedData, code_version
+from medstack.pipeline import EnsembleFit, PreparedData, code_version, determinism_record
 from medstack.storage import FoldCache, atomic_directory, atomic_write_json, atomic_write_text, sweep_stale_temporaries
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a plain folder name: no separators, no '..'
@@ -77,7 +77,9 @@ def predictions_frame(rows: np.ndarray, labels: np.ndarray, probas: dict[str, np
     return frame
 
 
-def manifest(cfg: RunConfig, prepared: PreparedData, run_id: str, extra: dict[str, Any]) -> dict[str, Any]:
+def manifest(
+    cfg: RunConfig, prepared: PreparedData, run_id: str, extra: dict[str, Any], determinism: dict[str, Any] | None = None
+) -> dict[str, Any]:
     versions = {}
     for pkg in PACKAGES:
         try:
@@ -95,6 +97,7 @@ def manifest(cfg: RunConfig, prepared: PreparedData, run_id: str, extra: dict[st
         "data_fingerprint": prepared.fingerprint,
         "seed": cfg.seed,
         "split_seed": cfg.split.seed,
+        "determinism": determinism,
         **extra,
     }
 
@@ -156,7 +159,8 @@ def write_run(
         plot_links = {label: f"plots/{name}" for label, name in plots.items()}
         atomic_write_text(tmp / "report.md", render_report(metrics, diagnoses, plot_links, notes, details))
         atomic_write_text(tmp / "config.yaml", config_to_yaml(cfg))
-        atomic_write_json(tmp / "manifest.json", manifest(cfg, prepared, run_id, extra))
+        determinism = determinism_record(cfg, prepared, ensembles)
+        atomic_write_json(tmp / "manifest.json", manifest(cfg, prepared, run_id, extra, determinism))
         _check_no_symlinks(tmp)
     return final
 

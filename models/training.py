@@ -13,7 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from medstack.config import AugmentationConfig, ModelConfig, TrainingConfig
+from medstack.config import AugmentationConfig, ModelConfig, TrainingConfig, array_sha
 from models.network import build_model
 from models.strategies import StrategyParams, TrainingPlan, get_strategy
 
@@ -97,6 +97,7 @@ class CNNClassifier:
             "seconds": round(time.perf_counter() - started, 2),
             "n_train": int(len(x)),
             "n_synthetic": int(np.sum(plan.source_rows < 0)),
+            "train_inputs_sha": array_sha(plan.x, plan.y),  # what this model trained on, SMOTE samples included
             "class_weight": plan.class_weight,
             "loss_phases": [{"epoch": start, "loss": loss.get_config()} for start, loss in phases],
             "notes": list(plan.notes),
