@@ -103,3 +103,47 @@ def test_sigkill_mid_training_then_rerun_resumes_from_cache_and_equals_a_clean_r
     assert json.loads((run / "metrics.json").read_text()) == json.loads((clean_run / "metrics.json").read_text())
     for name in ("oof_predictions.csv", "test_predictions.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(run / name), pd.read_csv(clean_run / name), check_exact=True)
+
+
+def test_parallel_runs_share_one_output_folder_and_one_cache_without_clobbering(tiny_config_dict, tmp_path):
+    """Config A twice and config B, all three at once on one output folder and one cache.
+
+    A and B differ (strategies, bootstrap) but share class_weight's cache keys, so all three race for those
+    entries; the two A runs race for all of theirs. Whoever renames first wins; the others use its entry.
+    """
+    from medstack.config import load_config
+    from medstack.storage import FoldCache
+
+    tiny_config_dict["data"]["subset"] = {"train": 120, "val": 40, "test": 40}
+    tiny_config_dict["training"]["epochs"] = 1
+    tiny_config_dict["ensemble"]["inner_folds"] = 2
+    configs = {}
+    for name, strategies, bootstrap in (("a", {"class_weight": {}, "custom_loss": {}}, 20), ("b", {"class_weight": {}, "smote": {}}, 30)):
+        configs[name] = tmp_path / f"{name}.yaml"
+        configs[name].write_text(yaml.safe_dump({**tiny_config_dict, "name": name, "strategies": strategies, "report": {"bootstrap": bootstrap}}))
+    cache, runs = Path(tiny_config_dict["runtime"]["cache_dir"]), Path(tiny_config_dict["runtime"]["output_dir"])
+
+    procs = {tag: _run(configs[tag[0]], tmp_path / f"home-{tag}") for tag in ("a1", "a2", "b")}
+    outs = {tag: proc.communicate(timeout=600)[0] for tag, proc in procs.items()}
+    for tag, proc in procs.items():
+        assert proc.returncode == 0, f"{tag}:\n{outs[tag][-3000:]}"
+    dirs = {tag: _run_dir(out) for tag, out in outs.items()}
+
+    assert sorted(p.name for p in runs.iterdir()) == sorted(d.name for d in dirs.values())  # 3 folders, no temporaries
+    manifests = {tag: json.loads((d / "manifest.json").read_text()) for tag, d in dirs.items()}
+    for tag, run in dirs.items():
+        own = load_config(configs[tag[0]])
+        assert load_config(run / "config.yaml") == own and manifests[tag]["run_id"] == run.name
+        assert {k.split("|")[0] for k in manifests[tag]["folds"]} == set(own.strategies)
+        assert set(json.loads((run / "metrics.json").read_text())["models"]) == {*own.strategies, "soft_voting", "stacking"}
+        for key, fold in manifests[tag]["folds"].items():  # each run's models are the cache entries its predictions came from
+            strategy, k = key.split("|")
+            copied = run / "models" / strategy / f"{k}.keras"
+            assert copied.read_bytes() == (FoldCache(cache).entry(fold["cache_key"]) / "model.keras").read_bytes()
+
+    keys = {tag: {v["cache_key"] for v in m["folds"].values()} for tag, m in manifests.items()}
+    assert keys["a1"] == keys["a2"] and len(keys["a1"] & keys["b"]) == 2  # class_weight's two folds are shared
+    assert sorted(p.name for p in (cache / "folds").iterdir()) == sorted(keys["a1"] | keys["b"])  # no temporaries
+    assert all(FoldCache(cache).load(key) is not None for key in keys["a1"] | keys["b"])  # every entry whole
+    a1, a2 = (json.loads((dirs[t] / "metrics.json").read_text()) for t in ("a1", "a2"))
+    assert a1 == a2 and manifests["a1"]["determinism"] == manifests["a2"]["determinism"]
