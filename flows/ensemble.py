@@ -35,6 +35,7 @@ def ensemble_flow(config: RunConfig, overrides: dict[str, Any] | None = None) ->
     logger = get_run_logger()
     config = apply_overrides(config, overrides)
     output_dir = outputs.check_output_dir(config.runtime.output_dir)
+    outputs.check_cache_dir(config.runtime.cache_dir)
     run_id = outputs.new_run_id(config)
 
     dataset = load_dataset(config.data)

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -221,6 +222,14 @@ class RunConfig(_Section):
     report: ReportConfig = ReportConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        # Not used in any path today (run ids are time-hash-random); checked so it can never become one.
+        if not value or value.startswith(".") or any(c in value for c in "/\\") or not value.isprintable():
+            raise ValueError(f"name {value!r} is not a plain name: no path separators or control characters, no leading '.'")
+        return value
+
     @field_validator("strategies")
     @classmethod
     def _validate_strategies(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -305,3 +314,13 @@ def stable_hash(*parts: Any) -> str:
     """A short, order-sensitive sha256 of JSON-serialisable parts (used for cache keys and run ids)."""
     payload = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def array_sha(*arrays: np.ndarray) -> str:
+    """Full sha256 of arrays' dtypes, shapes and bytes (so [1, 2] + [3] and [1] + [2, 3] differ)."""
+    digest = hashlib.sha256()
+    for arr in arrays:
+        arr = np.ascontiguousarray(arr)
+        digest.update(f"{arr.dtype.str}{arr.shape}".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()

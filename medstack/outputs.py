@@ -1,7 +1,8 @@
 """Writing a run folder: every file of ``runs/<run-id>/`` appears together or not at all.
 
 The folder is assembled under a temporary name beside its final place and renamed when complete, so a
-crash never leaves a half-written run that looks finished.
+crash never leaves a half-written run that looks finished. Nothing is written outside the output folder: run ids
+are plain folder names, the run folder must not exist (not even as a symlink), and it may hold no symlinks.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import datetime as dt
 import importlib.metadata
 import os
 import platform
+import re
 import shutil
 import subprocess
 import uuid
@@ -20,9 +22,10 @@ import numpy as np
 import pandas as pd
 
 from medstack.config import RunConfig, config_to_yaml, stable_hash
-from medstack.pipeline import EnsembleFit, PreparedData, code_version
-from medstack.storage import atomic_directory, atomic_write_json, atomic_write_text
+from medstack.pipeline import EnsembleFit, PreparedData, code_version, determinism_record
+from medstack.storage import FoldCache, atomic_directory, atomic_write_json, atomic_write_text, sweep_stale_temporaries
 
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a plain folder name: no separators, no '..'
 PACKAGES = ("medstack", "prefect", "tensorflow", "keras", "scikit-learn", "imbalanced-learn", "numpy", "pandas", "joblib")
 
 
@@ -37,14 +40,29 @@ def new_run_id(cfg: RunConfig, now: dt.datetime | None = None) -> str:
 
 
 def check_output_dir(path: str | Path) -> Path:
-    """Resolve the output folder and make sure a run can be written there, before any training starts."""
+    """Resolve the output folder and make sure a run can be written there, before any training starts.
+
+    Temporaries that killed runs left there are removed (never those of a run still writing)."""
+    out = _writable_dir(path, "output dir")
+    sweep_stale_temporaries(out)
+    return out
+
+
+def check_cache_dir(path: str | Path) -> Path:
+    """The same for the fold cache: writable before any training, temporaries of killed writers removed."""
+    root = _writable_dir(path, "cache dir")
+    FoldCache(root).sweep()
+    return root
+
+
+def _writable_dir(path: str | Path, what: str) -> Path:
     out = Path(path).expanduser().resolve()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"output dir {out} cannot be created: {exc.strerror}") from exc
+        raise OutputError(f"{what} {out} cannot be created: {exc.strerror}") from exc
     if not os.access(out, os.W_OK | os.X_OK):
-        raise OutputError(f"output dir {out} is not writable")
+        raise OutputError(f"{what} {out} is not writable")
     return out
 
 
@@ -59,7 +77,9 @@ def predictions_frame(rows: np.ndarray, labels: np.ndarray, probas: dict[str, np
     return frame
 
 
-def manifest(cfg: RunConfig, prepared: PreparedData, run_id: str, extra: dict[str, Any]) -> dict[str, Any]:
+def manifest(
+    cfg: RunConfig, prepared: PreparedData, run_id: str, extra: dict[str, Any], determinism: dict[str, Any] | None = None
+) -> dict[str, Any]:
     versions = {}
     for pkg in PACKAGES:
         try:
@@ -77,6 +97,7 @@ def manifest(cfg: RunConfig, prepared: PreparedData, run_id: str, extra: dict[st
         "data_fingerprint": prepared.fingerprint,
         "seed": cfg.seed,
         "split_seed": cfg.split.seed,
+        "determinism": determinism,
         **extra,
     }
 
@@ -104,9 +125,11 @@ def write_run(
     from medstack.report import diagnose_all, make_plots, render_report
 
     preds = ensembles.predictions
+    if not RUN_ID.fullmatch(run_id):
+        raise OutputError(f"run id {run_id!r} is not a plain folder name (letters, digits, '.', '_', '-')")
     final = check_output_dir(output_dir) / run_id
-    if final.exists():
-        raise OutputError(f"run folder {final} already exists")
+    if final.exists() or final.is_symlink():
+        raise OutputError(f"run folder {final} already exists" + (" as a symlink" if final.is_symlink() else ""))
     names = list(prepared.class_names)
     with atomic_directory(final) as tmp:
         atomic_write_json(tmp / "metrics.json", metrics)
@@ -136,8 +159,19 @@ def write_run(
         plot_links = {label: f"plots/{name}" for label, name in plots.items()}
         atomic_write_text(tmp / "report.md", render_report(metrics, diagnoses, plot_links, notes, details))
         atomic_write_text(tmp / "config.yaml", config_to_yaml(cfg))
-        atomic_write_json(tmp / "manifest.json", manifest(cfg, prepared, run_id, extra))
+        determinism = determinism_record(cfg, prepared, ensembles)
+        atomic_write_json(tmp / "manifest.json", manifest(cfg, prepared, run_id, extra, determinism))
+        _check_no_symlinks(tmp)
     return final
+
+
+def _check_no_symlinks(root: Path) -> None:
+    """Every path in the finished run folder is a plain file or folder inside it: nothing points elsewhere."""
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            if os.path.islink(os.path.join(folder, name)):
+                rel = Path(folder, name).relative_to(root)
+                raise OutputError(f"run folder would hold a symlink {rel} -> {os.readlink(Path(folder, name))}")
 
 
 def _copy_models(dest: Path, model_paths: dict[str, dict[int, str]]) -> None:

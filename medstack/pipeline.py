@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from medstack.config import RunConfig, stable_hash
+from medstack.config import RunConfig, array_sha, stable_hash
 from medstack.data import Dataset
 from medstack.splits import (
     Splits,
@@ -423,6 +423,30 @@ def fit_ensembles(prepared: PreparedData, preds: Predictions, cfg: RunConfig) ->
     return EnsembleFit(out, meta, thresholds, cfg.ensemble.threshold_policy)
 
 
+def determinism_record(cfg: RunConfig, prepared: PreparedData, ensembles: EnsembleFit) -> dict[str, Any]:
+    """sha256 of what one config and seed must reproduce, for the manifest.
+
+    ``splits`` (train/val/test rows), ``folds`` (fold of each train row) and ``train_inputs`` (every fold's
+    training arrays as its model saw them, SMOTE samples included) depend on data, config and seeds only.
+    ``meta_inputs`` (the OOF matrix the stacking model learns from, with its labels) also depends on training:
+    bitwise reproducible on CPU, but GPU kernels and other CPUs/library versions may round differently, so only
+    runs that share the fold cache are guaranteed the same value.
+    """
+    from models.ensemble import stack_features
+
+    preds = ensembles.predictions
+    base = list(ensembles.meta_model.model_names_)
+    per_fold = [preds.fold_info[s][k].get("train_inputs_sha") for s in base for k in sorted(preds.fold_info[s])]
+    return {
+        "seed": cfg.seed,
+        "split_seed": cfg.split.seed,
+        "splits": array_sha(prepared.train_idx, prepared.val_idx, prepared.test_idx),
+        "folds": array_sha(prepared.train_idx, prepared.fold_of),
+        "train_inputs": None if None in per_fold else hashlib.sha256(",".join(per_fold).encode()).hexdigest(),
+        "meta_inputs": array_sha(stack_features({s: preds.oof[s] for s in base}, base), prepared.y_train),
+    }
+
+
 def evaluate_on_test(prepared: PreparedData, ensembles: EnsembleFit, cfg: RunConfig) -> dict:
     """The only reader of the test labels: test and OOF metrics of all models, with bootstrap CIs on test."""
     from models.metrics import bootstrap_ci, compute_metrics
@@ -466,7 +490,7 @@ def summarise_training(results: list[FoldResult], wall_seconds: float) -> dict[s
         "training_seconds": round(sum(r.info.get("seconds", 0.0) for r in trained), 1),
         "folds": {
             f"{r.strategy}|fold-{r.fold + 1}": {"cache_key": r.cache_key, "from_cache": r.from_cache, **{
-                k: r.info.get(k) for k in ("epochs_run", "best_epoch", "seconds", "n_train", "n_synthetic")
+                k: r.info.get(k) for k in ("epochs_run", "best_epoch", "seconds", "n_train", "n_synthetic", "train_inputs_sha")
             }}
             for r in results
         },

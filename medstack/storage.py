@@ -3,6 +3,10 @@
 Every file a run or the cache leaves behind appears whole or not at all: it is written under a temporary
 name in the same folder and renamed into place. A cache entry that fails to load is discarded with a warning
 and recomputed by the caller.
+
+Temporary names start with ``.`` and end with ``.tmp``, and carry their writer (a host tag and the pid), so a
+later run can remove what a killed writer left (:func:`sweep_stale_temporaries`) without ever touching a
+temporary that a live run on this host is still writing.
 """
 
 from __future__ import annotations
@@ -10,9 +14,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 import uuid
+import zipfile
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +32,26 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
+CACHE_KEY = re.compile(r"[0-9a-f]{16,64}")
+# Longest a temporary whose writer cannot be asked (another host, or a name without a writer) is kept: writes
+# take seconds, so a day-old temporary is garbage even if a pid on this host was reused.
+STALE_AFTER_S = 24 * 3600
+_TEMP = re.compile(r"\..+\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp")
+
+
+def _host_tag() -> str:
+    return f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def _writer_tag() -> str:
+    """``<host>-<pid>``, put in every temporary name so a sweeper can tell whether its writer is alive."""
+    return f"{_host_tag()}-{os.getpid()}"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_writer_tag()}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -65,10 +88,11 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()
+    tmp = final.parent / f".{final.name}.{_writer_tag()}-{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()  # never an existing folder or symlink: mkdir refuses both
     try:
         yield tmp
+        _fsync_tree(tmp)  # a power cut after the rename must not leave an entry of empty files
         try:
             os.rename(tmp, final)
         except OSError:
@@ -78,6 +102,76 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def sweep_stale_temporaries(folder: str | Path, max_age_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove the temporaries (``.*.tmp``) in ``folder`` that no live writer owns; returns what was removed.
+
+    A temporary named by a writer on this host is removed once that pid is gone; any other (another host's,
+    or one without a writer in its name) only once nothing in it changed for ``max_age_s``. So runs sharing a
+    cache or output folder never remove each other's work in progress. Symlinks are unlinked, never followed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    host, now = _host_tag(), time.time()
+    for entry in os.scandir(folder):
+        if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+            continue
+        writer = _TEMP.fullmatch(entry.name)
+        if writer and writer["host"] == host and not _pid_alive(int(writer["pid"])):
+            why = f"its writer (pid {writer['pid']}) is gone"
+        elif now - _newest_mtime(Path(entry.path)) > max_age_s:
+            why = f"untouched for over {max_age_s / 3600:g} h"
+        else:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            Path(entry.path).unlink(missing_ok=True)
+        log.warning("removed stale temporary %s: %s", entry.path, why)
+        removed.append(Path(entry.path))
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":  # os.kill(pid, 0) would terminate it on Windows: assume alive, fall back to age
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _newest_mtime(path: Path) -> float:
+    try:
+        newest = path.lstat().st_mtime
+    except FileNotFoundError:  # removed meanwhile by its writer or another sweeper
+        return time.time()
+    if path.is_dir() and not path.is_symlink():
+        for folder, dirs, files in os.walk(path):
+            for name in dirs + files:
+                try:
+                    newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+                except FileNotFoundError:
+                    pass
+    return newest
 
 
 @dataclass
@@ -106,7 +200,13 @@ class FoldCache:
         self.root = Path(root)
 
     def entry(self, key: str) -> Path:
+        if not CACHE_KEY.fullmatch(key):  # keys become folder names: hex only, never a path
+            raise ValueError(f"cache key must be 16-64 lowercase hex digits, got {key!r}")
         return self.root / "folds" / key
+
+    def sweep(self, max_age_s: float = STALE_AFTER_S) -> list[Path]:
+        """Remove temporaries that killed writers left in the cache (see :func:`sweep_stale_temporaries`)."""
+        return sweep_stale_temporaries(self.root / "folds", max_age_s)
 
     def load(self, key: str) -> FoldResult | None:
         """The cached result for ``key``, or ``None`` (absent, or broken and therefore discarded)."""
@@ -120,8 +220,11 @@ class FoldCache:
             with np.load(entry / "predictions.npz", allow_pickle=False) as arrays:
                 loaded = {name: arrays[name] for name in self._ARRAYS}
             model_path = entry / "model.keras"
-            if not model_path.is_file():
-                raise FileNotFoundError(model_path)
+            for path in entry.iterdir():
+                if path.is_symlink():  # would be copied into run folders: what it points to is not ours
+                    raise ValueError(f"{path.name} is a symlink")
+            if not zipfile.is_zipfile(model_path):  # absent, or cut short (.keras files are zip archives)
+                raise ValueError(f"{model_path.name} is missing or not a whole .keras archive")
         except Exception as exc:  # any unreadable entry is recomputed, never trusted
             log.warning("discarding broken cache entry %s: %s", entry, exc)
             shutil.rmtree(entry, ignore_errors=True)
@@ -138,20 +241,45 @@ class FoldCache:
         )
 
     def save(self, result: FoldResult, write_model: Callable[[Path], None]) -> FoldResult:
-        """Store ``result`` and its model (written by ``write_model(path)``) atomically; returns it with paths set."""
+        """Store ``result`` and its model (written by ``write_model(path)``) atomically; returns it with paths set.
+
+        When another run stored the same key first (two runs of one config at once), its entry is kept and its
+        result returned instead of ``result``, so the predictions a run reports always belong to the model it
+        copies into its run folder.
+        """
         entry = self.entry(result.cache_key)
-        with atomic_directory(entry) as tmp:
-            write_model(tmp / "model.keras")
-            np.savez(tmp / "predictions.npz", **{name: getattr(result, name) for name in self._ARRAYS})
-            atomic_write_json(
-                tmp / "meta.json",
-                {
-                    "format": CACHE_FORMAT,
-                    "strategy": result.strategy,
-                    "fold": result.fold,
-                    "history": result.history,
-                    "info": result.info,
-                },
-            )
-        result.model_path = str(entry / "model.keras")
-        return result
+        for _ in range(2):
+            writer = uuid.uuid4().hex
+            with atomic_directory(entry) as tmp:
+                write_model(tmp / "model.keras")
+                np.savez(tmp / "predictions.npz", **{name: getattr(result, name) for name in self._ARRAYS})
+                atomic_write_json(
+                    tmp / "meta.json",
+                    {
+                        "format": CACHE_FORMAT,
+                        "strategy": result.strategy,
+                        "fold": result.fold,
+                        "history": result.history,
+                        "info": result.info,
+                        "writer": writer,
+                    },
+                )
+            if self._writer(entry) == writer:
+                result.model_path = str(entry / "model.keras")
+                return result
+            theirs = self.load(result.cache_key)
+            if theirs is not None:
+                log.info("%s: stored first by another run; using its result", entry)
+                note = "trained at the same time by another run, which stored it first: its result is used"
+                theirs.info = {**theirs.info, "notes": [*theirs.info.get("notes", []), note]}
+                theirs.from_cache = False  # this run did train it
+                return theirs
+            # theirs was broken and has just been discarded: store ours after all
+        raise OSError(f"{entry}: could not store the cache entry (replaced by broken entries twice)")
+
+    @staticmethod
+    def _writer(entry: Path) -> str | None:
+        try:
+            return json.loads((entry / "meta.json").read_text()).get("writer")
+        except (OSError, ValueError):
+            return None

@@ -13,7 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from medstack.config import AugmentationConfig, ModelConfig, TrainingConfig
+from medstack.config import AugmentationConfig, ModelConfig, TrainingConfig, array_sha
 from models.network import build_model
 from models.strategies import StrategyParams, TrainingPlan, get_strategy
 
@@ -61,7 +61,7 @@ class CNNClassifier:
             name=f"cnn_{self.strategy}",
         )
         optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(cfg))
-        y_onehot = _one_hot(plan.y, self.num_classes)
+        train_batches = _shuffled_batches(plan.x, _one_hot(plan.y, self.num_classes), cfg.batch_size, self.seed)
         val_data = (x_val, _one_hot(y_val, self.num_classes))
         history: dict[str, list[float]] = {}
         early_stopping = keras.callbacks.EarlyStopping(
@@ -76,15 +76,13 @@ class CNNClassifier:
             callbacks = _lr_callbacks(cfg) + ([early_stopping] if last else [])
             last_phase_start = len(history.get("loss", []))
             fitted = net.fit(
-                x=plan.x,
-                y=y_onehot,
+                train_batches,
                 validation_data=val_data,
                 epochs=end,
                 initial_epoch=start,
-                batch_size=cfg.batch_size,
                 class_weight=plan.class_weight,
                 callbacks=callbacks,
-                shuffle=True,
+                shuffle=False,  # train_batches shuffles itself, seeded
                 verbose=self.verbose,
             )
             for key, values in fitted.history.items():
@@ -99,6 +97,7 @@ class CNNClassifier:
             "seconds": round(time.perf_counter() - started, 2),
             "n_train": int(len(x)),
             "n_synthetic": int(np.sum(plan.source_rows < 0)),
+            "train_inputs_sha": array_sha(plan.x, plan.y),  # what this model trained on, SMOTE samples included
             "class_weight": plan.class_weight,
             "loss_phases": [{"epoch": start, "loss": loss.get_config()} for start, loss in phases],
             "notes": list(plan.notes),
@@ -124,6 +123,19 @@ class CNNClassifier:
 
 def _one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:
     return np.eye(num_classes, dtype=np.float32)[np.asarray(y, dtype=np.int64)]
+
+
+def _shuffled_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> Any:
+    """Training batches in a new order every epoch, the same orders for the same seed.
+
+    ``fit(shuffle=True)`` on arrays draws its order from TensorFlow's unseeded global RNG, so two trainings of
+    one fold with one seed ended far apart (LDAM probabilities up to 0.5 apart on the tiny test config). A global
+    ``tf.random.set_seed`` would not fix it: trainings run in parallel threads and share that state.
+    """
+    import tensorflow as tf  # keras' own data pipeline is tf.data whatever the backend
+
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    return dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
 
 
 def _learning_rate(cfg: TrainingConfig) -> Any:

@@ -100,6 +100,7 @@ DATA_CASES: list[Case] = [
     ("group-too-few-patients", lambda t: _grouped_cfg(_breakhis(t / "d", patients=(8, 2), per_patient=6)), SplitError, r"the dataset \(one group per split\): class\(es\) \[1\] have images of only \{1: 2\} groups, need at least 3 groups each"),
     ("group-folds-exceed-patients", lambda t: {**_grouped_cfg(_breakhis(t / "d", patients=(12, 5))), "split": {"folds": 4}}, SplitError, r"the train split \(folds\): class\(es\) \[1\] have images of only \{1: \d\} groups, need at least 4"),
     ("output-dir-not-writable", lambda t: {**_npz_cfg(_npz(t / "x.npz")), "runtime": {"output_dir": str(t / "x.npz" / "runs")}}, OutputError, "cannot be created"),
+    ("cache-dir-not-writable", lambda t: {**_npz_cfg(_npz(t / "x.npz")), "runtime": {"output_dir": str(t / "runs"), "cache_dir": str(t / "x.npz" / "cache")}}, OutputError, "cache dir .* cannot be created"),
 ]
 CONFIG_CASES: list[tuple[str, dict, str]] = [
     ("unknown-key", {"trainig": {}}, "trainig"),
@@ -109,6 +110,7 @@ CONFIG_CASES: list[tuple[str, dict, str]] = [
     ("unknown-strategy", {"strategies": {"mixup": {}}}, "unknown strategy 'mixup'"),
     ("group-regex-invalid", {"data": {"source": "folder", "path": "d", "image_size": [8, 8], "group_by": {"kind": "filename_regex", "pattern": "(p[0-9]"}}}, "data.group_by.pattern '\\(p\\[0-9\\]' is not a valid regex"),
     ("group-by-on-npz", {"data": {"source": "npz", "group_by": {"kind": "breakhis"}}}, "data.group_by kind 'breakhis' does not work with data.source 'npz'"),
+    ("name-with-path", {"name": "../../evil"}, "'../../evil' is not a plain name"),
 ]
 
 
@@ -190,12 +192,12 @@ def test_small_minority_lowers_smote_k_and_says_so(harness, tmp_path):
 def test_patient_groups_are_stated_in_metrics_and_report(harness, tmp_path):
     import json
 
-    from flows.ensemble import with_runtime
+    from flows.ensemble import ensemble_flow
 
     root = _breakhis(tmp_path / "d", patients=(8, 8))
     tree = _tiny(tmp_path, {**_grouped_cfg(root), "split": {"fractions": [0.5, 0.25, 0.25]}})
     cfg = RunConfig.model_validate(tree)
-    run = Path(with_runtime(cfg.runtime)(config=cfg))
+    run = Path(ensemble_flow(config=cfg))
     grouping = json.loads((run / "metrics.json").read_text())["dataset"]["grouping"]
     assert grouping["kind"] == "breakhis" and grouping["groups"] == 16
     assert grouping["images_per_group"] == {"min": 3, "median": 3.0, "max": 3}

@@ -46,6 +46,8 @@ def _write(tmp_path, tree) -> Path:
          "data.group_by kind 'breakhis' does not work with data.source 'npz'.*npz_key"),
         ({"data": {"source": "digits", "group_by": {"kind": "npz_key"}}}, "digits has no patients"),
         ({"data": {**FOLDER, "group_by": {"kind": "npz_key"}}}, "kind 'npz_key' does not work with data.source 'folder'"),
+        ({"name": "../../evil"}, r"name\n.*'../../evil' is not a plain name"),
+        ({"name": "a\\b"}, "is not a plain name"),
     ],
 )
 def test_bad_configs_fail_with_a_message_naming_the_key(tmp_path, tree, message):

@@ -1,4 +1,5 @@
-"""Faults: a run killed mid-training resumes from the fold cache and never leaves a finished-looking output."""
+"""Faults: a run killed mid-training resumes from the fold cache, ends as a clean run would, and never leaves a
+finished-looking output; runs sharing an output folder and a cache at the same time do not disturb each other."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
+
+from medstack.storage import _writer_tag
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -36,13 +40,28 @@ def _run(config: Path, home: Path) -> subprocess.Popen:
     )
 
 
-def test_sigkill_mid_training_then_rerun_resumes_from_cache(tiny_config_dict, tmp_path):
+def _run_dir(out: str) -> Path:
+    return next(Path(line) for line in reversed(out.splitlines()) if line.startswith("/") and Path(line).is_dir())
+
+
+def _plant_temporary(folder: Path, name: str, pid: int) -> Path:
+    """What a writer killed inside atomic_directory leaves: a half-filled temporary named for its pid."""
+    tmp = folder / f".{name}.{_writer_tag().split('-')[0]}-{pid}-deadbeef.tmp"
+    tmp.mkdir(parents=True)
+    (tmp / "half.json").write_text('{"half":')
+    return tmp
+
+
+def test_sigkill_mid_training_then_rerun_resumes_from_cache_and_equals_a_clean_run(tiny_config_dict, tmp_path):
     tiny_config_dict["data"]["subset"] = {"train": 400, "val": 100, "test": 100}
     tiny_config_dict["training"]["epochs"] = 4
     tiny_config_dict["runtime"]["max_workers"] = 1  # one training at a time: a clean point to kill between
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_config_dict))
     cache, runs = Path(tiny_config_dict["runtime"]["cache_dir"]), Path(tiny_config_dict["runtime"]["output_dir"])
+    clean_config = tmp_path / "clean.yaml"
+    tiny_config_dict["runtime"].update(cache_dir=str(tmp_path / "clean-cache"), output_dir=str(tmp_path / "clean-runs"))
+    clean_config.write_text(yaml.safe_dump(tiny_config_dict))
 
     proc = _run(config, tmp_path / "home1")
     deadline = time.monotonic() + 300
@@ -55,11 +74,16 @@ def test_sigkill_mid_training_then_rerun_resumes_from_cache(tiny_config_dict, tm
     finished_before = _complete_entries(cache)
     assert 3 <= len(finished_before) < 8
     assert not runs.exists() or not [p for p in runs.iterdir() if not p.name.startswith(".")]  # no run folder
+    # A kill inside a write leaves temporaries (timing decides whether this one did): plant what it would leave.
+    leftovers = [_plant_temporary(cache / "folds", "0123456789abcdef", proc.pid), _plant_temporary(runs, "20250101-000000-abcdef-0000", proc.pid)]
 
-    proc = _run(config, tmp_path / "home2")
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-3000:]
-    run = next(Path(line) for line in reversed(out.splitlines()) if line.startswith("/") and Path(line).is_dir())
+    # The re-run and a clean run of the same config (own cache and output folder) side by side.
+    resumed, clean = _run(config, tmp_path / "home2"), _run(clean_config, tmp_path / "home3")
+    out, _ = resumed.communicate(timeout=600)
+    clean_out, _ = clean.communicate(timeout=600)
+    assert resumed.returncode == 0, out[-3000:]
+    assert clean.returncode == 0, clean_out[-3000:]
+    run, clean_run = _run_dir(out), _run_dir(clean_out)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["cache_hits"] >= len(finished_before)
     assert manifest["trained"] + manifest["cache_hits"] == 8
@@ -67,3 +91,59 @@ def test_sigkill_mid_training_then_rerun_resumes_from_cache(tiny_config_dict, tm
     assert finished_before <= reused
     assert _complete_entries(cache) == {v["cache_key"] for v in manifest["folds"].values()}
     assert set(json.loads((run / "metrics.json").read_text())["models"]) >= {"stacking", "soft_voting"}
+    assert not any(p.exists() for p in leftovers)  # the re-run swept what the killed run left
+    assert [p.name for p in runs.iterdir()] == [run.name]
+
+    # Equal to the clean run, bitwise: training is deterministic on CPU for a given seed (seeded batch order,
+    # seeded layers and SMOTE; measured equal across processes and parallel threads). On a GPU this would need
+    # a tolerance: cuDNN kernels are not bitwise reproducible.
+    clean_manifest = json.loads((clean_run / "manifest.json").read_text())
+    assert clean_manifest["trained"] == 8
+    assert manifest["determinism"] == clean_manifest["determinism"]
+    assert json.loads((run / "metrics.json").read_text()) == json.loads((clean_run / "metrics.json").read_text())
+    for name in ("oof_predictions.csv", "test_predictions.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(run / name), pd.read_csv(clean_run / name), check_exact=True)
+
+
+def test_parallel_runs_share_one_output_folder_and_one_cache_without_clobbering(tiny_config_dict, tmp_path):
+    """Config A twice and config B, all three at once on one output folder and one cache.
+
+    A and B differ (strategies, bootstrap) but share class_weight's cache keys, so all three race for those
+    entries; the two A runs race for all of theirs. Whoever renames first wins; the others use its entry.
+    """
+    from medstack.config import load_config
+    from medstack.storage import FoldCache
+
+    tiny_config_dict["data"]["subset"] = {"train": 120, "val": 40, "test": 40}
+    tiny_config_dict["training"]["epochs"] = 1
+    tiny_config_dict["ensemble"]["inner_folds"] = 2
+    configs = {}
+    for name, strategies, bootstrap in (("a", {"class_weight": {}, "custom_loss": {}}, 20), ("b", {"class_weight": {}, "smote": {}}, 30)):
+        configs[name] = tmp_path / f"{name}.yaml"
+        configs[name].write_text(yaml.safe_dump({**tiny_config_dict, "name": name, "strategies": strategies, "report": {"bootstrap": bootstrap}}))
+    cache, runs = Path(tiny_config_dict["runtime"]["cache_dir"]), Path(tiny_config_dict["runtime"]["output_dir"])
+
+    procs = {tag: _run(configs[tag[0]], tmp_path / f"home-{tag}") for tag in ("a1", "a2", "b")}
+    outs = {tag: proc.communicate(timeout=600)[0] for tag, proc in procs.items()}
+    for tag, proc in procs.items():
+        assert proc.returncode == 0, f"{tag}:\n{outs[tag][-3000:]}"
+    dirs = {tag: _run_dir(out) for tag, out in outs.items()}
+
+    assert sorted(p.name for p in runs.iterdir()) == sorted(d.name for d in dirs.values())  # 3 folders, no temporaries
+    manifests = {tag: json.loads((d / "manifest.json").read_text()) for tag, d in dirs.items()}
+    for tag, run in dirs.items():
+        own = load_config(configs[tag[0]])
+        assert load_config(run / "config.yaml") == own and manifests[tag]["run_id"] == run.name
+        assert {k.split("|")[0] for k in manifests[tag]["folds"]} == set(own.strategies)
+        assert set(json.loads((run / "metrics.json").read_text())["models"]) == {*own.strategies, "soft_voting", "stacking"}
+        for key, fold in manifests[tag]["folds"].items():  # each run's models are the cache entries its predictions came from
+            strategy, k = key.split("|")
+            copied = run / "models" / strategy / f"{k}.keras"
+            assert copied.read_bytes() == (FoldCache(cache).entry(fold["cache_key"]) / "model.keras").read_bytes()
+
+    keys = {tag: {v["cache_key"] for v in m["folds"].values()} for tag, m in manifests.items()}
+    assert keys["a1"] == keys["a2"] and len(keys["a1"] & keys["b"]) == 2  # class_weight's two folds are shared
+    assert sorted(p.name for p in (cache / "folds").iterdir()) == sorted(keys["a1"] | keys["b"])  # no temporaries
+    assert all(FoldCache(cache).load(key) is not None for key in keys["a1"] | keys["b"])  # every entry whole
+    a1, a2 = (json.loads((dirs[t] / "metrics.json").read_text()) for t in ("a1", "a2"))
+    assert a1 == a2 and manifests["a1"]["determinism"] == manifests["a2"]["determinism"]

@@ -134,6 +134,18 @@ def test_rerun_is_served_from_the_cache(smoke_runs):
     assert first["models"]["smote"]["test"] == second["models"]["smote"]["test"]
 
 
+def test_manifest_records_what_one_config_and_seed_reproduce(smoke_runs):
+    first, second = (json.loads((Path(smoke_runs[k]) / "manifest.json").read_text()) for k in ("first", "second"))
+    record = first["determinism"]
+    assert record["seed"] == smoke_runs["cfg"].seed and record["split_seed"] == smoke_runs["cfg"].split.seed
+    for key in ("splits", "folds", "train_inputs", "meta_inputs"):
+        assert len(record[key]) == 64 and int(record[key], 16) >= 0, key
+    assert all(len(fold["train_inputs_sha"]) == 64 for fold in first["folds"].values())
+    # The re-run took every fold from the first run's cache, so even the training-dependent OOF matrix (the
+    # meta-model's input) is the same; tests/test_faults.py compares two cold trainings.
+    assert second["determinism"] == record
+
+
 def test_cli_runs_a_multiclass_flow_on_bundled_digits(prefect_harness, tiny_config_dict, tmp_path, capsys):
     """10 classes through `medstack run`: multi-class metrics, per-class rows, argmax decisions."""
     import yaml
