@@ -61,7 +61,7 @@ class CNNClassifier:
             name=f"cnn_{self.strategy}",
         )
         optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(cfg))
-        train_batches = _shuffled_batches(plan.x, _one_hot(plan.y, self.num_classes), cfg.batch_size, self.seed)
+        train_batches = _ShuffledBatches(plan.x, _one_hot(plan.y, self.num_classes), cfg.batch_size, self.seed)
         val_data = (x_val, _one_hot(y_val, self.num_classes))
         history: dict[str, list[float]] = {}
         early_stopping = keras.callbacks.EarlyStopping(
@@ -125,17 +125,30 @@ def _one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:
     return np.eye(num_classes, dtype=np.float32)[np.asarray(y, dtype=np.int64)]
 
 
-def _shuffled_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> Any:
+class _ShuffledBatches(keras.utils.PyDataset):
     """Training batches in a new order every epoch, the same orders for the same seed.
 
-    ``fit(shuffle=True)`` on arrays draws its order from TensorFlow's unseeded global RNG, so two trainings of
+    ``fit(shuffle=True)`` on arrays draws its order from the backend's unseeded global RNG, so two trainings of
     one fold with one seed ended far apart (LDAM probabilities up to 0.5 apart on the tiny test config). A global
-    ``tf.random.set_seed`` would not fix it: trainings run in parallel threads and share that state.
+    seed would not fix it: trainings run in parallel threads and share that state. A ``PyDataset`` keeps this
+    backend-neutral (no TensorFlow needed under ``KERAS_BACKEND=jax``) and slices the arrays without copying them.
     """
-    import tensorflow as tf  # keras' own data pipeline is tf.data whatever the backend
 
-    dataset = tf.data.Dataset.from_tensor_slices((x, y))
-    return dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self._rng = np.random.default_rng(seed)
+        self._order = self._rng.permutation(len(x))
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.sort(self._order[index * self.batch_size : (index + 1) * self.batch_size])
+        return self.x[rows], self.y[rows]
+
+    def on_epoch_end(self) -> None:
+        self._order = self._rng.permutation(len(self.x))
 
 
 def _learning_rate(cfg: TrainingConfig) -> Any:
