@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 
 from medstack import data, pipeline
 from medstack.config import DataConfig, RunConfig
 from medstack.splits import Splits
 
 
-@task(name="load_dataset", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def is_transient(task: Any, task_run: Any, state: State) -> bool:
+    """Retry I/O failures (downloads, network disks); bad data (a DataError) fails at once: retrying cannot fix it."""
+    try:
+        state.result()
+    except data.DataError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(name="load_dataset", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
 def load_dataset(cfg: DataConfig) -> data.Dataset:
-    """Load (and if needed download) the dataset; retried because downloads and network disks fail."""
+    """Load (and if needed download) the dataset; retried when a download or a network disk fails."""
     return data.load_dataset(cfg)
 
 

@@ -100,3 +100,14 @@ def test_cli_set_and_path_flags_become_dotted_overrides():
     }
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         _overrides(build_parser().parse_args(["run", "--config", "c.yaml", "--set", "epochs"]))
+
+
+def test_load_dataset_retries_io_failures_but_not_bad_data():
+    from prefect.states import Failed
+
+    from medstack.data import DataError
+    from tasks.data import is_transient, load_dataset
+
+    assert load_dataset.retries == 2 and load_dataset.retry_condition_fn is is_transient
+    assert is_transient(None, None, Failed(data=OSError("download of https://x failed: timed out")))
+    assert not is_transient(None, None, Failed(data=DataError("x.npz: missing keys ['train_labels']")))
