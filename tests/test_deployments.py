@@ -397,6 +397,9 @@ def test_ui_shows_the_run_the_leaderboard_and_the_plots(deployed, smoke_runs, br
         "img", "els => els.filter(i => i.src.startsWith('data:image/png')).map(i => [i.naturalWidth, i.naturalHeight])"
     )
     assert rendered and all(w > 100 and h > 100 for w, h in rendered), rendered  # decoded plots, not broken icons
-    page.screenshot(path=str(shots / "report-artifact.png"), full_page=True)
-    print(f"screenshots in {shots}: flow-run.png, leaderboard-artifact.png, report-artifact.png")
+    page.screenshot(path=str(shots / "report-artifact.png"))
+    page.locator("img[src^='data:image/png']").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "report-artifact-plots.png"))  # the UI scrolls inside a pane, not the page
+    print(f"screenshots in {shots}: flow-run.png, leaderboard-artifact.png, report-artifact.png, "
+          "report-artifact-plots.png")
     page.close()
