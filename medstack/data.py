@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 
+from medstack.storage import sweep_stale_temporaries, temporary_prefix
+
 if TYPE_CHECKING:
     from medstack.config import DataConfig, GroupBy
 
@@ -690,7 +692,8 @@ def download_file(url: str, dest: Path, md5: str, timeout: float = 60) -> Path:
     """Download ``url`` to ``dest`` atomically, verifying ``md5``; a failed download leaves no file."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    sweep_stale_temporaries(dest.parent)  # what a killed download left
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=temporary_prefix(dest.name), suffix=".tmp")
     tmp = Path(tmp_name)
     try:
         digest = hashlib.md5(usedforsecurity=False)

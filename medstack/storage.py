@@ -48,10 +48,16 @@ def _writer_tag() -> str:
     return f"{_host_tag()}-{os.getpid()}"
 
 
+def temporary_prefix(name: str) -> str:
+    """Prefix for a temporary of ``name`` (``.<name>.<host>-<pid>-``; end it with ``.tmp``) that
+    :func:`sweep_stale_temporaries` removes once its writer is gone."""
+    return f".{name}.{_writer_tag()}-"
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_writer_tag()}-", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path.name), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

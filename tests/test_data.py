@@ -8,6 +8,8 @@ import hashlib
 import http.server
 import os
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 from PIL import Image
 
 from medstack import data as data_module
+from medstack import storage
 from medstack.config import BreakHisGroups, CsvGroups, DataConfig, FilenameRegexGroups
 from medstack.data import (
     DataError,
@@ -593,6 +596,20 @@ def test_download_file_http_error_leaves_nothing(served, tmp_path: Path) -> None
     with pytest.raises(OSError, match=r"download of http://127.0.0.1:\d+/missing.npz failed"):
         download_file(server.url("missing.npz"), tmp_path / "toy.npz", md5)
     assert list(tmp_path.glob("*toy.npz*")) == []
+
+
+def test_download_file_sweeps_what_a_killed_download_left(served, tmp_path: Path) -> None:
+    server, md5 = served
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a finished process: its pid is free, as after a SIGKILL
+    leftover = cache / f".toy.npz.{storage._host_tag()}-{dead.pid}-abc123.tmp"
+    leftover.write_bytes(b"half a download")
+    running = cache / f"{storage.temporary_prefix('toy.npz')}xyz789.tmp"  # this process: alive, kept
+    running.write_bytes(b"in progress")
+    download_file(server.url("toy.npz"), cache / "toy.npz", md5)
+    assert sorted(p.name for p in cache.iterdir()) == sorted([running.name, "toy.npz"])
 
 
 def test_fetch_known_dataset_downloads_once(served, tmp_path: Path) -> None:
