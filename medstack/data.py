@@ -385,6 +385,8 @@ def load_image_folder(
         all_files = [file for files in files_by_class.values() for file in files]
         ids, grouped_by = assign_groups(group_by, all_files, root)
         group_of = dict(zip(all_files, ids))
+        if group_by.kind == "breakhis":
+            check_breakhis_classes(files_by_class)
 
     n_files = sum(len(files) for files in files_by_class.values())
     images = np.empty((n_files, height, width, 1 if mode == "L" else 3), dtype=np.uint8)
@@ -529,6 +531,28 @@ def assign_groups(spec: GroupBy, files: Sequence[Path], root: str | Path) -> tup
         return ids, f"csv {spec.path} ({spec.file_column} -> {spec.group_column})"
     raise DataError(f"data.group_by kind {spec.kind!r} cannot group an image folder (use breakhis, "
                     "filename_regex or csv)")
+
+
+def check_breakhis_classes(files_by_class: dict[str, Sequence[Path]]) -> None:
+    """A BreakHis name states its class (``SOB_B_`` benign, ``SOB_M_`` malignant): when the class folders are named
+    ``benign`` and ``malignant``, every file must sit in the folder its name states, or its label would be wrong
+    without a word. With other class folders (e.g. the eight tumour types) there is nothing to compare."""
+    folder_of = {name.lower(): name for name in files_by_class}
+    if not {"benign", "malignant"} <= folder_of.keys():
+        return
+    stated = {"B": "benign", "M": "malignant"}
+    wrong = []
+    for folder in ("benign", "malignant"):
+        for file in files_by_class[folder_of[folder]]:
+            found = BREAKHIS_PATTERN.fullmatch(Path(file).name)
+            if found and stated[found["tumour_class"]] != folder:
+                wrong.append((Path(file), stated[found["tumour_class"]], folder_of[folder]))
+    if wrong:
+        file, says, folder = wrong[0]
+        more = (f"; {len(wrong)} files disagree with their class folder, e.g. {[f.name for f, _, _ in wrong[:3]]}"
+                if len(wrong) > 1 else "")
+        raise DataError(f"{file}: its BreakHis name says {says} but it is in the class folder {folder!r}{more}. "
+                        "Move it to the folder its name states, or fix the name")
 
 
 def group_ids_from_names(files: Sequence[str | Path], pattern: re.Pattern[str], rule: str, *,

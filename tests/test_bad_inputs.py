@@ -51,6 +51,13 @@ def _grouped_cfg(path: Path, group_by: dict | None = None) -> dict:
     return {"data": {**_folder_cfg(path)["data"], "group_by": group_by or {"kind": "breakhis"}}}
 
 
+def _breakhis_in_wrong_folder(t: Path) -> dict:
+    root = _breakhis(t / "d")
+    stray = root / "malignant/SOB_M_TA_14-2M/SOB_M_TA-14-2M-40-001.png"
+    stray.rename(root / "benign" / stray.name)  # a malignant image dropped into benign/
+    return _grouped_cfg(root)
+
+
 def _csv_missing_one(t: Path) -> dict:
     root = _breakhis(t / "d")
     rows = [f"{f.relative_to(root).as_posix()},{f.name.split('-')[2]}" for f in sorted(root.rglob("*.png"))[1:]]
@@ -96,6 +103,7 @@ DATA_CASES: list[Case] = [
     ("folds-exceed-minority", lambda t: {**_npz_cfg(_npz(t / "x.npz", labels=np.array([0] * 28 + [1] * 12))), "split": {"folds": 12}}, SplitError, r"train split \(folds\): class\(es\) \[1\] have \{1: \d+\} samples, need at least 12 each"),
     ("smote-minority-of-one", lambda t: {**_npz_cfg(_npz(t / "x.npz", labels=np.array([0] * 36 + [1] * 4))), "split": {"folds": 2, "fractions": [0.5, 0.25, 0.25]}, "strategies": {"smote": {}}}, ValueError, "SMOTE needs at least 2 samples per class"),
     ("group-name-unmatched", lambda t: _grouped_cfg(_folder(t / "d")), DataError, r"benign-0\.png: no group id: 'benign-0\.png' does not match the BreakHis pattern SOB_<B\|M>_<type>-<patient>-<mag>-<seq>\.png"),
+    ("group-breakhis-wrong-folder", _breakhis_in_wrong_folder, DataError, r"benign/SOB_M_TA-14-2M-40-001\.png: its BreakHis name says malignant but it is in the class folder 'benign'"),
     ("group-csv-missing-row", _csv_missing_one, DataError, r"SOB_B_TA-14-0B-40-000\.png: not listed in group_by csv .*g\.csv \(column 'file'\)"),
     ("group-too-few-patients", lambda t: _grouped_cfg(_breakhis(t / "d", patients=(8, 2), per_patient=6)), SplitError, r"the dataset \(one group per split\): class\(es\) \[1\] have images of only \{1: 2\} groups, need at least 3 groups each"),
     ("group-folds-exceed-patients", lambda t: {**_grouped_cfg(_breakhis(t / "d", patients=(12, 5))), "split": {"folds": 4}}, SplitError, r"the train split \(folds\): class\(es\) \[1\] have images of only \{1: \d\} groups, need at least 4"),

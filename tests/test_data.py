@@ -25,6 +25,7 @@ from medstack.data import (
     Dataset,
     KnownDataset,
     assign_groups,
+    check_breakhis_classes,
     default_data_dir,
     download_file,
     fetch_known_dataset,
@@ -405,6 +406,18 @@ def test_breakhis_error_counts_every_unmatched_file() -> None:
     with pytest.raises(DataError, match=r"4 of 5 images have no group id, e\.g\. \['img0\.png', 'img1\.png', "
                                         r"'img2\.png'\]"):
         assign_groups(BreakHisGroups(), files, ROOT)
+
+
+def test_breakhis_class_in_the_name_must_match_the_class_folder() -> None:
+    benign = [ROOT / "Benign" / "SOB_B_A-14-1-40-001.png", ROOT / "Benign" / "SOB_M_DC-14-2-40-001.png"]
+    malignant = [ROOT / "Malignant" / "SOB_M_DC-14-3-40-001.png", ROOT / "Malignant" / "SOB_B_F-14-4-40-002.png"]
+    check_breakhis_classes({"Benign": benign[:1], "Malignant": malignant[:1]})  # consistent: no error
+    with pytest.raises(DataError, match=re.escape(f"{benign[1]}: its BreakHis name says malignant but it is in the "
+                                                  "class folder 'Benign'; 2 files disagree with their class folder, "
+                                                  "e.g. ['SOB_M_DC-14-2-40-001.png', 'SOB_B_F-14-4-40-002.png']")):
+        check_breakhis_classes({"Benign": benign, "Malignant": malignant})
+    # Tumour-type folders say nothing about B/M placement: nothing to compare, no error.
+    check_breakhis_classes({"adenosis": [benign[1]], "ductal_carcinoma": [malignant[1]]})
 
 
 def test_filename_regex_group_named_or_only_and_on_the_relative_path() -> None:
