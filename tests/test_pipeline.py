@@ -113,6 +113,24 @@ def test_cache_hit_retrains_nothing_and_one_changed_strategy_retrains_only_itsel
     assert training_counter[8:] == ["smote", "smote"]
 
 
+def test_changed_data_retrains_every_fold(imbalanced_digits, cfg, tmp_path, training_counter):
+    """What the weekly retrain relies on: unchanged data is served from the cache, one changed pixel is not."""
+    import dataclasses
+
+    cache = FoldCache(tmp_path / "c")
+    prepared = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg), cfg)
+    _train_all(prepared, cfg, cache)
+    assert len(training_counter) == 8
+
+    images = imbalanced_digits.images.copy()
+    images[0, 0, 0, 0] ^= 1  # one pixel of one image, labels and everything else unchanged
+    changed = dataclasses.replace(imbalanced_digits, images=images)
+    prepared_changed = pipeline.make_folds(changed, pipeline.make_splits(changed, cfg), cfg)
+    assert prepared_changed.fingerprint != prepared.fingerprint
+    retrained = _train_all(prepared_changed, cfg, cache)
+    assert len(training_counter) == 16 and not any(r.from_cache for r in retrained)
+
+
 def test_ensembles_thresholds_and_the_sealed_test_labels(imbalanced_digits, cfg, tmp_path, monkeypatch):
     prepared = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg), cfg)
     with pytest.raises(TypeError, match="sealed"):
