@@ -183,6 +183,12 @@ class TrainingConfig(_Section):
     early_stopping_patience: int = Field(default=5, ge=1)
     lr_schedule: PlateauSchedule | InverseTimeSchedule = Field(default=PlateauSchedule(), discriminator="kind")
     mixed_precision: bool = Field(default=False, description="float16 compute on GPU; ignored on CPU.")
+    calibration: Literal["temperature", "none"] = Field(
+        default="temperature",
+        description="temperature: divide each fold model's logits by one T fitted on the val split (minimum NLL), "
+                    "so probabilities, thresholds and the soft vote are not dominated by an overconfident model; "
+                    "rankings (ROC AUC) are unchanged. none: plain softmax.",
+    )
 
 
 class EnsembleConfig(_Section):

@@ -102,6 +102,14 @@ def manifest(
     }
 
 
+def _calibration_summary(cfg: RunConfig, fold_info: dict[str, dict[int, dict[str, Any]]]) -> str:
+    if cfg.training.calibration == "none":
+        return "none (plain softmax of each fold model's logits)"
+    per_strategy = {s: [per[k].get("temperature") for k in sorted(per)] for s, per in fold_info.items()}
+    listed = "; ".join(f"{s}: {', '.join('?' if t is None else f'{t:.2f}' for t in ts)}" for s, ts in per_strategy.items())
+    return f"temperature scaling, one T per fold model fitted on the val split (probabilities = softmax(logits / T)); T per fold: {listed}"
+
+
 def _git_commit() -> str | None:
     repo = Path(__file__).resolve().parents[1]
     try:
@@ -151,6 +159,7 @@ def write_run(
         ]
         details = {
             "run id": run_id,
+            "calibration": _calibration_summary(cfg, preds.fold_info),
             "threshold policy": ensembles.threshold_policy,
             "meta-model C": ensembles.meta_model.best_C_,
             "meta-model coefficients": ensembles.meta_model.coefficients,

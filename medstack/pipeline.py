@@ -490,7 +490,7 @@ def summarise_training(results: list[FoldResult], wall_seconds: float) -> dict[s
         "training_seconds": round(sum(r.info.get("seconds", 0.0) for r in trained), 1),
         "folds": {
             f"{r.strategy}|fold-{r.fold + 1}": {"cache_key": r.cache_key, "from_cache": r.from_cache, **{
-                k: r.info.get(k) for k in ("epochs_run", "best_epoch", "seconds", "n_train", "n_synthetic", "train_inputs_sha")
+                k: r.info.get(k) for k in ("epochs_run", "best_epoch", "seconds", "n_train", "n_synthetic", "train_inputs_sha", "temperature")
             }}
             for r in results
         },

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from medstack.config import AugmentationConfig, ModelConfig, TrainingConfig, array_sha
+from models.calibration import calibration_note, fit_temperature, nll, prior_nll, with_temperature
 from models.network import build_model
 from models.strategies import StrategyParams, TrainingPlan, get_strategy
 
@@ -88,7 +89,16 @@ class CNNClassifier:
             for key, values in fitted.history.items():
                 history.setdefault(key, []).extend(float(v) for v in values)
             history.setdefault("loss_phase", []).extend([i] * len(fitted.history.get("loss", [])))
-        self.model_ = net
+        temperature = val_nll = None
+        notes = list(plan.notes)
+        if cfg.calibration == "temperature":
+            val_logits = net.predict(x_val, batch_size=256, verbose=0)
+            temperature = fit_temperature(val_logits, y_val)
+            val_nll = (round(nll(val_logits, y_val), 4), round(nll(val_logits, y_val, temperature), 4))
+            note = calibration_note(temperature, val_nll[1], prior_nll(y_val, self.num_classes))
+            notes += [note] if note else []
+        self.network_ = net  # as trained and compiled: raw logits
+        self.model_ = net if temperature is None else with_temperature(net, temperature)  # predicts, is saved
         self.history_ = history
         val_tail = history.get("val_loss", [])[last_phase_start:]
         self.info_ = {
@@ -100,7 +110,9 @@ class CNNClassifier:
             "train_inputs_sha": array_sha(plan.x, plan.y),  # what this model trained on, SMOTE samples included
             "class_weight": plan.class_weight,
             "loss_phases": [{"epoch": start, "loss": loss.get_config()} for start, loss in phases],
-            "notes": list(plan.notes),
+            "notes": notes,
+            "temperature": temperature,
+            "val_nll_before_after": val_nll,
         }
         return self
 

@@ -119,6 +119,17 @@ def test_manifest_records_versions_seed_and_fingerprint(smoke_runs):
     assert manifest["trained"] == 8 and manifest["cache_hits"] == 0
 
 
+def test_every_fold_model_is_calibrated_on_val_and_the_report_lists_each_t(smoke_runs):
+    run = Path(smoke_runs["first"])
+    folds = json.loads((run / "manifest.json").read_text())["folds"]
+    temperatures = {name: info["temperature"] for name, info in folds.items()}
+    assert len(temperatures) == 8 and all(t > 0 for t in temperatures.values())
+    line = next(l for l in (run / "report.md").read_text().splitlines() if l.startswith("- calibration:"))
+    for strategy in ("ldam", "class_weight", "smote", "custom_loss"):
+        listed = ", ".join(f"{temperatures[f'{strategy}|fold-{k}']:.2f}" for k in (1, 2))
+        assert f"{strategy}: {listed}" in line
+
+
 def test_test_labels_are_read_only_by_the_final_evaluation(smoke_runs):
     # write_run reads them afterwards to put them next to the predictions in test_predictions.csv.
     assert smoke_runs["readers_first"] == ["evaluate_on_test", "write_run"]

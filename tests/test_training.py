@@ -35,7 +35,7 @@ def test_inverse_time_schedule_trains_and_decays(rng):
     y = np.array([0] * 48 + [1] * 16)
     training = TrainingConfig(epochs=2, batch_size=16, learning_rate=0.01, lr_schedule={"kind": "inverse_time", "decay_steps": 1, "decay_rate": 1.0})
     clf = CNNClassifier("class_weight", NoParams(), 2, SMALL, None, training, seed=0).fit(x, y, x[:16], y[:16])
-    lr = clf.model_.optimizer.learning_rate
+    lr = clf.network_.optimizer.learning_rate
     assert float(np.asarray(lr)) < 0.01 / 5  # 8 steps of 1/(1 + t): well below the start value
     assert clf.info_["epochs_run"] == 2 and len(clf.history_["val_loss"]) == 2
 
