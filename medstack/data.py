@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 
-from medstack.storage import sweep_stale_temporaries, temporary_prefix
+from medstack.storage import atomic_file, sweep_stale_temporaries
 
 if TYPE_CHECKING:
     from medstack.config import DataConfig, GroupBy
@@ -717,26 +716,18 @@ def download_file(url: str, dest: Path, md5: str, timeout: float = 60) -> Path:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_temporaries(dest.parent)  # what a killed download left
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=temporary_prefix(dest.name), suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.md5(usedforsecurity=False)
-        request = urllib.request.Request(url, headers={"User-Agent": f"medstack/{_version()}"})
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(request, timeout=timeout) as response:
-                    while chunk := response.read(_CHUNK):
-                        digest.update(chunk)
-                        out.write(chunk)
-            except OSError as exc:  # URLError, HTTPError, timeouts
-                raise OSError(f"download of {url} failed: {exc}") from exc
+    digest = hashlib.md5(usedforsecurity=False)
+    request = urllib.request.Request(url, headers={"User-Agent": f"medstack/{_version()}"})
+    with atomic_file(dest, mode=0o644) as out:  # 0644: the data cache may be shared
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                while chunk := response.read(_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except OSError as exc:  # URLError, HTTPError, timeouts
+            raise OSError(f"download of {url} failed: {exc}") from exc
         if digest.hexdigest() != md5.lower():
             raise DataError(f"download of {url}: md5 mismatch, expected {md5.lower()}, got {digest.hexdigest()}")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache may be shared
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     log.info("downloaded %s to %s", url, dest)
     return dest
 

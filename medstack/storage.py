@@ -25,7 +25,7 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 
@@ -54,20 +54,30 @@ def temporary_prefix(name: str) -> str:
     return f".{name}.{_writer_tag()}-"
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+@contextmanager
+def atomic_file(path: str | Path, mode: int | None = None) -> Iterator[BinaryIO]:
+    """Yield a binary handle on a writer-tagged temporary beside ``path``; when the block ends without an error the
+    temporary is synced, given ``mode`` (``mkstemp`` creates 0600) and renamed to ``path``, otherwise removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path.name), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_file(path) as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -94,7 +104,7 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.{_writer_tag()}-{uuid.uuid4().hex[:8]}.tmp"
+    tmp = final.parent / f"{temporary_prefix(final.name)}{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir()  # never an existing folder or symlink: mkdir refuses both
     try:
         yield tmp

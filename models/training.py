@@ -96,7 +96,8 @@ class CNNClassifier:
             temperature = fit_temperature(val_logits, y_val)
             val_nll = (round(nll(val_logits, y_val), 4), round(nll(val_logits, y_val, temperature), 4))
             note = calibration_note(temperature, val_nll[1], prior_nll(y_val, self.num_classes))
-            notes += [note] if note else []
+            if note:
+                notes.append(note)
         self.network_ = net  # as trained and compiled: raw logits
         self.model_ = net if temperature is None else with_temperature(net, temperature)  # predicts, is saved
         self.history_ = history
