@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -115,8 +117,6 @@ def test_cache_hit_retrains_nothing_and_one_changed_strategy_retrains_only_itsel
 
 def test_changed_data_retrains_every_fold(imbalanced_digits, cfg, tmp_path, training_counter):
     """What the weekly retrain relies on: unchanged data is served from the cache, one changed pixel is not."""
-    import dataclasses
-
     cache = FoldCache(tmp_path / "c")
     prepared = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg), cfg)
     _train_all(prepared, cfg, cache)
