@@ -3,7 +3,7 @@
 load_dataset -> make_splits -> make_folds -> train[strategy|fold-k] x (strategies x K, in parallel)
 -> gather_oof -> fit_ensembles (soft vote + stacking) -> evaluate_on_test -> write_report -> artifacts
 
-Run it with ``medstack run --config configs/smoke.yaml``, ``python -m flows.ensemble --config ...``, or as a
+Run it with ``medstack run --config configs/smoke.yaml``, ``python -m medstack run --config ...``, or as a
 Prefect deployment (``prefect.yaml``; ``prefect deployment run 'medstack-ensemble/smoke'``).
 """
 
@@ -16,10 +16,10 @@ from prefect import flow, get_run_logger
 
 from medstack import outputs, pipeline
 from medstack.config import RunConfig, apply_overrides
-from tasks.data import load_dataset, make_folds, make_splits
-from tasks.ensemble import evaluate_on_test, fit_ensembles, gather_oof
-from tasks.report import publish_artifacts, write_report
-from tasks.training import TrainingProgress, train_fold, training_runner
+from medstack.tasks.data import load_dataset, make_folds, make_splits
+from medstack.tasks.ensemble import evaluate_on_test, fit_ensembles, gather_oof
+from medstack.tasks.report import publish_artifacts, write_report
+from medstack.tasks.training import TrainingProgress, train_fold, training_runner
 
 FLOW_NAME = "medstack-ensemble"
 
@@ -63,11 +63,3 @@ def ensemble_flow(config: RunConfig, overrides: dict[str, Any] | None = None) ->
     publish_artifacts(run_dir)
     logger.info("run folder: %s (%d trained, %d from cache)", run_dir, summary["trained"], summary["cache_hits"])
     return str(run_dir)
-
-
-if __name__ == "__main__":
-    import sys
-
-    from medstack.cli import main
-
-    raise SystemExit(main(["run", *sys.argv[1:]]))

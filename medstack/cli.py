@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
         serve_config(cfg, name=args.name or cfg.name, cron=args.cron, timezone=args.timezone)
         return 0
-    from flows.ensemble import ensemble_flow
+    from medstack.flows.ensemble import ensemble_flow
 
     print(ensemble_flow(config=cfg))
     return 0

@@ -239,7 +239,7 @@ class RunConfig(_Section):
     @field_validator("strategies")
     @classmethod
     def _validate_strategies(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        from models.strategies import STRATEGIES  # registry lives with the strategies
+        from medstack.models.strategies import STRATEGIES  # registry lives with the strategies
 
         if not value:
             raise ValueError("strategies must name at least one strategy")
@@ -254,7 +254,7 @@ class RunConfig(_Section):
         return resolved
 
     def strategy_params(self, name: str) -> BaseModel:
-        from models.strategies import STRATEGIES
+        from medstack.models.strategies import STRATEGIES
 
         return STRATEGIES[name].params_model(**self.strategies[name])
 

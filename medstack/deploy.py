@@ -42,7 +42,7 @@ def serve_config(cfg: RunConfig, name: str, cron: str | None = None, timezone: s
     """Serve the flow as one deployment from this process (``medstack serve``): no work pool, no worker."""
     from prefect.client.schemas.schedules import CronSchedule
 
-    from flows.ensemble import ensemble_flow
+    from medstack.flows.ensemble import ensemble_flow
 
     schedules = [CronSchedule(cron=cron, timezone=timezone)] if cron else None
     ensemble_flow.serve(

@@ -129,8 +129,9 @@ def write_run(
     extra: dict[str, Any],
 ) -> Path:
     """Write the complete run folder atomically; returns its final path."""
-    from models.metrics import metrics_table
-    from medstack.report import diagnose_all, make_plots, render_report
+    from medstack.models.metrics import metrics_table
+    from medstack.plots import make_plots
+    from medstack.report import diagnose_all, render_report
 
     preds = ensembles.predictions
     if not RUN_ID.fullmatch(run_id):

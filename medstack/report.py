@@ -1,8 +1,6 @@
-"""Plots and the markdown report of a run.
+"""The markdown report of a run: leaderboard with CIs, which model to trust and why, fit diagnosis per fold.
 
-Plots use matplotlib's object API (``matplotlib.figure.Figure``, rendered by Agg on save): no pyplot, so no global
-figure registry, nothing to close and several runs may render in threads at once. matplotlib is imported inside the
-functions, so importing this module has no side effects (matplotlib builds its font cache on first import).
+The plots it links are drawn by :mod:`medstack.plots`.
 
 Inputs are the metrics dict of :func:`medstack.pipeline.evaluate_on_test`, the test probabilities per model and the
 training histories per strategy and fold (``loss``, ``val_loss``, ``accuracy``, ``val_accuracy``, ``loss_phase``).
@@ -13,15 +11,9 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from sklearn.calibration import calibration_curve
-from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 CI_KEYS = ("roc_auc", "pr_auc", "balanced_accuracy", "f1", "recall", "specificity", "mcc", "brier")
 OOF_KEYS = ("roc_auc", "pr_auc", "balanced_accuracy", "f1", "recall", "specificity", "mcc", "brier")
@@ -31,7 +23,6 @@ OVERFIT_MIN_DELTA = 0.02  # ... and at least this much in absolute terms
 UNDERFIT_FLAT = 0.90  # final train loss above this share of its first value
 UNDERFIT_VAL_GAIN = 0.05  # val loss never fell by this share of its first value
 OPTIMISM_GAP = 0.05  # OOF ROC AUC this much above test: the OOF estimate was optimistic
-DPI = 110
 
 History = Mapping[str, list[float]]
 
@@ -112,180 +103,6 @@ def diagnose_all(histories: Mapping[str, Mapping[int, History]]) -> dict[str, di
     return {s: {fold: diagnose_fit(h) for fold, h in sorted(per.items())} for s, per in histories.items()}
 
 
-# ----------------------------------------------------------------------------------------------------------- plots
-
-
-def _figure(**kwargs: Any) -> Figure:
-    from matplotlib.figure import Figure  # imported here: no matplotlib side effects when the module is imported
-
-    return Figure(layout="constrained", **kwargs)
-
-
-def _save(fig: Figure, path: Path | str) -> None:
-    fig.savefig(path, dpi=DPI)
-    fig.clear()  # free the artists now instead of waiting for the garbage collector
-
-
-def _scores(y_true, proba: np.ndarray, positive_class: int) -> tuple[np.ndarray, np.ndarray]:
-    """Binary: (is positive, P(positive)); K>2: micro-averaged one-vs-rest (flattened one-hot, flattened proba)."""
-    y_true, proba = np.asarray(y_true, dtype=np.int64), np.asarray(proba, dtype=np.float64)
-    if proba.shape[1] == 2:
-        return (y_true == positive_class).astype(int), proba[:, positive_class]
-    return np.eye(proba.shape[1], dtype=int)[y_true].ravel(), proba.ravel()
-
-
-def _curve_scope(probas: Mapping[str, np.ndarray], positive_class: int, class_names: list[str] | None) -> str:
-    k = np.asarray(next(iter(probas.values()))).shape[1] if probas else 2
-    if k == 2:
-        name = class_names[positive_class] if class_names else str(positive_class)
-        return f"positive class: {name}"
-    return f"micro-average one-vs-rest over {k} classes"
-
-
-def plot_roc_pr(
-    path_roc: Path | str,
-    path_pr: Path | str,
-    y_true,
-    probas: Mapping[str, np.ndarray],
-    positive_class: int,
-    class_names: list[str] | None = None,
-) -> None:
-    """All models on one ROC and one precision-recall figure (test split), areas in the legend.
-
-    Binary: curves for ``positive_class``. K>2: one micro-averaged one-vs-rest curve per model (one line per model
-    stays readable with six models; the table's ROC AUC is the macro average, so the legend says "micro")."""
-    micro = bool(probas) and np.asarray(next(iter(probas.values()))).shape[1] > 2
-    tag = "micro " if micro else ""
-    roc, pr = _figure(figsize=(6, 5)), _figure(figsize=(6, 5))
-    ax_roc, ax_pr = roc.subplots(), pr.subplots()
-    prevalence = None
-    for name, proba in probas.items():
-        truth, score = _scores(y_true, proba, positive_class)
-        if len(np.unique(truth)) < 2:  # one class only: the curves are undefined
-            continue
-        fpr, tpr, _ = roc_curve(truth, score)
-        ax_roc.plot(fpr, tpr, lw=1.4, label=f"{name} ({tag}AUC {auc(fpr, tpr):.3f})")
-        precision, recall, _ = precision_recall_curve(truth, score)
-        ap = average_precision_score(truth, score)
-        ax_pr.plot(recall, precision, lw=1.4, drawstyle="steps-post", label=f"{name} ({tag}AP {ap:.3f})")
-        prevalence = float(truth.mean())
-    scope = _curve_scope(probas, positive_class, class_names)
-    ax_roc.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
-    ax_roc.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
-               xlim=(0, 1), ylim=(0, 1.01), title=f"ROC, test split\n{scope}")
-    if prevalence is not None:
-        ax_pr.axhline(prevalence, color="k", ls="--", lw=0.8, label=f"chance (prevalence {prevalence:.2f})")
-    ax_pr.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.01),
-              title=f"Precision-recall, test split\n{scope}")
-    ax_roc.legend(fontsize=8, loc="lower right")
-    ax_pr.legend(fontsize=8, loc="lower left")
-    _save(roc, path_roc)
-    _save(pr, path_pr)
-
-
-def plot_confusion_matrices(path: Path | str, metrics: Mapping, class_names: list[str], split: str = "test") -> None:
-    """One panel per model: counts with row percentages (recall per true class), threshold in the title.
-
-    Colour is the row-normalised share, so a minority class's row is as visible as the majority's."""
-    models = metrics["models"]
-    cols = max(1, min(3, len(models)))
-    rows = max(1, math.ceil(len(models) / cols))
-    k = len(class_names)
-    side = 2.2 + 0.6 * k
-    fig = _figure(figsize=(side * cols, (side - 0.2) * rows))
-    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
-    for ax, (name, result) in zip(axes, models.items()):
-        cm = np.asarray(result[split]["confusion_matrix"], dtype=np.int64)
-        share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-        for (i, j), count in np.ndenumerate(cm):
-            ax.text(j, i, f"{count}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8,
-                    color="white" if share[i, j] > 0.5 else "black")
-        threshold = result[split].get("threshold")
-        rule = "argmax" if threshold is None else f"threshold {_fmt(threshold)}"
-        ax.set_title(f"{name} ({rule})", fontsize=9)
-        ax.set_xticks(range(k), class_names, fontsize=7, rotation=30 if k > 3 else 0)
-        ax.set_yticks(range(k), class_names, fontsize=7)
-        ax.set_xlabel("predicted", fontsize=8)
-        ax.set_ylabel("true", fontsize=8)
-    for ax in axes[len(models):]:
-        ax.set_visible(False)
-    fig.suptitle(f"Confusion matrices, {split} split (count, share of the true class)", fontsize=10)
-    _save(fig, path)
-
-
-def plot_histories(path: Path | str, history_by_fold: Mapping[int, History], title: str) -> None:
-    """One strategy: train (solid) and val (dashed) loss and accuracy per fold; loss-phase switches (DRW) dotted."""
-    from matplotlib.lines import Line2D
-
-    fig = _figure(figsize=(11, 4.2))
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    colours = [f"C{i % 10}" for i in range(len(history_by_fold))]
-    switches: set[float] = set()
-    handles = []
-    for colour, (fold, history) in zip(colours, sorted(history_by_fold.items())):
-        for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
-            for suffix, style in (("", "-"), ("val_", "--")):
-                values = history.get(suffix + key)
-                if values:
-                    ax.plot(np.arange(1, len(values) + 1), values, ls=style, color=colour, lw=1.2)
-        phase = history.get("loss_phase") or []
-        switches.update(float(s) + 1.5 for s in np.flatnonzero(np.diff(phase) != 0))  # between the two epochs
-        handles.append(Line2D([], [], color=colour, label=f"fold {fold + 1}"))
-    for ax in (ax_loss, ax_acc):
-        for x in sorted(switches):
-            ax.axvline(x, color="grey", lw=0.9, ls=":")
-        ax.set_xlabel("epoch")
-    handles += [Line2D([], [], color="k", ls="-", label="train"), Line2D([], [], color="k", ls="--", label="val")]
-    if switches:
-        handles.append(Line2D([], [], color="grey", ls=":", label="loss switch (DRW)"))
-    ax_loss.set(ylabel="loss", title=f"{title}: loss")
-    ax_acc.set(ylabel="accuracy", title=f"{title}: accuracy")
-    ax_acc.legend(handles=handles, fontsize=7, loc="best")
-    _save(fig, path)
-
-
-def plot_calibration(path: Path | str, y_true, probas: Mapping[str, np.ndarray], positive_class: int) -> None:
-    """Reliability curve per model (10 quantile bins) against the diagonal. K>2: pooled one-vs-rest probabilities."""
-    fig = _figure(figsize=(6, 5))
-    ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfectly calibrated")
-    for name, proba in probas.items():
-        truth, score = _scores(y_true, proba, positive_class)
-        if len(np.unique(truth)) < 2:
-            continue
-        frac, mean = calibration_curve(truth, score, n_bins=10, strategy="quantile")
-        ax.plot(mean, frac, marker="o", ms=3, lw=1.2, label=name)
-    k = np.asarray(next(iter(probas.values()))).shape[1] if probas else 2
-    what = "P(positive class)" if k == 2 else "class probability (all classes pooled, one-vs-rest)"
-    ax.set(xlabel=f"mean predicted {what}", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1),
-           title="Calibration, test split (quantile bins)")
-    ax.legend(fontsize=8, loc="upper left")
-    _save(fig, path)
-
-
-def make_plots(
-    plot_dir: Path,
-    metrics: Mapping,
-    y_test,
-    test_probas: Mapping[str, np.ndarray],
-    histories: Mapping[str, Mapping[int, History]],
-    class_names: list[str],
-    positive_class: int,
-) -> dict[str, str]:
-    """Write every plot of the report into ``plot_dir``; returns {label: file name}."""
-    plot_dir = Path(plot_dir)
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    plot_roc_pr(plot_dir / "roc.png", plot_dir / "pr.png", y_test, test_probas, positive_class, class_names)
-    plot_confusion_matrices(plot_dir / "confusion_test.png", metrics, class_names)
-    plot_calibration(plot_dir / "calibration.png", y_test, test_probas, positive_class)
-    files = {"ROC": "roc.png", "Precision-recall": "pr.png", "Confusion matrices": "confusion_test.png",
-             "Calibration": "calibration.png"}
-    for strategy, per_fold in histories.items():
-        plot_histories(plot_dir / f"curves_{strategy}.png", per_fold, strategy)
-        files[f"Training curves: {strategy}"] = f"curves_{strategy}.png"
-    return files
-
 
 # ---------------------------------------------------------------------------------------------------------- report
 
@@ -294,7 +111,7 @@ def _is_nan(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and math.isnan(value)
 
 
-def _fmt(value: Any) -> str:
+def format_number(value: Any) -> str:
     """3 decimals for reals, "n/a" for None and nan."""
     if value is None or _is_nan(value):
         return "n/a"
@@ -313,7 +130,7 @@ def _fmt_value(value: Any) -> str:
         return "[" + ", ".join(_fmt_value(v) for v in value) + "]"
     if isinstance(value, str):
         return value
-    return _fmt(value)
+    return format_number(value)
 
 
 def _cell(text: Any) -> str:
@@ -331,14 +148,14 @@ def _ci(result: Mapping, key: str) -> tuple[float, float] | None:
 
 def _with_ci(result: Mapping, key: str) -> str:
     """``0.912 [0.880, 0.940]``; the point alone when no interval was computed."""
-    point = _fmt(result["test"].get(key))
+    point = format_number(result["test"].get(key))
     ci = _ci(result, key)
-    return point if ci is None else f"{point} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+    return point if ci is None else f"{point} [{format_number(ci[0])}, {format_number(ci[1])}]"
 
 
 def _threshold(m: Mapping) -> str:
     t = m.get("threshold")
-    return "argmax" if t is None else _fmt(t)
+    return "argmax" if t is None else format_number(t)
 
 
 def _desc(value: Any) -> tuple[bool, float]:
@@ -387,7 +204,7 @@ def _recommendation(models: Mapping) -> list[str]:
                     f"Its 95% interval overlaps the runner-up **{second}**'s ({_with_ci(models[second], 'roc_auc')}): "
                     f"the test split cannot tell them apart. Models whose interval reaches its lower bound: "
                     f"{', '.join(tied)}. Of these and {best}, **{calibrated}** has the lowest Brier score "
-                    f"({_fmt(models[calibrated]['test'].get('brier'))}); prefer the simpler or better-calibrated one."
+                    f"({format_number(models[calibrated]['test'].get('brier'))}); prefer the simpler or better-calibrated one."
                 )
             else:
                 lines.append(f"Its 95% interval lies above the runner-up **{second}**'s "
@@ -396,13 +213,13 @@ def _recommendation(models: Mapping) -> list[str]:
     if _is_nan(oof) or oof is None:
         lines.append("Its out-of-fold ROC AUC is not available, so the CV estimate cannot be checked for optimism.")
     elif oof - test > OPTIMISM_GAP:
-        lines.append(f"Its out-of-fold ROC AUC ({_fmt(oof)}) is {oof - test:.3f} above the test one ({_fmt(test)}): "
+        lines.append(f"Its out-of-fold ROC AUC ({format_number(oof)}) is {oof - test:.3f} above the test one ({format_number(test)}): "
                      "the cross-validated figure was optimistic; quote the test figure.")
     elif test - oof > OPTIMISM_GAP:
-        lines.append(f"Its test ROC AUC is {test - oof:.3f} above the out-of-fold one ({_fmt(oof)}): likely luck of "
+        lines.append(f"Its test ROC AUC is {test - oof:.3f} above the out-of-fold one ({format_number(oof)}): likely luck of "
                      "a small test split; expect something nearer the OOF figure on new data.")
     else:
-        lines.append(f"Out-of-fold ({_fmt(oof)}) and test ({_fmt(test)}) ROC AUC agree within {OPTIMISM_GAP}: "
+        lines.append(f"Out-of-fold ({format_number(oof)}) and test ({format_number(test)}) ROC AUC agree within {OPTIMISM_GAP}: "
                      "no sign of optimism.")
     return lines
 
@@ -450,12 +267,12 @@ def render_report(
     for n in order:
         o, t = models[n].get("oof", {}), models[n]["test"]
         gap = (t.get("roc_auc", math.nan) - o.get("roc_auc", math.nan)) if o else math.nan
-        rows.append([n, *(_fmt(o.get(k)) for k in OOF_KEYS), _fmt(gap)])
+        rows.append([n, *(format_number(o.get(k)) for k in OOF_KEYS), format_number(gap)])
     out += _table(["model", *OOF_KEYS, "test - OOF roc_auc"], rows)
     if len(ds["classes"]) > 2:
         out += ["", "## Per-class test metrics", ""]
         out += _table(["model", "class", "precision", "recall", "specificity", "f1", "support"], [
-            [n, cls, *(_fmt(r.get(k)) for k in ("precision", "recall", "specificity", "f1")), _fmt(r.get("support"))]
+            [n, cls, *(format_number(r.get(k)) for k in ("precision", "recall", "specificity", "f1")), format_number(r.get("support"))]
             for n in order for cls, r in models[n]["test"].get("per_class", {}).items()
         ])
     out += ["", *_fit_section(diagnoses), ""]

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.utils.class_weight import compute_class_weight
 
-from models.losses import ClassBalancedFocalLoss, LDAMLoss, effective_number_weights
+from medstack.models.losses import ClassBalancedFocalLoss, LDAMLoss, effective_number_weights
 
 
 class StrategyParams(BaseModel):

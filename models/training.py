@@ -14,9 +14,9 @@ import keras
 import numpy as np
 
 from medstack.config import AugmentationConfig, ModelConfig, TrainingConfig, array_sha
-from models.calibration import calibration_note, fit_temperature, nll, prior_nll, with_temperature
-from models.network import build_model
-from models.strategies import StrategyParams, TrainingPlan, get_strategy
+from medstack.models.calibration import calibration_note, fit_temperature, nll, prior_nll, with_temperature
+from medstack.models.network import build_model
+from medstack.models.strategies import StrategyParams, get_strategy
 
 
 class CNNClassifier:

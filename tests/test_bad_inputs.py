@@ -155,7 +155,7 @@ def _assert_nothing_written(tree: dict) -> None:
 
 @pytest.mark.parametrize("case_id, build, error, pattern", DATA_CASES, ids=[c[0] for c in DATA_CASES])
 def test_bad_data_fails_clearly_through_the_flow(harness, tmp_path, case_id, build, error, pattern):
-    from flows.ensemble import ensemble_flow
+    from medstack.flows.ensemble import ensemble_flow
 
     tree = _tiny(tmp_path, build(tmp_path))
     cfg = RunConfig.model_validate(tree)
@@ -175,7 +175,7 @@ def test_bad_config_fails_at_the_boundary(tmp_path, case_id, overrides, pattern)
 
 
 def test_skip_policy_lists_every_skipped_file(harness, tmp_path):
-    from flows.ensemble import ensemble_flow
+    from medstack.flows.ensemble import ensemble_flow
 
     root = _folder(tmp_path / "d", counts=(10, 10))
     (root / "benign" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
@@ -187,7 +187,7 @@ def test_skip_policy_lists_every_skipped_file(harness, tmp_path):
 
 
 def test_small_minority_lowers_smote_k_and_says_so(harness, tmp_path):
-    from flows.ensemble import ensemble_flow
+    from medstack.flows.ensemble import ensemble_flow
 
     labels = np.array([0] * 52 + [1] * 8)
     rng = np.random.default_rng(0)
@@ -200,7 +200,7 @@ def test_small_minority_lowers_smote_k_and_says_so(harness, tmp_path):
 def test_patient_groups_are_stated_in_metrics_and_report(harness, tmp_path):
     import json
 
-    from flows.ensemble import ensemble_flow
+    from medstack.flows.ensemble import ensemble_flow
 
     root = _breakhis(tmp_path / "d", patients=(8, 8))
     tree = _tiny(tmp_path, {**_grouped_cfg(root), "split": {"fractions": [0.5, 0.25, 0.25]}})

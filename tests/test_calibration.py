@@ -6,9 +6,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from medstack.config import ModelConfig, TrainingConfig
-from models.calibration import calibration_note, fit_temperature, nll, prior_nll, with_temperature
-from models.strategies import NoParams
-from models.training import CNNClassifier
+from medstack.models.calibration import calibration_note, fit_temperature, nll, prior_nll, with_temperature
+from medstack.models.strategies import NoParams
+from medstack.models.training import CNNClassifier
 
 
 def _overconfident(rng, n=4000, true_t=8.0):

@@ -106,7 +106,7 @@ def test_load_dataset_retries_io_failures_but_not_bad_data():
     from prefect.states import Failed
 
     from medstack.data import DataError
-    from tasks.data import is_transient, load_dataset
+    from medstack.tasks.data import is_transient, load_dataset
 
     assert load_dataset.retries == 2 and load_dataset.retry_condition_fn is is_transient
     assert is_transient(None, None, Failed(data=OSError("download of https://x failed: timed out")))

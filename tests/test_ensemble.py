@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from models.ensemble import StackingMetaModel, soft_vote, stack_features
+from medstack.models.ensemble import StackingMetaModel, soft_vote, stack_features
 
 
 def _binary_probas(rng, y, quality):

@@ -30,7 +30,7 @@ def _complete_entries(cache: Path) -> set[str]:
 def _run(config: Path, home: Path) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.ensemble", "--config", str(config)],
+        [sys.executable, "-m", "medstack", "run", "--config", str(config)],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

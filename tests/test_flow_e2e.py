@@ -34,9 +34,9 @@ def prefect_harness():
 @pytest.fixture(scope="module")
 def smoke_runs(prefect_harness, pneumonia_npz, tmp_path_factory):
     """Run the smoke config twice against one cache: a cold run, then a cached re-run."""
-    from flows.ensemble import ensemble_flow
+    from medstack.flows.ensemble import ensemble_flow
     from medstack import pipeline
-    from models.training import CNNClassifier
+    from medstack.models.training import CNNClassifier
 
     base = tmp_path_factory.mktemp("smoke")
     cfg = load_config(
@@ -193,7 +193,7 @@ def test_cli_rejects_a_bad_config_before_any_work(tmp_path, capsys):
 
 def test_process_pool_task_runner_runs_the_flow(prefect_harness, tiny_config_dict, tmp_path):
     """runtime.task_runner: processes -> trainings in worker processes, results back in the flow."""
-    from flows.ensemble import ensemble_flow
+    from medstack.flows.ensemble import ensemble_flow
     from medstack.config import RunConfig
 
     tiny_config_dict["data"]["subset"] = {"train": 200, "val": 60, "test": 60}

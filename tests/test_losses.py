@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from models.losses import ClassBalancedFocalLoss, LDAMLoss, effective_number_weights, ldam_margins
+from medstack.models.losses import ClassBalancedFocalLoss, LDAMLoss, effective_number_weights, ldam_margins
 
 
 def test_ldam_margins_hand_computed():
@@ -83,7 +83,7 @@ def test_losses_round_trip_through_keras_serialisation(loss):
 
 
 def test_cosine_logits_are_scaled_cosines_and_serialise():
-    from models.network import CosineLogits
+    from medstack.models.network import CosineLogits
 
     layer = CosineLogits(2, scale=30.0)
     x = np.array([[3.0, 4.0], [-1.0, 0.0]], "float32")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from models.metrics import METRIC_KEYS, bootstrap_ci, choose_threshold, compute_metrics, metrics_table, predict_labels
+from medstack.models.metrics import METRIC_KEYS, bootstrap_ci, choose_threshold, compute_metrics, metrics_table, predict_labels
 
 # 10 samples, positive class 1. Scores and labels:
 Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])

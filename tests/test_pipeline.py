@@ -11,7 +11,7 @@ from medstack import pipeline
 from medstack.config import RunConfig
 from medstack.data import Dataset, load_digits_dataset
 from medstack.storage import FoldCache
-from models.training import CNNClassifier
+from medstack.models.training import CNNClassifier
 
 pytestmark = pytest.mark.slow
 
@@ -180,7 +180,7 @@ def test_saved_model_reloads_in_safe_mode_and_predicts_the_same(imbalanced_digit
 
 
 def test_smote_sees_exactly_the_training_part_of_each_fold(imbalanced_digits, cfg, tmp_path, monkeypatch):
-    import models.strategies as strategies
+    import medstack.models.strategies as strategies
 
     seen: list[np.ndarray] = []
     real = strategies.smote_resample
@@ -216,7 +216,7 @@ def test_two_runs_training_the_same_fold_at_once_share_the_cache(imbalanced_digi
 
 
 def test_same_seed_same_splits_folds_and_smote_samples(imbalanced_digits, cfg):
-    from models.strategies import smote_resample
+    from medstack.models.strategies import smote_resample
 
     a = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg), cfg)
     b = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg), cfg)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from models.losses import LDAMLoss
-from models.strategies import STRATEGIES, LDAMParams, NoParams, SmoteParams, get_strategy, smote_resample
+from medstack.models.losses import LDAMLoss
+from medstack.models.strategies import STRATEGIES, LDAMParams, NoParams, SmoteParams, get_strategy, smote_resample
 
 
 def _images(n, value_range, rng, shape=(6, 6, 1)):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from medstack.config import AugmentationConfig, ModelConfig, TrainingConfig
-from models.network import build_model
-from models.strategies import NoParams
-from models.training import CNNClassifier
+from medstack.models.network import build_model
+from medstack.models.strategies import NoParams
+from medstack.models.training import CNNClassifier
 
 pytestmark = pytest.mark.slow
 

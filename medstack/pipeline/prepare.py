@@ -1,25 +1,17 @@
-"""The plain functions behind every DAG node, in DAG order. No Prefect here: ``tasks/`` wraps these.
+"""Prepare stage: train/val/test splits, K folds on train, duplicate and grouping summaries, sealed test labels.
 
-load_dataset -> make_splits -> make_folds -> train_fold (strategy x fold) -> gather_predictions
--> fit_ensembles -> evaluate_on_test -> (report)
-
-The test split's labels travel sealed (:class:`SealedLabels`) and only :func:`evaluate_on_test` opens them.
-Base models see test *images* only to predict them; nothing fitted anywhere learns from test or val labels,
-except early stopping and the LR schedule, which use val.
+The test split's labels travel sealed (:class:`SealedLabels`) and only ``evaluate_on_test`` opens them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import zlib
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from medstack.config import RunConfig, array_sha, stable_hash
+from medstack.config import RunConfig, stable_hash
 from medstack.data import Dataset
 from medstack.splits import (
     Splits,
@@ -36,11 +28,6 @@ from medstack.splits import (
 )
 from medstack.splits import make_folds as _fold_assignment
 from medstack.splits import make_splits as _split_indices
-from medstack.storage import FoldCache, FoldResult
-
-log = logging.getLogger(__name__)
-
-ENSEMBLES = ("soft_voting", "stacking")
 
 
 class SealedLabels:
@@ -277,221 +264,3 @@ def _mixed_class_groups(ids: np.ndarray, labels: np.ndarray, class_names: tuple[
 def _name_some(mapping: dict[str, list[str]], n: int = 5) -> str:
     shown = ", ".join(f"{k} ({'+'.join(v)})" for k, v in list(mapping.items())[:n])
     return shown + (f", and {len(mapping) - n} more" if len(mapping) > n else "")
-
-
-def code_version() -> str:
-    """Hash of the sources in ``models/``: a change to how models train invalidates cached folds."""
-    digest = hashlib.sha256()
-    for path in sorted((Path(__file__).resolve().parents[1] / "models").glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def fold_cache_key(prepared: PreparedData, cfg: RunConfig, strategy: str, fold: int, version: str) -> str:
-    """Everything a fold's training depends on, and nothing else (not the meta-model, not the report)."""
-    return stable_hash(
-        prepared.fingerprint,
-        fold,
-        strategy,
-        cfg.strategies[strategy],
-        cfg.model.model_dump(mode="json"),
-        cfg.augmentation.model_dump(mode="json"),
-        cfg.training.model_dump(mode="json"),
-        cfg.data.image_size,
-        cfg.seed,
-        version,
-    )
-
-
-def fold_seed(seed: int, strategy: str, fold: int) -> int:
-    """A distinct, reproducible seed per (strategy, fold)."""
-    return (seed * 7919 + fold * 131 + zlib.crc32(strategy.encode())) % 1_000_000
-
-
-def train_fold(
-    prepared: PreparedData, cfg: RunConfig, strategy: str, fold: int, cache: FoldCache, version: str
-) -> FoldResult:
-    """Train one strategy on folds != ``fold`` (or load it from the cache) and predict the held-out fold, val, test."""
-    from models.training import CNNClassifier  # TensorFlow loads only where training happens
-
-    key = fold_cache_key(prepared, cfg, strategy, fold, version)
-    cached = cache.load(key)
-    if cached is not None:
-        log.info("train[%s|fold-%d]: cache hit %s", strategy, fold + 1, key)
-        return cached
-    data = prepared.fold_data(fold)
-    clf = CNNClassifier(
-        strategy,
-        cfg.strategy_params(strategy),
-        prepared.num_classes,
-        cfg.model,
-        cfg.augmentation,
-        cfg.training,
-        image_size=cfg.data.image_size,
-        seed=fold_seed(cfg.seed, strategy, fold),
-    ).fit(data.x_train, data.y_train, data.x_val, data.y_val)
-    result = FoldResult(
-        strategy=strategy,
-        fold=fold,
-        cache_key=key,
-        oof_index=data.holdout_rows,
-        oof_proba=clf.predict_proba(data.x_holdout),
-        val_proba=clf.predict_proba(data.x_val),
-        test_proba=clf.predict_proba(data.x_test),
-        history=clf.history_,
-        info=clf.info_,
-    )
-    return cache.save(result, clf.save)
-
-
-@dataclass
-class Predictions:
-    """Probabilities of every model on OOF (aligned with ``train_idx``), val and test rows."""
-
-    oof: dict[str, np.ndarray] = field(default_factory=dict)
-    val: dict[str, np.ndarray] = field(default_factory=dict)
-    test: dict[str, np.ndarray] = field(default_factory=dict)
-    histories: dict[str, dict[int, dict[str, list[float]]]] = field(default_factory=dict)
-    fold_info: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
-    model_paths: dict[str, dict[int, str]] = field(default_factory=dict)
-
-
-def gather_predictions(prepared: PreparedData, results: list[FoldResult]) -> Predictions:
-    """Assemble the OOF matrix (each training row predicted by exactly one model that never saw it) and average
-    the K fold models' val/test predictions per strategy."""
-    position = {int(row): i for i, row in enumerate(prepared.train_idx)}
-    preds = Predictions()
-    for strategy in dict.fromkeys(r.strategy for r in results):
-        mine = sorted((r for r in results if r.strategy == strategy), key=lambda r: r.fold)
-        folds = [r.fold for r in mine]
-        if folds != list(range(prepared.n_folds)):
-            raise ValueError(f"{strategy}: expected folds 0..{prepared.n_folds - 1}, got {folds}")
-        oof = np.full((len(prepared.train_idx), prepared.num_classes), np.nan)
-        for r in mine:
-            rows = [position[int(i)] for i in r.oof_index]
-            if not np.all(prepared.fold_of[rows] == r.fold):
-                raise ValueError(f"{strategy} fold {r.fold}: predicted rows it was trained on")
-            if not np.all(np.isnan(oof[rows])):
-                raise ValueError(f"{strategy} fold {r.fold}: a training row was predicted twice")
-            oof[rows] = r.oof_proba
-        if np.isnan(oof).any():
-            raise ValueError(f"{strategy}: {int(np.isnan(oof).any(axis=1).sum())} training rows have no OOF prediction")
-        preds.oof[strategy] = oof
-        preds.val[strategy] = np.mean([r.val_proba for r in mine], axis=0)
-        preds.test[strategy] = np.mean([r.test_proba for r in mine], axis=0)
-        preds.histories[strategy] = {r.fold: r.history for r in mine}
-        preds.fold_info[strategy] = {r.fold: {**r.info, "cache_key": r.cache_key, "from_cache": r.from_cache} for r in mine}
-        preds.model_paths[strategy] = {r.fold: r.model_path for r in mine}
-    return preds
-
-
-@dataclass
-class EnsembleFit:
-    predictions: Predictions  # the base models' plus soft_voting and stacking
-    meta_model: Any  # models.ensemble.StackingMetaModel
-    thresholds: dict[str, float | None]
-    threshold_policy: str
-
-
-def fit_ensembles(prepared: PreparedData, preds: Predictions, cfg: RunConfig) -> EnsembleFit:
-    """Soft vote and stacking from OOF only; every model's decision threshold chosen on its OOF predictions.
-
-    The stacking model's OOF predictions are the meta-model's own cross-validated predictions, so its threshold
-    and OOF metrics are not in-sample. ``preds`` is left as it was."""
-    from models.ensemble import StackingMetaModel, soft_vote
-    from models.metrics import choose_threshold
-
-    base = [s for s in cfg.strategies if s in preds.oof]
-    base_oof = {s: preds.oof[s] for s in base}
-    meta = StackingMetaModel(cfg.ensemble.meta_Cs, cfg.ensemble.inner_folds, cfg.seed).fit(base_oof, prepared.y_train)
-    out = replace(preds, oof=dict(preds.oof), val=dict(preds.val), test=dict(preds.test))
-    for split in ("oof", "val", "test"):
-        getattr(out, split)["soft_voting"] = soft_vote({s: getattr(preds, split)[s] for s in base})
-    out.oof["stacking"] = meta.cross_val_proba(base_oof, prepared.y_train)
-    out.val["stacking"] = meta.predict_proba({s: preds.val[s] for s in base})
-    out.test["stacking"] = meta.predict_proba({s: preds.test[s] for s in base})
-    thresholds = {
-        name: choose_threshold(
-            prepared.y_train,
-            proba,
-            cfg.ensemble.threshold_policy,
-            positive_class=prepared.positive_class,
-            target_sensitivity=cfg.ensemble.target_sensitivity,
-        )
-        for name, proba in out.oof.items()
-    }
-    return EnsembleFit(out, meta, thresholds, cfg.ensemble.threshold_policy)
-
-
-def determinism_record(cfg: RunConfig, prepared: PreparedData, ensembles: EnsembleFit) -> dict[str, Any]:
-    """sha256 of what one config and seed must reproduce, for the manifest.
-
-    ``splits`` (train/val/test rows), ``folds`` (fold of each train row) and ``train_inputs`` (every fold's
-    training arrays as its model saw them, SMOTE samples included) depend on data, config and seeds only.
-    ``meta_inputs`` (the OOF matrix the stacking model learns from, with its labels) also depends on training:
-    bitwise reproducible on CPU, but GPU kernels and other CPUs/library versions may round differently, so only
-    runs that share the fold cache are guaranteed the same value.
-    """
-    from models.ensemble import stack_features
-
-    preds = ensembles.predictions
-    base = list(ensembles.meta_model.model_names_)
-    per_fold = [preds.fold_info[s][k].get("train_inputs_sha") for s in base for k in sorted(preds.fold_info[s])]
-    return {
-        "seed": cfg.seed,
-        "split_seed": cfg.split.seed,
-        "splits": array_sha(prepared.train_idx, prepared.val_idx, prepared.test_idx),
-        "folds": array_sha(prepared.train_idx, prepared.fold_of),
-        "train_inputs": None if None in per_fold else hashlib.sha256(",".join(per_fold).encode()).hexdigest(),
-        "meta_inputs": array_sha(stack_features({s: preds.oof[s] for s in base}, base), prepared.y_train),
-    }
-
-
-def evaluate_on_test(prepared: PreparedData, ensembles: EnsembleFit, cfg: RunConfig) -> dict:
-    """The only reader of the test labels: test and OOF metrics of all models, with bootstrap CIs on test."""
-    from models.metrics import bootstrap_ci, compute_metrics
-
-    y_test = prepared.test_labels.reveal()
-    preds = ensembles.predictions
-    names = list(prepared.class_names)
-    models: dict[str, dict] = {}
-    for model_name in preds.test:
-        threshold = ensembles.thresholds[model_name]
-        kwargs = dict(threshold=threshold, positive_class=prepared.positive_class)
-        models[model_name] = {
-            "test": compute_metrics(y_test, preds.test[model_name], class_names=names, **kwargs),
-            "oof": compute_metrics(prepared.y_train, preds.oof[model_name], class_names=names, **kwargs),
-            "test_ci": {
-                k: list(v)
-                for k, v in bootstrap_ci(
-                    y_test, preds.test[model_name], n_boot=cfg.report.bootstrap, ci=cfg.report.ci, seed=cfg.seed, **kwargs
-                ).items()
-            },
-        }
-    return {
-        "dataset": {
-            "name": prepared.name,
-            "classes": names,
-            "counts": prepared.counts,
-            "duplicates": {k: v for k, v in prepared.duplicates.items() if k != "summary"},
-            "grouping": {k: v for k, v in prepared.grouping.items() if k != "summary"},
-        },
-        "models": models,
-    }
-
-
-def summarise_training(results: list[FoldResult], wall_seconds: float) -> dict[str, Any]:
-    """Counts and timings for the manifest and report: what was trained, what came from the cache."""
-    trained = [r for r in results if not r.from_cache]
-    return {
-        "wall_seconds": round(wall_seconds, 1),
-        "trained": len(trained),
-        "cache_hits": len(results) - len(trained),
-        "training_seconds": round(sum(r.info.get("seconds", 0.0) for r in trained), 1),
-        "folds": {
-            f"{r.strategy}|fold-{r.fold + 1}": {"cache_key": r.cache_key, "from_cache": r.from_cache, **{
-                k: r.info.get(k) for k in ("epochs_run", "best_epoch", "seconds", "n_train", "n_synthetic", "train_inputs_sha", "temperature")
-            }}
-            for r in results
-        },
-    }

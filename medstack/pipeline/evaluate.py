@@ -1,0 +1,40 @@
+"""Evaluate stage: the only reader of the test labels."""
+
+from __future__ import annotations
+
+from medstack.config import RunConfig
+from medstack.pipeline.combine import EnsembleFit
+from medstack.pipeline.prepare import PreparedData
+
+
+def evaluate_on_test(prepared: PreparedData, ensembles: EnsembleFit, cfg: RunConfig) -> dict:
+    """The only reader of the test labels: test and OOF metrics of all models, with bootstrap CIs on test."""
+    from medstack.models.metrics import bootstrap_ci, compute_metrics
+
+    y_test = prepared.test_labels.reveal()
+    preds = ensembles.predictions
+    names = list(prepared.class_names)
+    models: dict[str, dict] = {}
+    for model_name in preds.test:
+        threshold = ensembles.thresholds[model_name]
+        kwargs = dict(threshold=threshold, positive_class=prepared.positive_class)
+        models[model_name] = {
+            "test": compute_metrics(y_test, preds.test[model_name], class_names=names, **kwargs),
+            "oof": compute_metrics(prepared.y_train, preds.oof[model_name], class_names=names, **kwargs),
+            "test_ci": {
+                k: list(v)
+                for k, v in bootstrap_ci(
+                    y_test, preds.test[model_name], n_boot=cfg.report.bootstrap, ci=cfg.report.ci, seed=cfg.seed, **kwargs
+                ).items()
+            },
+        }
+    return {
+        "dataset": {
+            "name": prepared.name,
+            "classes": names,
+            "counts": prepared.counts,
+            "duplicates": {k: v for k, v in prepared.duplicates.items() if k != "summary"},
+            "grouping": {k: v for k, v in prepared.grouping.items() if k != "summary"},
+        },
+        "models": models,
+    }

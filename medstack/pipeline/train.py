@@ -1,0 +1,100 @@
+"""Train stage: one (strategy, fold) training or its fold-cache entry, the cache key, seeds and the summary."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import zlib
+from pathlib import Path
+from typing import Any
+
+from medstack.config import RunConfig, stable_hash
+from medstack.pipeline.prepare import PreparedData
+from medstack.storage import FoldCache, FoldResult
+
+log = logging.getLogger(__name__)
+
+
+def code_version() -> str:
+    """Hash of the sources of ``medstack.models`` (the ``models/`` folder): a change to how models train invalidates
+    cached folds."""
+    import medstack.models  # the package only (a docstring): no TensorFlow import
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(medstack.models.__file__).resolve().parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def fold_cache_key(prepared: PreparedData, cfg: RunConfig, strategy: str, fold: int, version: str) -> str:
+    """Everything a fold's training depends on, and nothing else (not the meta-model, not the report)."""
+    return stable_hash(
+        prepared.fingerprint,
+        fold,
+        strategy,
+        cfg.strategies[strategy],
+        cfg.model.model_dump(mode="json"),
+        cfg.augmentation.model_dump(mode="json"),
+        cfg.training.model_dump(mode="json"),
+        cfg.data.image_size,
+        cfg.seed,
+        version,
+    )
+
+
+def fold_seed(seed: int, strategy: str, fold: int) -> int:
+    """A distinct, reproducible seed per (strategy, fold)."""
+    return (seed * 7919 + fold * 131 + zlib.crc32(strategy.encode())) % 1_000_000
+
+
+def train_fold(
+    prepared: PreparedData, cfg: RunConfig, strategy: str, fold: int, cache: FoldCache, version: str
+) -> FoldResult:
+    """Train one strategy on folds != ``fold`` (or load it from the cache) and predict the held-out fold, val, test."""
+    from medstack.models.training import CNNClassifier  # TensorFlow loads only where training happens
+
+    key = fold_cache_key(prepared, cfg, strategy, fold, version)
+    cached = cache.load(key)
+    if cached is not None:
+        log.info("train[%s|fold-%d]: cache hit %s", strategy, fold + 1, key)
+        return cached
+    data = prepared.fold_data(fold)
+    clf = CNNClassifier(
+        strategy,
+        cfg.strategy_params(strategy),
+        prepared.num_classes,
+        cfg.model,
+        cfg.augmentation,
+        cfg.training,
+        image_size=cfg.data.image_size,
+        seed=fold_seed(cfg.seed, strategy, fold),
+    ).fit(data.x_train, data.y_train, data.x_val, data.y_val)
+    result = FoldResult(
+        strategy=strategy,
+        fold=fold,
+        cache_key=key,
+        oof_index=data.holdout_rows,
+        oof_proba=clf.predict_proba(data.x_holdout),
+        val_proba=clf.predict_proba(data.x_val),
+        test_proba=clf.predict_proba(data.x_test),
+        history=clf.history_,
+        info=clf.info_,
+    )
+    return cache.save(result, clf.save)
+
+
+def summarise_training(results: list[FoldResult], wall_seconds: float) -> dict[str, Any]:
+    """Counts and timings for the manifest and report: what was trained, what came from the cache."""
+    trained = [r for r in results if not r.from_cache]
+    return {
+        "wall_seconds": round(wall_seconds, 1),
+        "trained": len(trained),
+        "cache_hits": len(results) - len(trained),
+        "training_seconds": round(sum(r.info.get("seconds", 0.0) for r in trained), 1),
+        "folds": {
+            f"{r.strategy}|fold-{r.fold + 1}": {"cache_key": r.cache_key, "from_cache": r.from_cache, **{
+                k: r.info.get(k) for k in ("epochs_run", "best_epoch", "seconds", "n_train", "n_synthetic", "train_inputs_sha", "temperature")
+            }}
+            for r in results
+        },
+    }

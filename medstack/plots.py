@@ -1,0 +1,198 @@
+"""The plots of a run's report: ROC, precision-recall, confusion matrices, calibration, training curves.
+
+Plots use matplotlib's object API (``matplotlib.figure.Figure``, rendered by Agg on save): no pyplot, so no global
+figure registry, nothing to close and several runs may render in threads at once. matplotlib is imported inside the
+functions, so importing this module has no side effects (matplotlib builds its font cache on first import).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+from medstack.report import format_number
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+DPI = 110
+
+History = Mapping[str, list[float]]
+
+
+def _figure(**kwargs: Any) -> Figure:
+    from matplotlib.figure import Figure  # imported here: no matplotlib side effects when the module is imported
+
+    return Figure(layout="constrained", **kwargs)
+
+
+def _save(fig: Figure, path: Path | str) -> None:
+    fig.savefig(path, dpi=DPI)
+    fig.clear()  # free the artists now instead of waiting for the garbage collector
+
+
+def _scores(y_true, proba: np.ndarray, positive_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """Binary: (is positive, P(positive)); K>2: micro-averaged one-vs-rest (flattened one-hot, flattened proba)."""
+    y_true, proba = np.asarray(y_true, dtype=np.int64), np.asarray(proba, dtype=np.float64)
+    if proba.shape[1] == 2:
+        return (y_true == positive_class).astype(int), proba[:, positive_class]
+    return np.eye(proba.shape[1], dtype=int)[y_true].ravel(), proba.ravel()
+
+
+def _curve_scope(probas: Mapping[str, np.ndarray], positive_class: int, class_names: list[str] | None) -> str:
+    k = np.asarray(next(iter(probas.values()))).shape[1] if probas else 2
+    if k == 2:
+        name = class_names[positive_class] if class_names else str(positive_class)
+        return f"positive class: {name}"
+    return f"micro-average one-vs-rest over {k} classes"
+
+
+def plot_roc_pr(
+    path_roc: Path | str,
+    path_pr: Path | str,
+    y_true,
+    probas: Mapping[str, np.ndarray],
+    positive_class: int,
+    class_names: list[str] | None = None,
+) -> None:
+    """All models on one ROC and one precision-recall figure (test split), areas in the legend.
+
+    Binary: curves for ``positive_class``. K>2: one micro-averaged one-vs-rest curve per model (one line per model
+    stays readable with six models; the table's ROC AUC is the macro average, so the legend says "micro")."""
+    micro = bool(probas) and np.asarray(next(iter(probas.values()))).shape[1] > 2
+    tag = "micro " if micro else ""
+    roc, pr = _figure(figsize=(6, 5)), _figure(figsize=(6, 5))
+    ax_roc, ax_pr = roc.subplots(), pr.subplots()
+    prevalence = None
+    for name, proba in probas.items():
+        truth, score = _scores(y_true, proba, positive_class)
+        if len(np.unique(truth)) < 2:  # one class only: the curves are undefined
+            continue
+        fpr, tpr, _ = roc_curve(truth, score)
+        ax_roc.plot(fpr, tpr, lw=1.4, label=f"{name} ({tag}AUC {auc(fpr, tpr):.3f})")
+        precision, recall, _ = precision_recall_curve(truth, score)
+        ap = average_precision_score(truth, score)
+        ax_pr.plot(recall, precision, lw=1.4, drawstyle="steps-post", label=f"{name} ({tag}AP {ap:.3f})")
+        prevalence = float(truth.mean())
+    scope = _curve_scope(probas, positive_class, class_names)
+    ax_roc.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
+    ax_roc.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
+               xlim=(0, 1), ylim=(0, 1.01), title=f"ROC, test split\n{scope}")
+    if prevalence is not None:
+        ax_pr.axhline(prevalence, color="k", ls="--", lw=0.8, label=f"chance (prevalence {prevalence:.2f})")
+    ax_pr.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.01),
+              title=f"Precision-recall, test split\n{scope}")
+    ax_roc.legend(fontsize=8, loc="lower right")
+    ax_pr.legend(fontsize=8, loc="lower left")
+    _save(roc, path_roc)
+    _save(pr, path_pr)
+
+
+def plot_confusion_matrices(path: Path | str, metrics: Mapping, class_names: list[str], split: str = "test") -> None:
+    """One panel per model: counts with row percentages (recall per true class), threshold in the title.
+
+    Colour is the row-normalised share, so a minority class's row is as visible as the majority's."""
+    models = metrics["models"]
+    cols = max(1, min(3, len(models)))
+    rows = max(1, math.ceil(len(models) / cols))
+    k = len(class_names)
+    side = 2.2 + 0.6 * k
+    fig = _figure(figsize=(side * cols, (side - 0.2) * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, (name, result) in zip(axes, models.items()):
+        cm = np.asarray(result[split]["confusion_matrix"], dtype=np.int64)
+        share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for (i, j), count in np.ndenumerate(cm):
+            ax.text(j, i, f"{count}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black")
+        threshold = result[split].get("threshold")
+        rule = "argmax" if threshold is None else f"threshold {format_number(threshold)}"
+        ax.set_title(f"{name} ({rule})", fontsize=9)
+        ax.set_xticks(range(k), class_names, fontsize=7, rotation=30 if k > 3 else 0)
+        ax.set_yticks(range(k), class_names, fontsize=7)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("true", fontsize=8)
+    for ax in axes[len(models):]:
+        ax.set_visible(False)
+    fig.suptitle(f"Confusion matrices, {split} split (count, share of the true class)", fontsize=10)
+    _save(fig, path)
+
+
+def plot_histories(path: Path | str, history_by_fold: Mapping[int, History], title: str) -> None:
+    """One strategy: train (solid) and val (dashed) loss and accuracy per fold; loss-phase switches (DRW) dotted."""
+    from matplotlib.lines import Line2D
+
+    fig = _figure(figsize=(11, 4.2))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    colours = [f"C{i % 10}" for i in range(len(history_by_fold))]
+    switches: set[float] = set()
+    handles = []
+    for colour, (fold, history) in zip(colours, sorted(history_by_fold.items())):
+        for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+            for suffix, style in (("", "-"), ("val_", "--")):
+                values = history.get(suffix + key)
+                if values:
+                    ax.plot(np.arange(1, len(values) + 1), values, ls=style, color=colour, lw=1.2)
+        phase = history.get("loss_phase") or []
+        switches.update(float(s) + 1.5 for s in np.flatnonzero(np.diff(phase) != 0))  # between the two epochs
+        handles.append(Line2D([], [], color=colour, label=f"fold {fold + 1}"))
+    for ax in (ax_loss, ax_acc):
+        for x in sorted(switches):
+            ax.axvline(x, color="grey", lw=0.9, ls=":")
+        ax.set_xlabel("epoch")
+    handles += [Line2D([], [], color="k", ls="-", label="train"), Line2D([], [], color="k", ls="--", label="val")]
+    if switches:
+        handles.append(Line2D([], [], color="grey", ls=":", label="loss switch (DRW)"))
+    ax_loss.set(ylabel="loss", title=f"{title}: loss")
+    ax_acc.set(ylabel="accuracy", title=f"{title}: accuracy")
+    ax_acc.legend(handles=handles, fontsize=7, loc="best")
+    _save(fig, path)
+
+
+def plot_calibration(path: Path | str, y_true, probas: Mapping[str, np.ndarray], positive_class: int) -> None:
+    """Reliability curve per model (10 quantile bins) against the diagonal. K>2: pooled one-vs-rest probabilities."""
+    fig = _figure(figsize=(6, 5))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfectly calibrated")
+    for name, proba in probas.items():
+        truth, score = _scores(y_true, proba, positive_class)
+        if len(np.unique(truth)) < 2:
+            continue
+        frac, mean = calibration_curve(truth, score, n_bins=10, strategy="quantile")
+        ax.plot(mean, frac, marker="o", ms=3, lw=1.2, label=name)
+    k = np.asarray(next(iter(probas.values()))).shape[1] if probas else 2
+    what = "P(positive class)" if k == 2 else "class probability (all classes pooled, one-vs-rest)"
+    ax.set(xlabel=f"mean predicted {what}", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1),
+           title="Calibration, test split (quantile bins)")
+    ax.legend(fontsize=8, loc="upper left")
+    _save(fig, path)
+
+
+def make_plots(
+    plot_dir: Path,
+    metrics: Mapping,
+    y_test,
+    test_probas: Mapping[str, np.ndarray],
+    histories: Mapping[str, Mapping[int, History]],
+    class_names: list[str],
+    positive_class: int,
+) -> dict[str, str]:
+    """Write every plot of the report into ``plot_dir``; returns {label: file name}."""
+    plot_dir = Path(plot_dir)
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    plot_roc_pr(plot_dir / "roc.png", plot_dir / "pr.png", y_test, test_probas, positive_class, class_names)
+    plot_confusion_matrices(plot_dir / "confusion_test.png", metrics, class_names)
+    plot_calibration(plot_dir / "calibration.png", y_test, test_probas, positive_class)
+    files = {"ROC": "roc.png", "Precision-recall": "pr.png", "Confusion matrices": "confusion_test.png",
+             "Calibration": "calibration.png"}
+    for strategy, per_fold in histories.items():
+        plot_histories(plot_dir / f"curves_{strategy}.png", per_fold, strategy)
+        files[f"Training curves: {strategy}"] = f"curves_{strategy}.png"
+    return files

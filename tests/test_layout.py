@@ -1,0 +1,104 @@
+"""The package layout: one importable name (``medstack``), every module importable, no import circles."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Import name -> folder, as pyproject.toml maps them.
+PACKAGE_DIRS = {
+    "medstack": REPO / "medstack",
+    "medstack.flows": REPO / "flows",
+    "medstack.tasks": REPO / "tasks",
+    "medstack.models": REPO / "models",
+}
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the installed package, by import name, from the folders pyproject.toml maps."""
+    found = {}
+    for package, folder in PACKAGE_DIRS.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = list(path.relative_to(folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join([package, *parts])] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """medstack modules that ``name`` imports anywhere in its body (function-level imports included)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in MODULES:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                out.add(target)
+    return out
+
+
+def test_layout_maps_every_folder():
+    assert {"medstack.flows.ensemble", "medstack.tasks.training", "medstack.models.training",
+            "medstack.data.images", "medstack.pipeline.train"} <= set(MODULES)
+
+
+def test_no_import_circles():
+    """Depth-first search over the import graph, lazy (function-level) imports counted as edges too."""
+    graph = {name: _imports(name, path) for name, path in MODULES.items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt):] + [nxt]
+                pytest.fail("import circle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)
+
+
+def test_every_module_imports_in_a_fresh_interpreter(tmp_path):
+    importable = sorted(name for name in MODULES if not name.endswith(".__main__"))  # __main__ runs the CLI
+    code = "import importlib\nfor name in %r:\n    importlib.import_module(name)\n" % importable
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", ["models", "tasks", "flows"])
+def test_only_medstack_is_importable_outside_the_repo(tmp_path, name):
+    """Installed medstack never shadows a user's own ``models``/``tasks``/``flows`` package."""
+    code = f"import importlib.util as u; print(u.find_spec({name!r}) is None, u.find_spec('medstack.{name}') is not None)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]
+
+
+def test_package_modules_fit_in_one_sitting():
+    """About 350 lines at most per module, so each one can be read in one sitting."""
+    long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > 350}
+    assert not long, long
