@@ -16,14 +16,24 @@ from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from medstack.config_sections import (  # noqa: F401  (re-exported: import every section from medstack.config)
+    AugmentationConfig,
+    CosineSchedule,
+    EnsembleConfig,
+    InverseTimeSchedule,
+    ModelConfig,
+    PlateauSchedule,
+    ReportConfig,
+    Section,
+    TrainingConfig,
+)
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SubsetConfig(_Section):
+class SubsetConfig(Section):
     """Stratified subsample per split (after splitting), for smoke runs. ``None`` keeps the whole split."""
 
     train: int | None = Field(default=None, ge=2)
@@ -31,7 +41,7 @@ class SubsetConfig(_Section):
     test: int | None = Field(default=None, ge=2)
 
 
-class BreakHisGroups(_Section):
+class BreakHisGroups(Section):
     """Patient (slide) id from BreakHis file names ``SOB_<B|M>_<type>-<patient>-<mag>-<seq>.png``.
 
     ``SOB_B_A-14-22549AB-40-001.png`` belongs to patient ``14-22549AB``; the tumour type is not part of the id,
@@ -40,7 +50,7 @@ class BreakHisGroups(_Section):
     kind: Literal["breakhis"] = "breakhis"
 
 
-class FilenameRegexGroups(_Section):
+class FilenameRegexGroups(Section):
     """Group id captured by a regex (``re.search``) from each image's file name or its path below the folder."""
 
     kind: Literal["filename_regex"] = "filename_regex"
@@ -62,7 +72,7 @@ class FilenameRegexGroups(_Section):
         return value
 
 
-class CsvGroups(_Section):
+class CsvGroups(Section):
     """A CSV mapping every image (path relative to data.path, or a unique bare file name) to its group id."""
 
     kind: Literal["csv"] = "csv"
@@ -71,7 +81,7 @@ class CsvGroups(_Section):
     group_column: str = "group"
 
 
-class NpzGroups(_Section):
+class NpzGroups(Section):
     """Group ids stored in the npz itself: ``<key>`` (plain npz) or ``{train,val,test}_<key>`` (MedMNIST layout)."""
 
     kind: Literal["npz_key"] = "npz_key"
@@ -82,7 +92,7 @@ GroupBy = Annotated[Union[BreakHisGroups, FilenameRegexGroups, CsvGroups, NpzGro
 _GROUP_KINDS_FOR_SOURCE = {"folder": ("breakhis", "filename_regex", "csv"), "npz": ("npz_key",), "digits": ()}
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     source: Literal["npz", "folder", "digits"] = "npz"
     name: str = Field(default="dataset", description="Dataset name; 'pneumoniamnist' without a path downloads it.")
     path: str | None = Field(default=None, description="npz file or image folder; relative paths resolve from the CWD.")
@@ -126,7 +136,7 @@ class DataConfig(_Section):
         return self
 
 
-class SplitConfig(_Section):
+class SplitConfig(Section):
     use_official: bool = Field(default=False, description="Use the dataset's own train/val/test split when it has one.")
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     folds: int = Field(default=5, ge=2, description="K stratified folds on the training split for OOF predictions.")
@@ -146,64 +156,7 @@ class SplitConfig(_Section):
         return value
 
 
-class ModelConfig(_Section):
-    filters: list[int] = Field(default=[32, 64, 128], min_length=1)
-    convs_per_block: int = Field(default=2, ge=1)
-    batch_norm: bool = True
-    head: Literal["flatten", "gap"] = "flatten"
-    dense_units: int = Field(default=256, ge=1)
-    dropout: float = Field(default=0.5, ge=0.0, lt=1.0)
-    l2: float = Field(default=1e-4, ge=0.0)
-
-
-class AugmentationConfig(_Section):
-    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "none"
-    rotation: float = Field(default=0.05, ge=0.0, le=0.5, description="Fraction of a full turn.")
-    zoom: float = Field(default=0.1, ge=0.0, lt=1.0)
-    shift: float = Field(default=0.1, ge=0.0, lt=1.0)
-
-
-class PlateauSchedule(_Section):
-    kind: Literal["plateau"] = "plateau"
-    factor: float = Field(default=0.5, gt=0.0, lt=1.0)
-    patience: int = Field(default=2, ge=1)
-    min_lr: float = Field(default=1e-6, ge=0.0)
-
-
-class InverseTimeSchedule(_Section):
-    kind: Literal["inverse_time"] = "inverse_time"
-    decay_steps: int = Field(default=100, ge=1)
-    decay_rate: float = Field(default=0.5, gt=0.0)
-
-
-class TrainingConfig(_Section):
-    epochs: int = Field(default=30, ge=1)
-    batch_size: int = Field(default=64, ge=1)
-    learning_rate: float = Field(default=1e-3, gt=0.0)
-    early_stopping_patience: int = Field(default=5, ge=1)
-    lr_schedule: PlateauSchedule | InverseTimeSchedule = Field(default=PlateauSchedule(), discriminator="kind")
-    mixed_precision: bool = Field(default=False, description="float16 compute on GPU; ignored on CPU.")
-    calibration: Literal["temperature", "none"] = Field(
-        default="temperature",
-        description="temperature: divide each fold model's logits by one T fitted on the val split (minimum NLL), "
-                    "so probabilities, thresholds and the soft vote are not dominated by an overconfident model; "
-                    "rankings (ROC AUC) are unchanged. none: plain softmax.",
-    )
-
-
-class EnsembleConfig(_Section):
-    threshold_policy: Literal["f1", "youden", "sensitivity"] = "f1"
-    target_sensitivity: float = Field(default=0.9, gt=0.0, le=1.0)
-    meta_Cs: list[float] = Field(default=[0.001, 0.01, 0.1, 1.0, 10.0, 100.0], min_length=1)
-    inner_folds: int = Field(default=5, ge=2)
-
-
-class ReportConfig(_Section):
-    bootstrap: int = Field(default=1000, ge=0, description="Bootstrap resamples for test CIs; 0 disables.")
-    ci: float = Field(default=0.95, gt=0.0, lt=1.0)
-
-
-class RuntimeConfig(_Section):
+class RuntimeConfig(Section):
     task_runner: Literal["threads", "processes"] = "threads"
     max_workers: int = Field(default=2, ge=1)
     gpu_tag: str = Field(default="gpu", description="Prefect tag on training tasks; a tag concurrency limit caps them.")
@@ -211,7 +164,7 @@ class RuntimeConfig(_Section):
     output_dir: str = "runs"
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     """Everything a run needs. ``strategies`` maps a registered strategy name to its parameters."""
 
     name: str = "medstack-run"

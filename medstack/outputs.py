@@ -110,6 +110,47 @@ def _calibration_summary(cfg: RunConfig, fold_info: dict[str, dict[int, dict[str
     return f"temperature scaling, one T per fold model fitted on the val split (probabilities = softmax(logits / T)); T per fold: {listed}"
 
 
+def recipe_summary(fold_info: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str, str]]:
+    """The training recipe each strategy's folds resolved from the step budget (models.recipe), as readable ranges:
+    rows trained on, steps per epoch, epochs planned and run, steps run, patience, earliest stop, TTA views."""
+
+    def span(values: list[Any]) -> str:
+        values = [v for v in values if v is not None]
+        if not values:
+            return "n/a"
+        low, high = min(values), max(values)
+        return f"{low}" if low == high else f"{low}-{high}"
+
+    out = {}
+    for strategy, per_fold in fold_info.items():
+        infos = [per_fold[k] for k in sorted(per_fold)]
+        recipes = [info.get("recipe") or {} for info in infos]
+        out[strategy] = {
+            "training rows": span([i.get("n_train", 0) + i.get("n_synthetic", 0) for i in infos]),
+            "batch size": span([r.get("batch_size") for r in recipes]),
+            "steps/epoch": span([r.get("steps_per_epoch") for r in recipes]),
+            "epochs planned": span([r.get("epochs") for r in recipes]),
+            "epochs run": span([i.get("epochs_run") for i in infos]),
+            "steps run": span([i.get("steps_run") for i in infos]),
+            "patience (epochs)": span([r.get("patience_epochs") for r in recipes]),
+            "no stop before epoch": span([None if r.get("stop_from_epoch") is None else r["stop_from_epoch"] + 1
+                                          for r in recipes]),
+            "warm-up steps": span([r.get("warmup_steps") for r in recipes]),
+            "monitor": span([r.get("monitor") for r in recipes]),
+            "TTA views": span([i.get("tta_views") for i in infos]),
+        }
+    return out
+
+
+def _recipe_comment(recipe: dict[str, dict[str, str]]) -> str:
+    """config.yaml's header: the values the step budget resolved to, which the config itself does not state."""
+    lines = ["# Training recipe as resolved for this run's folds (from training.min_steps, stop_after_steps,",
+             "# patience_steps and the fold sizes; ranges over folds):"]
+    for strategy, values in recipe.items():
+        lines.append(f"#   {strategy}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
+    return "\n".join(lines) + "\n"
+
+
 def _git_commit() -> str | None:
     repo = Path(__file__).resolve().parents[1]
     try:
@@ -161,14 +202,18 @@ def write_run(
         details = {
             "run id": run_id,
             "calibration": _calibration_summary(cfg, preds.fold_info),
-            "threshold policy": ensembles.threshold_policy,
+            "decision policy": (f"binary: threshold by {ensembles.threshold_policy}" if len(names) == 2 else
+                                f"multi-class: {cfg.ensemble.multiclass_policy}"
+                                + (f", critical classes {cfg.ensemble.critical_classes}" if cfg.ensemble.critical_classes
+                                   else "")) + ", chosen on OOF predictions",
             "meta-model C": ensembles.meta_model.best_C_,
             "meta-model coefficients": ensembles.meta_model.coefficients,
             **{k: v for k, v in extra.items() if k != "folds"},
         }
         plot_links = {label: f"plots/{name}" for label, name in plots.items()}
-        atomic_write_text(tmp / "report.md", render_report(metrics, diagnoses, plot_links, notes, details))
-        atomic_write_text(tmp / "config.yaml", config_to_yaml(cfg))
+        recipe = recipe_summary(preds.fold_info)
+        atomic_write_text(tmp / "report.md", render_report(metrics, diagnoses, plot_links, notes, details, recipe))
+        atomic_write_text(tmp / "config.yaml", _recipe_comment(recipe) + config_to_yaml(cfg))
         determinism = determinism_record(cfg, prepared, ensembles)
         atomic_write_json(tmp / "manifest.json", manifest(cfg, prepared, run_id, extra, determinism))
         _check_no_symlinks(tmp)

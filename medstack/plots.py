@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
+from medstack.models.decision import describe_decision
 from medstack.report import format_number
 
 if TYPE_CHECKING:
@@ -113,7 +114,10 @@ def plot_confusion_matrices(path: Path | str, metrics: Mapping, class_names: lis
             ax.text(j, i, f"{count}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8,
                     color="white" if share[i, j] > 0.5 else "black")
         threshold = result[split].get("threshold")
-        rule = "argmax" if threshold is None else f"threshold {format_number(threshold)}"
+        if result.get("decision"):
+            rule = describe_decision(result["decision"], class_names)
+        else:
+            rule = "argmax" if threshold is None else f"threshold {format_number(threshold)}"
         ax.set_title(f"{name} ({rule})", fontsize=9)
         ax.set_xticks(range(k), class_names, fontsize=7, rotation=30 if k > 3 else 0)
         ax.set_yticks(range(k), class_names, fontsize=7)

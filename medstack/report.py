@@ -153,8 +153,13 @@ def _with_ci(result: Mapping, key: str) -> str:
     return point if ci is None else f"{point} [{format_number(ci[0])}, {format_number(ci[1])}]"
 
 
-def _threshold(m: Mapping) -> str:
-    t = m.get("threshold")
+def _decision(result: Mapping, class_names: list[str]) -> str:
+    """The model's decision rule: its OOF-chosen threshold or class offsets (older runs: the test threshold)."""
+    if result.get("decision"):
+        from medstack.models.decision import describe_decision
+
+        return describe_decision(result["decision"], class_names)
+    t = result["test"].get("threshold")
     return "argmax" if t is None else format_number(t)
 
 
@@ -179,11 +184,14 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
 
 
-def _recommendation(models: Mapping) -> list[str]:
-    """Which model to trust: best test ROC AUC, whether its CI overlaps others', and its OOF-vs-test gap."""
+def _recommendation(models: Mapping, recommended: Mapping | None = None) -> list[str]:
+    """Which model to trust: the one chosen on OOF numbers (``recommended``) checked against the test split; for
+    runs without one, the best test ROC AUC. Then whether its CI overlaps others' and its OOF-vs-test gap."""
     order = _ranked(models)
     if not order:
         return ["No models were evaluated."]
+    if recommended and recommended.get("model") in models:
+        return _chosen_on_oof(models, order, recommended)
     best = order[0]
     if _is_nan(models[best]["test"].get("roc_auc", math.nan)):
         return ["No model has a defined test ROC AUC (the test split lacks a class?): rank by the confusion "
@@ -209,7 +217,31 @@ def _recommendation(models: Mapping) -> list[str]:
             else:
                 lines.append(f"Its 95% interval lies above the runner-up **{second}**'s "
                              f"({_with_ci(models[second], 'roc_auc')}): the lead is larger than test-set noise.")
-    oof, test = models[best].get("oof", {}).get("roc_auc", math.nan), models[best]["test"]["roc_auc"]
+    return lines + _optimism(models[best])
+
+
+def _chosen_on_oof(models: Mapping, order: list[str], recommended: Mapping) -> list[str]:
+    name = recommended["model"]
+    lines = [f"**{name}** is recommended, chosen on out-of-fold predictions only (the test split chose nothing): "
+             f"{recommended.get('reason', '')}.",
+             f"On the untouched test split it scores ROC AUC {_with_ci(models[name], 'roc_auc')}."]
+    best = order[0]
+    if best != name and not _is_nan(models[best]["test"].get("roc_auc", math.nan)):
+        best_ci, mine = _ci(models[best], "roc_auc"), models[name]["test"].get("roc_auc")
+        if best_ci is not None and mine is not None and not _is_nan(mine) and mine >= best_ci[0]:
+            lines.append(f"**{best}** scores higher on test ({_with_ci(models[best], 'roc_auc')}), within test-set "
+                         "noise of the recommended model: the test split cannot tell them apart.")
+        else:
+            lines.append(f"**{best}** scores higher on test ({_with_ci(models[best], 'roc_auc')}), beyond what the "
+                         "bootstrap interval explains; switching to it would be choosing on the test split, so "
+                         "confirm on new data first.")
+    return lines + _optimism(models[name])
+
+
+def _optimism(result: Mapping) -> list[str]:
+    """The OOF-vs-test comparison of one model: optimistic CV, lucky test split, or agreement."""
+    lines: list[str] = []
+    oof, test = result.get("oof", {}).get("roc_auc", math.nan), result["test"]["roc_auc"]
     if _is_nan(oof) or oof is None:
         lines.append("Its out-of-fold ROC AUC is not available, so the CV estimate cannot be checked for optimism.")
     elif oof - test > OPTIMISM_GAP:
@@ -246,20 +278,32 @@ def _fit_section(diagnoses: Mapping[str, Mapping[int, tuple[str, str]]]) -> list
     return ["## Fit diagnosis (heuristic)", "", intro, "", *_table(["strategy", "fold", "verdict", "why"], rows)]
 
 
+def _recipe_section(recipe: Mapping[str, Mapping[str, str]]) -> list[str]:
+    keys = list(next(iter(recipe.values())))
+    intro = ("Budgets are in optimiser steps (`training.min_steps`, `stop_after_steps`, `patience_steps`), so each "
+             "fold's epochs follow from its size; ranges are over folds. Early stopping keeps the best weights it saw "
+             "from its first watched epoch on.")
+    return ["## Training recipe (resolved per fold)", "", intro, "",
+            *_table(["strategy", *keys], [[s, *(values[k] for k in keys)] for s, values in recipe.items()])]
+
+
 def render_report(
-    metrics: Mapping, diagnoses: Mapping, plots: Mapping[str, str], notes: list[str], extra: Mapping
+    metrics: Mapping, diagnoses: Mapping, plots: Mapping[str, str], notes: list[str], extra: Mapping,
+    recipe: Mapping[str, Mapping[str, str]] | None = None,
 ) -> str:
     """The run's markdown report: data, leaderboard with CIs, recommendation, OOF, per-class, fit diagnosis, notes,
     run details and plots (``plots`` maps a label to a link relative to the report, e.g. ``plots/roc.png``)."""
     ds, models = metrics["dataset"], metrics["models"]
+    classes = list(ds["classes"])
     order = _ranked(models)
     out = [f"# medstack report: {ds['name']}", "", *_data_section(ds), ""]
     out += ["## Test leaderboard (95% bootstrap CI)", "",
             "Sorted by test ROC AUC. Binary metrics are for the positive class at each model's threshold; "
-            "multi-class ones are macro averages at argmax.", ""]
-    out += _table(["model", *CI_KEYS, "threshold"],
-                  [[n, *(_with_ci(models[n], k) for k in CI_KEYS), _threshold(models[n]["test"])] for n in order])
-    out += ["", "## Which model to trust", "", *_recommendation(models), ""]
+            "multi-class ones are macro averages at each model's decision rule (argmax, or class offsets chosen on "
+            "OOF predictions for balanced accuracy). Thresholds and offsets were chosen on OOF predictions.", ""]
+    out += _table(["model", *CI_KEYS, "decision"],
+                  [[n, *(_with_ci(models[n], k) for k in CI_KEYS), _decision(models[n], classes)] for n in order])
+    out += ["", "## Which model to trust", "", *_recommendation(models, metrics.get("recommended")), ""]
     out += ["## Out-of-fold (train split) for comparison", "",
             "Cross-validated predictions on the training split; a test ROC AUC far below the OOF one means the CV "
             "estimate was optimistic.", ""]
@@ -275,6 +319,8 @@ def render_report(
             [n, cls, *(format_number(r.get(k)) for k in ("precision", "recall", "specificity", "f1")), format_number(r.get("support"))]
             for n in order for cls, r in models[n]["test"].get("per_class", {}).items()
         ])
+    if recipe:
+        out += ["", *_recipe_section(recipe)]
     out += ["", *_fit_section(diagnoses), ""]
     out += ["## Warnings and notes", "", *([f"- {_cell(n)}" for n in notes] or ["- none"]), ""]
     out += ["## Run details", "", *([f"- {k}: {_cell(_fmt_value(v))}" for k, v in extra.items()] or ["- none"]), ""]

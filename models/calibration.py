@@ -57,4 +57,4 @@ def with_temperature(net: keras.Model, temperature: float) -> keras.Model:
     """``net`` with its logits divided by ``temperature`` (a built-in Rescaling layer, so the saved ``.keras`` file
     predicts calibrated logits and loads in safe mode). The layers and weights are ``net``'s own, not copies."""
     scaled = keras.layers.Rescaling(1.0 / temperature, dtype="float32", name="temperature")(net.outputs[0])
-    return keras.Model(net.inputs, scaled, name=net.name)
+    return keras.Model(net.inputs[0], scaled, name=net.name)  # one input tensor, not a list: called with an array

@@ -9,7 +9,7 @@ metrics, come from an inner cross-validation over the OOF matrix.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import joblib
 import numpy as np
@@ -72,6 +72,21 @@ class StackingMetaModel:
 
     def predict_proba(self, probas: Mapping[str, np.ndarray]) -> np.ndarray:
         return self.estimator_.predict_proba(stack_features(probas, self.model_names_))
+
+    def predict_proba_per_fold(self, probas_by_fold: Mapping[str, Sequence[np.ndarray]]) -> np.ndarray:
+        """Mean over folds k of the meta-model applied to the fold-k models of every strategy.
+
+        The meta-model learned from out-of-fold probabilities of single fold models; the mean of K fold models is
+        a smoother input it never saw, so it is applied per fold (the same kind of input) and the outputs averaged.
+        """
+        counts = {name: len(probas_by_fold[name]) for name in self.model_names_}
+        if len(set(counts.values())) != 1 or not min(counts.values()):
+            raise ValueError(f"per-fold stacking needs the same number (>= 1) of fold predictions per model, got {counts}")
+        n_folds = next(iter(counts.values()))
+        return np.mean(
+            [self.predict_proba({name: probas_by_fold[name][k] for name in self.model_names_}) for k in range(n_folds)],
+            axis=0,
+        )
 
     @property
     def coefficients(self) -> dict[str, list[float]]:

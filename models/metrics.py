@@ -21,11 +21,16 @@ SCALAR_KEYS = tuple(k for k in METRIC_KEYS if k not in ("threshold", "confusion_
 POLICIES = ("f1", "youden", "sensitivity")
 
 
-def predict_labels(proba: np.ndarray, threshold: float | None, positive_class: int = 1) -> np.ndarray:
-    """Binary: positive where P(positive) >= threshold (0.5 if None); multi-class: argmax."""
+def predict_labels(
+    proba: np.ndarray, threshold: float | None, positive_class: int = 1, offsets: Sequence[float] | None = None
+) -> np.ndarray:
+    """Binary: positive where P(positive) >= threshold (0.5 if None); multi-class: argmax, or with ``offsets``
+    argmax of ``log p + offsets`` (see :mod:`medstack.models.decision`)."""
     proba = np.asarray(proba)
     if proba.shape[1] != 2:
-        return proba.argmax(axis=1)
+        if offsets is None:
+            return proba.argmax(axis=1)
+        return np.argmax(np.log(np.clip(proba, 1e-12, None)) + np.asarray(offsets, dtype=np.float64), axis=1)
     t = 0.5 if threshold is None else threshold
     negative = 1 - positive_class
     return np.where(proba[:, positive_class] >= t, positive_class, negative)
@@ -74,13 +79,15 @@ def compute_metrics(
     threshold: float | None,
     positive_class: int = 1,
     class_names: Sequence[str] | None = None,
+    offsets: Sequence[float] | None = None,
 ) -> dict:
-    """All of :data:`METRIC_KEYS` plus ``per_class``; plain Python values, NaN where undefined."""
+    """All of :data:`METRIC_KEYS` plus ``per_class``; plain Python values, NaN where undefined. Labels come from
+    ``threshold`` (binary) or ``offsets`` (multi-class; argmax without them)."""
     y_true = np.asarray(y_true, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
     k = proba.shape[1]
     names = [str(n) for n in (class_names if class_names is not None else range(k))]
-    y_pred = predict_labels(proba, threshold, positive_class)
+    y_pred = predict_labels(proba, threshold, positive_class, offsets)
     cm = np.zeros((k, k), dtype=np.int64)
     np.add.at(cm, (y_true, y_pred), 1)
     per_class = _per_class(cm)
@@ -177,6 +184,7 @@ def bootstrap_ci(
     ci: float = 0.95,
     seed: int = 0,
     keys: Sequence[str] = SCALAR_KEYS,
+    offsets: Sequence[float] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap intervals over resampled rows, at the fixed threshold.
 
@@ -189,7 +197,7 @@ def bootstrap_ci(
     n, k = proba.shape
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
-    y_pred = predict_labels(proba, threshold, positive_class)
+    y_pred = predict_labels(proba, threshold, positive_class, offsets)
     # (n_boot, K, K) confusion matrices of all resamples in one go.
     cells = (y_true[idx] * k + y_pred[idx]) + (np.arange(n_boot)[:, None] * k * k)
     cms = np.bincount(cells.ravel(), minlength=n_boot * k * k).reshape(n_boot, k, k)

@@ -125,3 +125,62 @@ def _augmentation_layers(cfg: AugmentationConfig | None, seeds) -> list[keras.la
             layers.RandomTranslation(cfg.shift, cfg.shift, fill_mode="constant", seed=next(seeds), name="aug_shift")
         )
     return out
+
+
+@keras.saving.register_keras_serializable(package="medstack")
+class TTAView(layers.Layer):
+    """One deterministic test-time view of a batch of raw images: optional flips, then a shift by whole pixels
+    with black (0) fill, as the training augmentation's constant fill."""
+
+    def __init__(self, flip: str = "none", dy: int = 0, dx: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        if flip not in ("none", "horizontal", "vertical", "both"):
+            raise ValueError(f"TTAView flip must be none, horizontal, vertical or both, got {flip!r}")
+        self.flip, self.dy, self.dx = flip, int(dy), int(dx)
+
+    def call(self, inputs):
+        x = inputs
+        if self.flip in ("horizontal", "both"):
+            x = ops.flip(x, axis=2)
+        if self.flip in ("vertical", "both"):
+            x = ops.flip(x, axis=1)
+        if self.dy or self.dx:
+            height, width = x.shape[1], x.shape[2]
+            pads = [(0, 0), (max(self.dy, 0), max(-self.dy, 0)), (max(self.dx, 0), max(-self.dx, 0)), (0, 0)]
+            top, left = max(-self.dy, 0), max(-self.dx, 0)
+            x = ops.pad(x, pads)[:, top : top + height, left : left + width, :]
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "flip": self.flip, "dy": self.dy, "dx": self.dx}
+
+
+def tta_views(augmentation: AugmentationConfig | None, image_shape: tuple[int, ...], mode: str) -> list[dict]:
+    """The views ``training.tta`` asks for: the image itself; with ``auto`` also every flip the augmentation allows
+    and, when it shifts, a shift of max(1, round(shift * side / 2)) pixels up, down, left and right (about half the
+    largest training shift, so each view is one the model saw while training)."""
+    views = [{"flip": "none", "dy": 0, "dx": 0}]
+    if mode == "none" or augmentation is None:
+        return views
+    flips = {"horizontal": ["horizontal"], "vertical": ["vertical"],
+             "horizontal_and_vertical": ["horizontal", "vertical", "both"]}.get(augmentation.flip, [])
+    views += [{"flip": flip, "dy": 0, "dx": 0} for flip in flips]
+    if augmentation.shift > 0:
+        dy = max(1, round(augmentation.shift * image_shape[0] / 2))
+        dx = max(1, round(augmentation.shift * image_shape[1] / 2))
+        views += [{"flip": "none", "dy": d, "dx": 0} for d in (dy, -dy)]
+        views += [{"flip": "none", "dy": 0, "dx": d} for d in (dx, -dx)]
+    return views
+
+
+def with_tta(net: keras.Model, views: list[dict]) -> keras.Model:
+    """``net`` predicting the mean of its logits over ``views`` (one view: ``net`` itself). The views are layers of
+    the model, so a saved ``.keras`` file predicts exactly what the run reported, in safe mode."""
+    if len(views) == 1 and views[0] == {"flip": "none", "dy": 0, "dx": 0}:
+        return net
+    inputs = keras.Input(shape=net.input_shape[1:], name="pixels")
+    logits = [net(TTAView(**view, name=f"tta_view{i}")(inputs)) for i, view in enumerate(views)]
+    return keras.Model(inputs, layers.Average(dtype="float32", name="tta_mean")(logits), name=f"{net.name}_tta")

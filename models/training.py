@@ -6,17 +6,20 @@ downstream. Validation data drives early stopping and the learning-rate schedule
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
 
 from medstack.config import AugmentationConfig, ModelConfig, TrainingConfig, array_sha
 from medstack.models.calibration import calibration_note, fit_temperature, nll, prior_nll, with_temperature
-from medstack.models.network import build_model
+from medstack.models.network import build_model, tta_views, with_tta
+from medstack.models.recipe import Recipe, SoftmaxAUC, callbacks, learning_rate, resolve_recipe
 from medstack.models.strategies import StrategyParams, get_strategy
+
+log = logging.getLogger(__name__)
 
 
 class CNNClassifier:
@@ -33,6 +36,8 @@ class CNNClassifier:
         image_size: tuple[int, int] | None = None,
         seed: int = 0,
         verbose: int = 0,
+        positive_class: int = 1,
+        fold: int | None = None,
     ):
         self.strategy = strategy
         self.params = params
@@ -43,13 +48,17 @@ class CNNClassifier:
         self.image_size = image_size
         self.seed = seed
         self.verbose = verbose
+        self.positive_class = positive_class
+        self.fold = fold  # for progress records only
 
     def fit(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray) -> "CNNClassifier":
-        """Train on (x, y) with the strategy's resampling/weights/loss schedule, early-stopping on (x_val, y_val)."""
+        """Train on (x, y) with the strategy's resampling/weights/loss schedule, early-stopping on (x_val, y_val),
+        for the step budget :func:`resolve_recipe` plans; then wrap test-time augmentation and temperature."""
         started = time.perf_counter()
         cfg = self.training
         plan = get_strategy(self.strategy).plan(x, y, self.num_classes, self.params, cfg.epochs, self.seed)
-        self.plan_ = plan
+        recipe = resolve_recipe(len(plan.x), cfg)
+        self.plan_, self.recipe_ = plan, recipe
         net = build_model(
             x.shape[1:],
             self.num_classes,
@@ -61,20 +70,19 @@ class CNNClassifier:
             cosine_scale=plan.cosine_scale,
             name=f"cnn_{self.strategy}",
         )
-        optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(cfg))
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate(cfg, recipe))
         train_batches = _ShuffledBatches(plan.x, _one_hot(plan.y, self.num_classes), cfg.batch_size, self.seed)
         val_data = (x_val, _one_hot(y_val, self.num_classes))
+        auc = SoftmaxAUC(positive_class=self.positive_class if self.num_classes == 2 else None, name="auc")
+        lr_callbacks, early_stopping = callbacks(cfg, recipe)
+        # Loss phases are given on the configured epoch scale (LDAM's DRW epoch) and stretch with the budget.
+        phases = [(recipe.stretch(start, cfg.epochs), loss) for start, loss in plan.loss_phases]
         history: dict[str, list[float]] = {}
-        early_stopping = keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=cfg.early_stopping_patience, restore_best_weights=True
-        )
-        phases = plan.loss_phases
         for i, (start, loss) in enumerate(phases):
-            end = phases[i + 1][0] if i + 1 < len(phases) else cfg.epochs
+            end = phases[i + 1][0] if i + 1 < len(phases) else recipe.epochs
             last = i + 1 == len(phases)
             # Same optimizer object across phases: Adam moments and the LR schedule carry over the DRW switch.
-            net.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
-            callbacks = _lr_callbacks(cfg) + ([early_stopping] if last else [])
+            net.compile(optimizer=optimizer, loss=loss, metrics=["accuracy", auc])
             last_phase_start = len(history.get("loss", []))
             fitted = net.fit(
                 train_batches,
@@ -82,43 +90,58 @@ class CNNClassifier:
                 epochs=end,
                 initial_epoch=start,
                 class_weight=plan.class_weight,
-                callbacks=callbacks,
+                callbacks=[*lr_callbacks, self._progress(recipe), *([early_stopping] if last else [])],
                 shuffle=False,  # train_batches shuffles itself, seeded
                 verbose=self.verbose,
             )
             for key, values in fitted.history.items():
                 history.setdefault(key, []).extend(float(v) for v in values)
             history.setdefault("loss_phase", []).extend([i] * len(fitted.history.get("loss", [])))
+        views = tta_views(self.augmentation, x.shape[1:], cfg.tta)
+        tta_net = with_tta(net, views)
         temperature = val_nll = None
         notes = list(plan.notes)
         if cfg.calibration == "temperature":
-            val_logits = net.predict(x_val, batch_size=256, verbose=0)
+            val_logits = predict_logits(tta_net, x_val)  # calibration sees the same TTA as every prediction
             temperature = fit_temperature(val_logits, y_val)
             val_nll = (round(nll(val_logits, y_val), 4), round(nll(val_logits, y_val, temperature), 4))
             note = calibration_note(temperature, val_nll[1], prior_nll(y_val, self.num_classes))
             if note:
                 notes.append(note)
-        self.network_ = net  # as trained and compiled: raw logits
-        self.model_ = net if temperature is None else with_temperature(net, temperature)  # predicts, is saved
+        self.network_ = net  # as trained and compiled: raw logits of one view
+        self.model_ = tta_net if temperature is None else with_temperature(tta_net, temperature)  # predicts, is saved
         self.history_ = history
-        val_tail = history.get("val_loss", [])[last_phase_start:]
         self.info_ = {
             "epochs_run": len(history.get("loss", [])),
-            "best_epoch": int(last_phase_start + int(np.argmin(val_tail))) if val_tail else None,
+            "steps_run": int(optimizer.iterations.numpy()) if hasattr(optimizer.iterations, "numpy") else None,
+            "best_epoch": _best_epoch(history, recipe, last_phase_start),
             "seconds": round(time.perf_counter() - started, 2),
             "n_train": int(len(x)),
             "n_synthetic": int(np.sum(plan.source_rows < 0)),
             "train_inputs_sha": array_sha(plan.x, plan.y),  # what this model trained on, SMOTE samples included
             "class_weight": plan.class_weight,
             "loss_phases": [{"epoch": start, "loss": loss.get_config()} for start, loss in phases],
+            "recipe": recipe.as_dict(),
+            "tta_views": len(views),
             "notes": notes,
             "temperature": temperature,
             "val_nll_before_after": val_nll,
         }
         return self
 
+    def _progress(self, recipe: Recipe) -> keras.callbacks.Callback:
+        """One DEBUG record per finished epoch on this module's logger (``record.medstack_epoch``), for live
+        progress displays; nothing is printed unless a handler asks for DEBUG."""
+        where = {"strategy": self.strategy, "fold": self.fold, "epochs": recipe.epochs}
+
+        def on_epoch_end(epoch: int, logs: dict | None = None) -> None:
+            log.debug("%s fold %s: epoch %d/%d", self.strategy, self.fold, epoch + 1, recipe.epochs,
+                      extra={"medstack_epoch": {**where, "epoch": epoch + 1}})
+
+        return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
+
     def predict_proba(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        logits = self.model_.predict(x, batch_size=batch_size, verbose=0)
+        logits = predict_logits(self.model_, x, batch_size)
         return np.asarray(keras.ops.softmax(keras.ops.convert_to_tensor(logits, "float32"), axis=-1), dtype=np.float64)
 
     def save(self, path: str | Path) -> None:
@@ -164,22 +187,26 @@ class _ShuffledBatches(keras.utils.PyDataset):
         self._order = self._rng.permutation(len(self.x))
 
 
-def _learning_rate(cfg: TrainingConfig) -> Any:
-    schedule = cfg.lr_schedule
-    if schedule.kind == "inverse_time":
-        return keras.optimizers.schedules.InverseTimeDecay(cfg.learning_rate, schedule.decay_steps, schedule.decay_rate)
-    return cfg.learning_rate
+def predict_logits(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The model's logits for ``x``, in batches called directly (eagerly) rather than through ``model.predict``:
+    every fold model and wrapper would otherwise trace a new ``tf.function`` per input length, which is slow for
+    small arrays and floods the log with TensorFlow's retracing warnings."""
+    if len(x) == 0:
+        return np.zeros((0, int(model.output_shape[-1])), dtype=np.float32)
+    out = [keras.ops.convert_to_numpy(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
+    return np.concatenate(out).astype(np.float32)
 
 
-def _lr_callbacks(cfg: TrainingConfig) -> list[keras.callbacks.Callback]:
-    schedule = cfg.lr_schedule
-    if schedule.kind != "plateau":
-        return []
-    return [
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=schedule.factor, patience=schedule.patience, min_lr=schedule.min_lr
-        )
-    ]
+def _best_epoch(history: dict[str, list[float]], recipe: Recipe, last_phase_start: int) -> int | None:
+    """0-based epoch whose weights early stopping kept: the monitor's best in the last phase, from the earliest
+    epoch it watches (as ``EarlyStopping(start_from_epoch=...)``)."""
+    values = history.get(recipe.monitor, [])
+    first = max(last_phase_start, recipe.stop_from_epoch)
+    watched = values[first:]
+    if not watched:
+        return None
+    pick = np.argmax if recipe.monitor == "val_auc" else np.argmin
+    return int(first + int(pick(watched)))
 
 
 def _has_gpu() -> bool:

@@ -54,3 +54,30 @@ def test_load_refuses_other_pickles(tmp_path):
     joblib.dump({"not": "a model"}, tmp_path / "x.joblib")
     with pytest.raises(TypeError, match="does not hold a StackingMetaModel"):
         StackingMetaModel.load(tmp_path / "x.joblib")
+
+
+def test_stacking_is_applied_per_fold_and_averaged(rng):
+    """On test, the meta-model sees each fold's models (the kind of input it learned from), not the K-model mean."""
+    y = rng.integers(0, 2, 300)
+    oof = {"a": _binary_probas(rng, y, 2.0), "b": _binary_probas(rng, y, 0.5)}
+    meta = StackingMetaModel([1.0], inner_folds=3).fit(oof, y)
+    folds = {name: [_binary_probas(rng, y[:50], 2.0) for _ in range(3)] for name in ("a", "b")}
+    expected = np.mean([meta.predict_proba({n: folds[n][k] for n in folds}) for k in range(3)], axis=0)
+    np.testing.assert_allclose(meta.predict_proba_per_fold(folds), expected)
+    mean_first = meta.predict_proba({n: np.mean(folds[n], axis=0) for n in folds})
+    assert not np.allclose(mean_first, expected)  # the two orders differ: the logistic link is not linear
+    with pytest.raises(ValueError, match="same number"):
+        meta.predict_proba_per_fold({"a": folds["a"], "b": folds["b"][:2]})
+
+
+def test_recommendation_is_chosen_on_oof_and_names_the_member_when_ensembles_do_not_help(rng):
+    from medstack.pipeline.combine import recommend_model
+
+    y = rng.integers(0, 2, 400)
+    strong, weak = _binary_probas(rng, y, 0.6), _binary_probas(rng, y, 0.1)
+    members = {"ldam": strong, "smote": weak}
+    diluted = {**members, "soft_voting": (strong + weak) / 2, "stacking": weak}
+    picked = recommend_model(y, diluted, ["ldam", "smote"], 1)
+    assert picked["model"] == "ldam" and "neither ensemble beats the best single strategy" in picked["reason"]
+    better = {**members, "soft_voting": (strong + weak) / 2, "stacking": _binary_probas(rng, y, 1.0)}
+    assert recommend_model(y, better, ["ldam", "smote"], 1)["model"] == "stacking"

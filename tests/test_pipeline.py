@@ -163,7 +163,7 @@ def test_ensembles_thresholds_and_the_sealed_test_labels(imbalanced_digits, cfg,
 def test_drw_switch_happens_at_the_configured_epoch(imbalanced_digits, cfg):
     x, y = imbalanced_digits.images[:200], imbalanced_digits.labels[:200]
     params = cfg.strategy_params("ldam").model_copy(update={"drw_epoch": 2})
-    training = cfg.training.model_copy(update={"epochs": 3, "early_stopping_patience": 5})
+    training = cfg.training.model_copy(update={"epochs": 3, "patience_steps": 500})
     clf = CNNClassifier("ldam", params, 2, cfg.model, None, training, seed=1).fit(x, y, x[:40], y[:40])
     assert clf.history_["loss_phase"] == [0, 0, 1]
     phases = clf.info_["loss_phases"]
@@ -227,3 +227,29 @@ def test_same_seed_same_splits_folds_and_smote_samples(imbalanced_digits, cfg):
     other = cfg.model_copy(update={"split": cfg.split.model_copy(update={"seed": cfg.split.seed + 1})})
     c = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, other), other)
     assert c.fingerprint != a.fingerprint
+
+
+def test_multiclass_decisions_are_offsets_chosen_on_oof(cfg, tmp_path):
+    """K > 2 end to end through the plain stages: every model gets an OOF-chosen offsets decision, recorded in the
+    metrics with the recommendation, and the test labels follow it."""
+    from medstack.models.decision import apply_decision
+
+    digits = load_digits_dataset()
+    keep = np.concatenate([np.flatnonzero(digits.labels == d)[:n] for d, n in ((1, 150), (7, 50), (4, 25))])
+    labels = np.searchsorted([1, 4, 7], digits.labels[keep])  # 1 -> 0, 4 -> 1 (rarest), 7 -> 2
+    dataset = Dataset(name="digits-3", images=digits.images[keep], labels=labels.astype(np.int64),
+                      class_names=("one", "four", "seven"), official_split=None, sources=None)
+    cfg3 = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"critical_classes": {"four": 0.9}})})
+    prepared = pipeline.make_folds(dataset, pipeline.make_splits(dataset, cfg3), cfg3)
+    ensembles = pipeline.fit_ensembles(prepared, pipeline.gather_predictions(prepared, _train_all(prepared, cfg3, FoldCache(tmp_path / "c"))), cfg3)
+    assert {d["kind"] for d in ensembles.decisions.values()} == {"offsets"}
+    for name, proba in ensembles.predictions.oof.items():
+        recall_four = np.mean(apply_decision(proba, ensembles.decisions[name])[prepared.y_train == 1] == 1)
+        assert recall_four >= 0.9, name
+    metrics = pipeline.evaluate_on_test(prepared, ensembles, cfg3)
+    assert metrics["recommended"]["model"] in metrics["models"]
+    stacking = metrics["models"]["stacking"]
+    y_test = prepared.test_labels.reveal()
+    expected = np.zeros((3, 3), dtype=int)
+    np.add.at(expected, (y_test, apply_decision(ensembles.predictions.test["stacking"], stacking["decision"])), 1)
+    assert stacking["test"]["confusion_matrix"] == expected.tolist()

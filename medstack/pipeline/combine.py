@@ -17,11 +17,16 @@ ENSEMBLES = ("soft_voting", "stacking")
 
 @dataclass
 class Predictions:
-    """Probabilities of every model on OOF (aligned with ``train_idx``), val and test rows."""
+    """Probabilities of every model on OOF (aligned with ``train_idx``), val and test rows.
+
+    ``val``/``test`` of a base model are the mean of its K fold models; ``val_folds``/``test_folds`` keep each fold
+    model's own, which is what the stacking meta-model is applied to (it learned from single fold models)."""
 
     oof: dict[str, np.ndarray] = field(default_factory=dict)
     val: dict[str, np.ndarray] = field(default_factory=dict)
     test: dict[str, np.ndarray] = field(default_factory=dict)
+    val_folds: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    test_folds: dict[str, list[np.ndarray]] = field(default_factory=dict)
     histories: dict[str, dict[int, dict[str, list[float]]]] = field(default_factory=dict)
     fold_info: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     model_paths: dict[str, dict[int, str]] = field(default_factory=dict)
@@ -48,8 +53,10 @@ def gather_predictions(prepared: PreparedData, results: list[FoldResult]) -> Pre
         if np.isnan(oof).any():
             raise ValueError(f"{strategy}: {int(np.isnan(oof).any(axis=1).sum())} training rows have no OOF prediction")
         preds.oof[strategy] = oof
-        preds.val[strategy] = np.mean([r.val_proba for r in mine], axis=0)
-        preds.test[strategy] = np.mean([r.test_proba for r in mine], axis=0)
+        preds.val_folds[strategy] = [r.val_proba for r in mine]
+        preds.test_folds[strategy] = [r.test_proba for r in mine]
+        preds.val[strategy] = np.mean(preds.val_folds[strategy], axis=0)
+        preds.test[strategy] = np.mean(preds.test_folds[strategy], axis=0)
         preds.histories[strategy] = {r.fold: r.history for r in mine}
         preds.fold_info[strategy] = {r.fold: {**r.info, "cache_key": r.cache_key, "from_cache": r.from_cache} for r in mine}
         preds.model_paths[strategy] = {r.fold: r.model_path for r in mine}
@@ -60,17 +67,25 @@ def gather_predictions(prepared: PreparedData, results: list[FoldResult]) -> Pre
 class EnsembleFit:
     predictions: Predictions  # the base models' plus soft_voting and stacking
     meta_model: Any  # models.ensemble.StackingMetaModel
-    thresholds: dict[str, float | None]
+    decisions: dict[str, dict[str, Any]]  # per model, chosen on OOF (models.decision)
     threshold_policy: str
+    recommended: dict[str, Any] = field(default_factory=dict)  # {"model", "reason"}, chosen on OOF
+
+    @property
+    def thresholds(self) -> dict[str, float | None]:
+        return {name: decision.get("threshold") for name, decision in self.decisions.items()}
 
 
 def fit_ensembles(prepared: PreparedData, preds: Predictions, cfg: RunConfig) -> EnsembleFit:
-    """Soft vote and stacking from OOF only; every model's decision threshold chosen on its OOF predictions.
+    """Soft vote and stacking from OOF only; every model's decision (threshold, or class offsets) chosen on its OOF
+    predictions; the model to recommend chosen on OOF ROC AUC.
 
-    The stacking model's OOF predictions are the meta-model's own cross-validated predictions, so its threshold
-    and OOF metrics are not in-sample. ``preds`` is left as it was."""
+    The stacking model's OOF predictions are the meta-model's own cross-validated predictions, so its decision and
+    OOF metrics are not in-sample. It learned from single fold models' probabilities, so on val and test it is
+    applied to each fold's models separately and its K outputs averaged, rather than to the (smoother) K-model
+    means. ``preds`` is left as it was."""
+    from medstack.models.decision import choose_decision
     from medstack.models.ensemble import StackingMetaModel, soft_vote
-    from medstack.models.metrics import choose_threshold
 
     base = [s for s in cfg.strategies if s in preds.oof]
     base_oof = {s: preds.oof[s] for s in base}
@@ -79,19 +94,51 @@ def fit_ensembles(prepared: PreparedData, preds: Predictions, cfg: RunConfig) ->
     for split in ("oof", "val", "test"):
         getattr(out, split)["soft_voting"] = soft_vote({s: getattr(preds, split)[s] for s in base})
     out.oof["stacking"] = meta.cross_val_proba(base_oof, prepared.y_train)
-    out.val["stacking"] = meta.predict_proba({s: preds.val[s] for s in base})
-    out.test["stacking"] = meta.predict_proba({s: preds.test[s] for s in base})
-    thresholds = {
-        name: choose_threshold(
+    out.val["stacking"] = meta.predict_proba_per_fold({s: preds.val_folds[s] for s in base})
+    out.test["stacking"] = meta.predict_proba_per_fold({s: preds.test_folds[s] for s in base})
+    critical = _critical_classes(cfg, prepared.class_names)
+    decisions = {
+        name: choose_decision(
             prepared.y_train,
             proba,
-            cfg.ensemble.threshold_policy,
+            threshold_policy=cfg.ensemble.threshold_policy,
             positive_class=prepared.positive_class,
             target_sensitivity=cfg.ensemble.target_sensitivity,
+            multiclass_policy=cfg.ensemble.multiclass_policy,
+            critical_recall=critical,
         )
         for name, proba in out.oof.items()
     }
-    return EnsembleFit(out, meta, thresholds, cfg.ensemble.threshold_policy)
+    recommended = recommend_model(prepared.y_train, out.oof, base, prepared.positive_class)
+    return EnsembleFit(out, meta, decisions, cfg.ensemble.threshold_policy, recommended)
+
+
+def _critical_classes(cfg: RunConfig, class_names: tuple[str, ...]) -> dict[int, float]:
+    unknown = sorted(set(cfg.ensemble.critical_classes) - set(class_names))
+    if unknown:
+        raise ValueError(f"ensemble.critical_classes names {unknown}, which are not classes of this dataset "
+                         f"({list(class_names)})")
+    return {class_names.index(name): target for name, target in cfg.ensemble.critical_classes.items()}
+
+
+def recommend_model(y: np.ndarray, oof: dict[str, np.ndarray], members: list[str], positive_class: int) -> dict[str, Any]:
+    """The model to trust, judged on OOF ROC AUC only (test never chooses): the better ensemble when it beats the
+    best single member, else that member, and the reason in words."""
+    from medstack.models.metrics import compute_metrics
+
+    auc = {name: compute_metrics(y, proba, None, positive_class)["roc_auc"] for name, proba in oof.items()}
+    score = {name: (-np.inf if np.isnan(value) else value) for name, value in auc.items()}
+    member = max(members, key=lambda n: score[n])
+    ensembles = [name for name in ENSEMBLES if name in score]
+    ensemble = max(ensembles, key=lambda n: score[n]) if ensembles else None
+    if ensemble is not None and score[ensemble] > score[member]:
+        reason = (f"{ensemble} has the highest out-of-fold ROC AUC ({auc[ensemble]:.4f}), above the best single "
+                  f"strategy {member} ({auc[member]:.4f})")
+        return {"model": ensemble, "reason": reason, "oof_roc_auc": auc}
+    reason = (f"neither ensemble beats the best single strategy on out-of-fold ROC AUC: {member} "
+              f"{auc[member]:.4f}" + "".join(f", {n} {auc[n]:.4f}" for n in ensembles)
+              + f"; recommended: {member} alone")
+    return {"model": member, "reason": reason, "oof_roc_auc": auc}
 
 
 def determinism_record(cfg: RunConfig, prepared: PreparedData, ensembles: EnsembleFit) -> dict[str, Any]:

@@ -16,9 +16,11 @@ def evaluate_on_test(prepared: PreparedData, ensembles: EnsembleFit, cfg: RunCon
     names = list(prepared.class_names)
     models: dict[str, dict] = {}
     for model_name in preds.test:
-        threshold = ensembles.thresholds[model_name]
-        kwargs = dict(threshold=threshold, positive_class=prepared.positive_class)
+        decision = ensembles.decisions[model_name]
+        kwargs = dict(threshold=decision.get("threshold"), positive_class=prepared.positive_class,
+                      offsets=decision.get("offsets"))
         models[model_name] = {
+            "decision": decision,
             "test": compute_metrics(y_test, preds.test[model_name], class_names=names, **kwargs),
             "oof": compute_metrics(prepared.y_train, preds.oof[model_name], class_names=names, **kwargs),
             "test_ci": {
@@ -37,4 +39,5 @@ def evaluate_on_test(prepared: PreparedData, ensembles: EnsembleFit, cfg: RunCon
             "grouping": {k: v for k, v in prepared.grouping.items() if k != "summary"},
         },
         "models": models,
+        "recommended": {k: v for k, v in ensembles.recommended.items() if k != "oof_roc_auc"},
     }

@@ -68,6 +68,8 @@ def train_fold(
         cfg.training,
         image_size=cfg.data.image_size,
         seed=fold_seed(cfg.seed, strategy, fold),
+        positive_class=prepared.positive_class,
+        fold=fold,
     ).fit(data.x_train, data.y_train, data.x_val, data.y_val)
     result = FoldResult(
         strategy=strategy,
@@ -93,7 +95,8 @@ def summarise_training(results: list[FoldResult], wall_seconds: float) -> dict[s
         "training_seconds": round(sum(r.info.get("seconds", 0.0) for r in trained), 1),
         "folds": {
             f"{r.strategy}|fold-{r.fold + 1}": {"cache_key": r.cache_key, "from_cache": r.from_cache, **{
-                k: r.info.get(k) for k in ("epochs_run", "best_epoch", "seconds", "n_train", "n_synthetic", "train_inputs_sha", "temperature")
+                k: r.info.get(k) for k in ("epochs_run", "steps_run", "best_epoch", "seconds", "n_train", "n_synthetic",
+                                           "train_inputs_sha", "temperature", "recipe", "tta_views")
             }}
             for r in results
         },

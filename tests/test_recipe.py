@@ -1,0 +1,130 @@
+"""The training recipe: step budgets resolved per fold, a floor of steps always trained, patience in steps,
+test-time augmentation that averages exactly the views it names, and the resolved values recorded."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from medstack.config import AugmentationConfig, ModelConfig, TrainingConfig
+from medstack.models.network import TTAView, build_model, tta_views, with_tta
+from medstack.models.recipe import resolve_recipe
+from medstack.models.strategies import NoParams
+from medstack.models.training import CNNClassifier
+
+SMALL = ModelConfig(filters=[4], convs_per_block=1, dense_units=8, batch_norm=False, head="gap")
+
+
+@pytest.mark.parametrize("n_train, epochs, steps_per_epoch", [
+    (437, 72, 7),      # a small dataset: 7 steps an epoch, so 72 epochs reach 500 steps
+    (3766, 20, 59),    # a large one: 20 epochs are already 1,180 steps; nothing changes
+    (1, 500, 1),       # one row: one step an epoch
+])
+def test_epochs_follow_the_step_budget(n_train, epochs, steps_per_epoch):
+    recipe = resolve_recipe(n_train, TrainingConfig(epochs=20, batch_size=64, min_steps=500))
+    assert (recipe.steps_per_epoch, recipe.epochs) == (steps_per_epoch, epochs)
+    assert recipe.planned_steps == epochs * steps_per_epoch >= 500
+
+
+def test_patience_and_earliest_stop_are_steps():
+    cfg = TrainingConfig(epochs=20, batch_size=64, min_steps=500, stop_after_steps=250, patience_steps=200)
+    small, large = resolve_recipe(437, cfg), resolve_recipe(3766, cfg)
+    assert (small.patience_epochs, small.stop_from_epoch) == (math.ceil(200 / 7), math.ceil(250 / 7))
+    assert (large.patience_epochs, large.stop_from_epoch) == (4, 5)
+    assert resolve_recipe(10, cfg.model_copy(update={"patience_steps": 1})).patience_epochs == 1
+
+
+def test_loss_phases_stretch_with_the_budget():
+    recipe = resolve_recipe(437, TrainingConfig(epochs=20, batch_size=64, min_steps=500))
+    assert recipe.stretch(10, 20) == 36  # LDAM's DRW at half the configured epochs stays at half the budget
+    assert resolve_recipe(3766, TrainingConfig(epochs=20, min_steps=500)).stretch(10, 20) == 10
+
+
+def test_warmup_is_a_share_of_the_planned_steps():
+    cosine = resolve_recipe(437, TrainingConfig(epochs=20, min_steps=500))
+    assert cosine.warmup_steps == round(0.05 * cosine.planned_steps) and cosine.lr_schedule == "cosine"
+    plateau = resolve_recipe(437, TrainingConfig(epochs=20, min_steps=500, lr_schedule={"kind": "plateau"}))
+    assert plateau.warmup_steps == 0
+
+
+@pytest.mark.slow
+def test_a_minimum_number_of_steps_is_always_trained(rng):
+    """Val labels are noise, so val ROC AUC never improves: without the floor early stopping would end training
+    after patience + 1 epochs; with it every planned step up to the earliest stop is trained."""
+    x = rng.integers(0, 255, (32, 8, 8, 1)).astype("uint8")
+    y = np.array([0] * 24 + [1] * 8)
+    training = TrainingConfig(epochs=1, batch_size=16, min_steps=12, stop_after_steps=12, patience_steps=1,
+                              tta="none", calibration="none")
+    clf = CNNClassifier("class_weight", NoParams(), 2, SMALL, None, training, seed=0)
+    clf.fit(x, y, x[:16], rng.integers(0, 2, 16))
+    recipe = clf.recipe_
+    assert (recipe.steps_per_epoch, recipe.epochs, recipe.stop_from_epoch, recipe.patience_epochs) == (2, 6, 5, 1)
+    assert clf.info_["steps_run"] >= 12 and clf.info_["epochs_run"] == 6
+    assert clf.info_["best_epoch"] >= recipe.stop_from_epoch  # restore-best never went back before the floor
+
+
+def _reference_views(x: np.ndarray, views: list[dict]) -> list[np.ndarray]:
+    """The views written out with numpy: flips, then a zero-filled shift."""
+    out = []
+    for view in views:
+        v = x
+        if view["flip"] in ("horizontal", "both"):
+            v = v[:, :, ::-1]
+        if view["flip"] in ("vertical", "both"):
+            v = v[:, ::-1]
+        shifted = np.zeros_like(v)
+        dy, dx = view["dy"], view["dx"]
+        h, w = v.shape[1:3]
+        shifted[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = v[:, max(-dy, 0):h - max(dy, 0),
+                                                                              max(-dx, 0):w - max(dx, 0)]
+        out.append(shifted)
+    return out
+
+
+def test_tta_views_are_what_the_augmentation_allows():
+    xray = AugmentationConfig(flip="none", shift=0.08, rotation=0.0, zoom=0.0)
+    assert tta_views(xray, (28, 28, 1), "auto") == [
+        {"flip": "none", "dy": 0, "dx": 0},
+        {"flip": "none", "dy": 1, "dx": 0}, {"flip": "none", "dy": -1, "dx": 0},
+        {"flip": "none", "dy": 0, "dx": 1}, {"flip": "none", "dy": 0, "dx": -1},
+    ]
+    histology = AugmentationConfig(flip="horizontal_and_vertical", shift=0.0)
+    assert [v["flip"] for v in tta_views(histology, (64, 64, 3), "auto")] == ["none", "horizontal", "vertical", "both"]
+    assert tta_views(histology, (64, 64, 3), "none") == [{"flip": "none", "dy": 0, "dx": 0}]
+
+
+def test_tta_averages_exactly_the_views_it_names(rng, tmp_path):
+    net = build_model((6, 5, 1), 3, SMALL, None, seed=3)
+    views = [{"flip": "none", "dy": 0, "dx": 0}, {"flip": "horizontal", "dy": 0, "dx": 0},
+             {"flip": "both", "dy": 0, "dx": 0}, {"flip": "none", "dy": 2, "dx": 0}, {"flip": "none", "dy": 0, "dx": -1}]
+    x = rng.integers(0, 255, (4, 6, 5, 1)).astype("float32")
+    expected = np.mean([np.asarray(net(v, training=False)) for v in _reference_views(x, views)], axis=0)
+    tta = with_tta(net, views)
+    np.testing.assert_allclose(np.asarray(tta(x, training=False)), expected, rtol=1e-5, atol=1e-6)
+    # a different set of views gives a different answer: the average is over these views, not any views
+    fewer = np.asarray(with_tta(net, views[:2])(x, training=False))
+    assert not np.allclose(fewer, expected)
+    tta.save(tmp_path / "tta.keras")
+    loaded = keras.saving.load_model(tmp_path / "tta.keras", safe_mode=True)
+    np.testing.assert_allclose(np.asarray(loaded(x, training=False)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_without_tta_the_model_is_the_network_itself():
+    net = build_model((6, 6, 1), 2, SMALL, None)
+    assert with_tta(net, [{"flip": "none", "dy": 0, "dx": 0}]) is net
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tta, views", [("none", 0), ("auto", 5)])
+def test_tta_setting_reaches_the_predicting_model(rng, tta, views):
+    """What the classifier predicts (OOF, val for calibration, test) goes through the TTA views, or through none."""
+    x = rng.integers(0, 255, (32, 8, 8, 1)).astype("uint8")
+    y = np.array([0] * 24 + [1] * 8)
+    aug = AugmentationConfig(flip="none", shift=0.25, rotation=0.0, zoom=0.0)
+    training = TrainingConfig(epochs=1, batch_size=16, min_steps=0, tta=tta, calibration="none")
+    clf = CNNClassifier("class_weight", NoParams(), 2, SMALL, aug, training, seed=0).fit(x, y, x[:16], y[:16])
+    assert sum(isinstance(layer, TTAView) for layer in clf.model_.layers) == views
+    assert clf.info_["tta_views"] == max(views, 1)
+    plain = keras.ops.convert_to_numpy(keras.ops.softmax(clf.network_(x, training=False)))
+    assert np.allclose(clf.predict_proba(x), plain, atol=1e-6) == (tta == "none")
