@@ -61,11 +61,17 @@ class TrainingConfig(Section):
     thousands: a small dataset trains more epochs, a large one is not slowed down. The values resolved for each
     fold (epochs, steps, patience) are recorded in the report and the manifest."""
 
-    epochs: int = Field(default=30, ge=1, description="Epochs planned when they give at least min_steps steps.")
+    epochs: int = Field(default=30, ge=1, description="Passes over the training rows planned when they give at least "
+                                                      "min_steps steps.")
     min_steps: int = Field(
         default=500, ge=0,
-        description="Optimiser steps planned at least: epochs = max(epochs, ceil(min_steps / steps per epoch)). "
-                    "Loss phases (LDAM's DRW epoch) stretch with the epochs.",
+        description="Optimiser steps planned at least: max(epochs passes, min_steps) steps. Loss phases (LDAM's "
+                    "DRW epoch) keep their share of the budget.",
+    )
+    min_epoch_steps: int = Field(
+        default=50, ge=0,
+        description="An epoch (one validation and early-stopping check) is at least this many steps: a small "
+                    "training set is passed over several times per epoch instead of validating every few steps.",
     )
     stop_after_steps: int = Field(
         default=250, ge=0,

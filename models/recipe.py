@@ -43,21 +43,26 @@ class Recipe:
 
 
 def resolve_recipe(n_train: int, cfg: TrainingConfig) -> Recipe:
-    """Epochs, patience and the earliest stop for ``n_train`` training rows (after any resampling)."""
+    """Epochs, patience and the earliest stop for ``n_train`` training rows (after any resampling).
+
+    One pass over the rows is ``ceil(n_train / batch_size)`` steps. The planned steps are max(epochs passes,
+    min_steps). An epoch (one validation, one early-stopping check) is one pass, or ``min_epoch_steps`` when a pass
+    is shorter: 7-step epochs would spend more time validating than training."""
     if n_train < 1:
         raise ValueError(f"cannot plan training on {n_train} rows")
-    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
-    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
-    planned = epochs * steps_per_epoch
+    steps_per_pass = math.ceil(n_train / cfg.batch_size)
+    steps_per_epoch = max(steps_per_pass, cfg.min_epoch_steps)
+    planned = max(cfg.epochs * steps_per_pass, cfg.min_steps)
+    epochs = max(1, math.ceil(planned / steps_per_epoch))
     cosine = cfg.lr_schedule.kind == "cosine"
     return Recipe(
         batch_size=cfg.batch_size,
         steps_per_epoch=steps_per_epoch,
         epochs=epochs,
-        planned_steps=planned,
+        planned_steps=epochs * steps_per_epoch,
         patience_epochs=max(1, math.ceil(cfg.patience_steps / steps_per_epoch)),
         stop_from_epoch=min(epochs - 1, math.ceil(cfg.stop_after_steps / steps_per_epoch)),
-        warmup_steps=round(cfg.lr_schedule.warmup_fraction * planned) if cosine else 0,
+        warmup_steps=round(cfg.lr_schedule.warmup_fraction * epochs * steps_per_epoch) if cosine else 0,
         monitor=cfg.monitor,
         lr_schedule=cfg.lr_schedule.kind,
     )

@@ -71,7 +71,8 @@ class CNNClassifier:
             name=f"cnn_{self.strategy}",
         )
         optimizer = keras.optimizers.Adam(learning_rate=learning_rate(cfg, recipe))
-        train_batches = _ShuffledBatches(plan.x, _one_hot(plan.y, self.num_classes), cfg.batch_size, self.seed)
+        train_batches = _ShuffledBatches(plan.x, _one_hot(plan.y, self.num_classes), cfg.batch_size, self.seed,
+                                         recipe.steps_per_epoch)
         val_data = (x_val, _one_hot(y_val, self.num_classes))
         auc = SoftmaxAUC(positive_class=self.positive_class if self.num_classes == 2 else None, name="auc")
         lr_callbacks, early_stopping = callbacks(cfg, recipe)
@@ -162,7 +163,9 @@ def _one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 class _ShuffledBatches(keras.utils.PyDataset):
-    """Training batches in a new order every epoch, the same orders for the same seed.
+    """Training batches in seeded random order: the same batches for the same seed, ``steps_per_epoch`` of them per
+    epoch. An epoch may span several passes over a small training set (the recipe's ``min_epoch_steps``); passes
+    run back to back, each a fresh permutation cut into batches (the last one of a pass may be short).
 
     ``fit(shuffle=True)`` on arrays draws its order from the backend's unseeded global RNG, so two trainings of
     one fold with one seed ended far apart (LDAM probabilities up to 0.5 apart on the tiny test config). A global
@@ -170,21 +173,30 @@ class _ShuffledBatches(keras.utils.PyDataset):
     backend-neutral (no TensorFlow needed under ``KERAS_BACKEND=jax``) and slices the arrays without copying them.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, steps_per_epoch: int | None = None):
         super().__init__()
         self.x, self.y, self.batch_size = x, y, batch_size
+        self.steps_per_epoch = steps_per_epoch or -(-len(x) // batch_size)
         self._rng = np.random.default_rng(seed)
-        self._order = self._rng.permutation(len(x))
+        self._pending: list[np.ndarray] = []
+        self._batches = self._next_epoch()
+
+    def _next_epoch(self) -> list[np.ndarray]:
+        while len(self._pending) < self.steps_per_epoch:
+            order = self._rng.permutation(len(self.x))
+            self._pending += [np.sort(order[i : i + self.batch_size]) for i in range(0, len(order), self.batch_size)]
+        batches, self._pending = self._pending[: self.steps_per_epoch], self._pending[self.steps_per_epoch :]
+        return batches
 
     def __len__(self) -> int:
-        return -(-len(self.x) // self.batch_size)
+        return self.steps_per_epoch
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.sort(self._order[index * self.batch_size : (index + 1) * self.batch_size])
+        rows = self._batches[index]
         return self.x[rows], self.y[rows]
 
     def on_epoch_end(self) -> None:
-        self._order = self._rng.permutation(len(self.x))
+        self._batches = self._next_epoch()
 
 
 def predict_logits(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -98,6 +98,30 @@ def test_metrics_json_has_the_fixed_shape(smoke_runs):
         assert sum(map(sum, model["oof"]["confusion_matrix"])) == 400
 
 
+def test_resolved_recipe_and_decisions_are_recorded(smoke_runs):
+    """What the step budget resolved to is in the manifest, the report and config.yaml; every model's decision
+    and the recommendation (chosen on OOF) are in metrics.json."""
+    run = Path(smoke_runs["first"])
+    manifest = json.loads((run / "manifest.json").read_text())
+    folds = manifest["folds"]
+    assert len(folds) == 8
+    for name, fold in folds.items():
+        recipe = fold["recipe"]
+        assert recipe["epochs"] == 4 and recipe["steps_per_epoch"] * recipe["epochs"] == recipe["planned_steps"], name
+        assert fold["epochs_run"] <= recipe["epochs"] and fold["tta_views"] == 5  # shift 0.1 at 28x28: 4 shifts
+    report = (run / "report.md").read_text()
+    recipe_table = report.split("## Training recipe (resolved per fold)", 1)[1].split("## Fit diagnosis", 1)[0]
+    assert all(f"| {s} |" in recipe_table for s in ("ldam", "class_weight", "smote", "custom_loss"))
+    config_text = (run / "config.yaml").read_text()
+    assert config_text.startswith("# Training recipe as resolved") and "#   smote: training rows" in config_text
+    assert load_config(run / "config.yaml") == smoke_runs["cfg"]  # the comment leaves the config round-trippable
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["recommended"]["model"] in MODELS and metrics["recommended"]["reason"]
+    for result in metrics["models"].values():
+        assert result["decision"]["kind"] == "threshold"
+        assert result["decision"]["threshold"] == result["test"]["threshold"]
+
+
 def test_predictions_and_leaderboard_files(smoke_runs):
     run = Path(smoke_runs["first"])
     oof = pd.read_csv(run / "oof_predictions.csv")

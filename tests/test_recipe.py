@@ -16,13 +16,15 @@ from medstack.models.training import CNNClassifier
 SMALL = ModelConfig(filters=[4], convs_per_block=1, dense_units=8, batch_norm=False, head="gap")
 
 
-@pytest.mark.parametrize("n_train, epochs, steps_per_epoch", [
-    (437, 72, 7),      # a small dataset: 7 steps an epoch, so 72 epochs reach 500 steps
-    (3766, 20, 59),    # a large one: 20 epochs are already 1,180 steps; nothing changes
-    (1, 500, 1),       # one row: one step an epoch
+@pytest.mark.parametrize("n_train, min_epoch_steps, epochs, steps_per_epoch", [
+    (437, 50, 10, 50),    # a small dataset: passes of 7 steps, epochs of 50 steps, 10 of them reach 500 steps
+    (437, 0, 72, 7),      # without the epoch floor: one pass an epoch, 72 epochs
+    (3766, 50, 20, 59),   # a large one: 20 passes of 59 steps are already 1,180 steps; nothing changes
+    (1, 50, 10, 50),      # one row: 50 single-row steps an epoch
 ])
-def test_epochs_follow_the_step_budget(n_train, epochs, steps_per_epoch):
-    recipe = resolve_recipe(n_train, TrainingConfig(epochs=20, batch_size=64, min_steps=500))
+def test_epochs_follow_the_step_budget(n_train, min_epoch_steps, epochs, steps_per_epoch):
+    cfg = TrainingConfig(epochs=20, batch_size=64, min_steps=500, min_epoch_steps=min_epoch_steps)
+    recipe = resolve_recipe(n_train, cfg)
     assert (recipe.steps_per_epoch, recipe.epochs) == (steps_per_epoch, epochs)
     assert recipe.planned_steps == epochs * steps_per_epoch >= 500
 
@@ -30,15 +32,33 @@ def test_epochs_follow_the_step_budget(n_train, epochs, steps_per_epoch):
 def test_patience_and_earliest_stop_are_steps():
     cfg = TrainingConfig(epochs=20, batch_size=64, min_steps=500, stop_after_steps=250, patience_steps=200)
     small, large = resolve_recipe(437, cfg), resolve_recipe(3766, cfg)
-    assert (small.patience_epochs, small.stop_from_epoch) == (math.ceil(200 / 7), math.ceil(250 / 7))
+    assert (small.patience_epochs, small.stop_from_epoch) == (4, 5)  # epochs of 50 steps
+    one_pass = resolve_recipe(437, cfg.model_copy(update={"min_epoch_steps": 0}))
+    assert (one_pass.patience_epochs, one_pass.stop_from_epoch) == (math.ceil(200 / 7), math.ceil(250 / 7))
     assert (large.patience_epochs, large.stop_from_epoch) == (4, 5)
     assert resolve_recipe(10, cfg.model_copy(update={"patience_steps": 1})).patience_epochs == 1
 
 
 def test_loss_phases_stretch_with_the_budget():
     recipe = resolve_recipe(437, TrainingConfig(epochs=20, batch_size=64, min_steps=500))
-    assert recipe.stretch(10, 20) == 36  # LDAM's DRW at half the configured epochs stays at half the budget
+    assert recipe.stretch(10, 20) == 5  # LDAM's DRW at half the configured epochs stays at half the budget (of 10)
     assert resolve_recipe(3766, TrainingConfig(epochs=20, min_steps=500)).stretch(10, 20) == 10
+
+
+def test_an_epoch_spans_several_passes_each_a_full_permutation():
+    from medstack.models.training import _ShuffledBatches
+
+    x = np.arange(10).reshape(10, 1, 1, 1)
+    batches = _ShuffledBatches(x, np.zeros((10, 2)), batch_size=4, seed=3, steps_per_epoch=7)
+    seen = []
+    for _ in range(3):  # three epochs of 7 steps = 21 batches = 7 passes of 3 batches (4 + 4 + 2 rows)
+        seen += [batches[i][0].ravel().tolist() for i in range(len(batches))]
+        batches.on_epoch_end()
+    assert len(batches) == 7 and [len(b) for b in seen] == [4, 4, 2] * 7
+    for p in range(7):
+        assert sorted(sum(seen[3 * p : 3 * p + 3], [])) == list(range(10))  # every row once per pass
+    again = _ShuffledBatches(x, np.zeros((10, 2)), batch_size=4, seed=3, steps_per_epoch=7)
+    assert [again[i][0].ravel().tolist() for i in range(7)] == seen[:7]  # same seed, same batches
 
 
 def test_warmup_is_a_share_of_the_planned_steps():
@@ -54,7 +74,7 @@ def test_a_minimum_number_of_steps_is_always_trained(rng):
     after patience + 1 epochs; with it every planned step up to the earliest stop is trained."""
     x = rng.integers(0, 255, (32, 8, 8, 1)).astype("uint8")
     y = np.array([0] * 24 + [1] * 8)
-    training = TrainingConfig(epochs=1, batch_size=16, min_steps=12, stop_after_steps=12, patience_steps=1,
+    training = TrainingConfig(epochs=1, batch_size=16, min_steps=12, min_epoch_steps=0, stop_after_steps=12, patience_steps=1,
                               tta="none", calibration="none")
     clf = CNNClassifier("class_weight", NoParams(), 2, SMALL, None, training, seed=0)
     clf.fit(x, y, x[:16], rng.integers(0, 2, 16))
@@ -122,7 +142,7 @@ def test_tta_setting_reaches_the_predicting_model(rng, tta, views):
     x = rng.integers(0, 255, (32, 8, 8, 1)).astype("uint8")
     y = np.array([0] * 24 + [1] * 8)
     aug = AugmentationConfig(flip="none", shift=0.25, rotation=0.0, zoom=0.0)
-    training = TrainingConfig(epochs=1, batch_size=16, min_steps=0, tta=tta, calibration="none")
+    training = TrainingConfig(epochs=1, batch_size=16, min_steps=0, min_epoch_steps=0, tta=tta, calibration="none")
     clf = CNNClassifier("class_weight", NoParams(), 2, SMALL, aug, training, seed=0).fit(x, y, x[:16], y[:16])
     assert sum(isinstance(layer, TTAView) for layer in clf.model_.layers) == views
     assert clf.info_["tta_views"] == max(views, 1)
