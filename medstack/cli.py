@@ -8,6 +8,7 @@ the terminal as a few lines (medstack.console.errors): exit 2 for bad input or c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from pathlib import Path
@@ -121,32 +122,31 @@ def serve_command(args: argparse.Namespace) -> int:
 def run_command(args: argparse.Namespace) -> int:
     cfg = load_run_config(args)
     from medstack.console.progress import RunProgress
-    from medstack.console.quiet import configure_logging, import_tensorflow_quietly, remove_handler
+    from medstack.console.quiet import filtered_stderr, silence_prefect_console_at_exit, terminal_logging
     from medstack.console.runs import leaderboard_lines
-
-    if not errors.debug_enabled(args.debug):
-        import_tensorflow_quietly()
     from medstack.flows.ensemble import ensemble_flow
 
-    live = args.verbosity == NORMAL and sys.stdout.isatty() and sys.stderr.isatty()
-    progress = RunProgress(cfg.runtime.max_workers, live=live) if args.verbosity == NORMAL else None
-    lines = configure_logging(args.verbosity, debug=errors.debug_enabled(args.debug),
-                              on_line=progress.print_line if progress else None)
+    debug = errors.debug_enabled(args.debug)
+    with contextlib.ExitStack() as stack:
+        if args.verbosity < VERBOSE:
+            stack.callback(silence_prefect_console_at_exit)  # registered after the server's own exit hook
+        # TensorFlow is imported by the first training, from a worker thread: its C++ start-up lines are filtered
+        # out of file descriptor 2 for the whole run (not with --debug).
+        terminal = sys.stderr if debug else stack.enter_context(filtered_stderr())
+        progress = None
+        if args.verbosity == NORMAL:
+            live = sys.stdout.isatty() and terminal.isatty()
+            progress = RunProgress(cfg.runtime.max_workers, live=live, stream=terminal)
+        stack.enter_context(terminal_logging(args.verbosity, debug=debug, stream=terminal,
+                                             on_line=progress.print_line if progress else None))
+        if progress is not None:
+            stack.enter_context(progress)
+        run_dir = ensemble_flow(config=cfg)
     if args.verbosity == QUIET:
-        remove_handler(lines)  # -q: errors only; they come from the exception, not from logging
-    try:
-        if progress is None:
-            run_dir = ensemble_flow(config=cfg)
-        else:
-            with progress:
-                run_dir = ensemble_flow(config=cfg)
-    finally:
-        remove_handler(lines)
-    if args.verbosity > QUIET:
+        print(run_dir)  # -q: the run folder alone, for scripts
+    else:
         print("\n".join(leaderboard_lines(Path(run_dir))))
         print(f"run folder: {run_dir}")
-    else:
-        print(run_dir)
     return 0
 
 

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from medstack.console.quiet import write_line
+
 FOLD_LOGGER = "medstack.tasks.training"
 EPOCH_LOGGER = "medstack.models.training"
 
@@ -126,7 +128,7 @@ class RunProgress(logging.Handler):
         if self._live is not None and self._live.is_started:
             self._console.print(line, markup=False, highlight=False)
         else:
-            print(line, file=self.stream, flush=True)
+            write_line(self.stream, line)
 
     def __enter__(self) -> "RunProgress":
         for name in (FOLD_LOGGER, EPOCH_LOGGER):
@@ -153,7 +155,7 @@ class RunProgress(logging.Handler):
                 if epoch_event:
                     self._epoch(epoch_event)
             if line and self._live is None:
-                print(line, file=self.stream, flush=True)
+                write_line(self.stream, line)
         except Exception:  # a display problem must never fail a run
             self.handleError(record)
 

@@ -7,12 +7,13 @@ included, whatever the terminal shows.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
-import importlib.util
 import logging
 import os
+import re
 import sys
-import tempfile
+import threading
 from typing import Iterator, TextIO
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
@@ -40,32 +41,61 @@ TF_STARTUP_NOISE = (
 
 
 @contextlib.contextmanager
-def filtered_stderr(noise: tuple[str, ...] = TF_STARTUP_NOISE) -> Iterator[None]:
-    """File descriptor 2 (C++ writes included) goes to a temporary file; afterwards every line without a
-    ``noise`` fragment is written to stderr, so nothing but the noise is lost."""
+def filtered_stderr(noise: tuple[str, ...] = TF_STARTUP_NOISE) -> Iterator[TextIO]:
+    """File descriptor 2 (C++ writes and worker processes included) goes through a pipe; a thread passes every line
+    without a ``noise`` fragment on to the terminal. Yields a stream to the terminal itself, for the display."""
     sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            kept = [line for line in captured.read().decode(errors="replace").splitlines()
-                    if line.strip() and not any(fragment in line for fragment in noise)]
-            if kept:
-                print("\n".join(kept), file=sys.stderr, flush=True)
+    terminal = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    marker = f"--medstack-stderr-filter-{os.getpid()}-{id(terminal)}--".encode()
+    drained = threading.Event()
+
+    def pump() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for raw in pipe:
+                if raw.strip() == marker:
+                    drained.set()  # everything this process wrote before is through
+                    continue
+                line = raw.decode(errors="replace")
+                if not any(fragment in line for fragment in noise):
+                    terminal.write(line)
+                    terminal.flush()
+        drained.set()
+
+    # A daemon: child processes (Prefect's temporary server) inherit the pipe and may write to it until they exit.
+    thread = threading.Thread(target=pump, name="medstack-stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield terminal
+    finally:
+        sys.stderr.flush()
+        os.write(2, marker + b"\n")
+        os.dup2(terminal.fileno(), 2)
+        drained.wait(timeout=5)
+        terminal.flush()
 
 
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow now, with its C++ start-up lines dropped (later imports reuse the module)."""
-    if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
-        return
-    with filtered_stderr():
-        import tensorflow  # noqa: F401
+def silence_prefect_console_at_exit() -> None:
+    """Prefect stops its temporary server at interpreter exit and logs it; registered after the run, this runs first
+    (atexit is last-in, first-out) and keeps that line off the terminal."""
+    def silence() -> None:
+        from prefect.logging.handlers import PrefectConsoleHandler
+
+        for logger in _all_loggers():
+            for handler in logger.handlers:
+                if isinstance(handler, PrefectConsoleHandler):
+                    handler.setLevel(logging.CRITICAL + 1)
+
+    atexit.register(silence)
+
+
+def write_line(stream: TextIO, line: str) -> None:
+    """Not ``print``: the flow runs with ``log_prints=True``, which would turn a print into a Prefect log record."""
+    stream.write(line + "\n")
+    stream.flush()
 
 
 class _NoTraceback(logging.Formatter):
@@ -93,7 +123,7 @@ class TerminalLines(logging.Handler):
 
     def __init__(self, stream: TextIO | None = None, *, on_line=None):
         super().__init__(logging.DEBUG)  # line() picks the records; retries are INFO records of Prefect
-        self.stream = stream
+        self.stream = stream or sys.stderr
         self.on_line = on_line  # the live display prints lines above itself
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -104,7 +134,7 @@ class TerminalLines(logging.Handler):
             if self.on_line is not None:
                 self.on_line(line)
             else:
-                print(line, file=self.stream or sys.stderr, flush=True)
+                write_line(self.stream, line)
         except Exception:  # a display problem must never fail a run
             self.handleError(record)
 
@@ -122,40 +152,48 @@ def _retry_line(record: logging.LogRecord) -> str | None:
     if not (isinstance(record.msg, str) and record.msg.startswith("Task run failed with") and "Retry %s/%s" in record.msg):
         return None
     _kind, exc, attempt, total, when = record.args
-    task = str(getattr(record, "task_run_name", "a task")).rsplit("-", 1)[0]
+    task = re.sub(r"-[0-9a-f]{3}$", "", str(getattr(record, "task_run_name", "a task")))  # Prefect's run suffix
     reason = str(exc) if isinstance(exc, BaseException) else repr(exc)
     when = f"in {str(when).replace(' second(s) from now', ' s')}" if "second" in str(when) else "now"
     return f"medstack: {task} failed ({reason}), retrying {attempt}/{total} {when}"
 
 
-def configure_logging(verbosity: int, *, debug: bool = False, on_line=None) -> TerminalLines | None:
-    """Set the terminal's share of logging after Prefect configured its own (importing prefect does that).
+@contextlib.contextmanager
+def terminal_logging(verbosity: int, *, debug: bool = False, on_line=None,
+                     stream: TextIO | None = None) -> Iterator[None]:
+    """The terminal's share of logging while a run goes, undone afterwards (importing prefect configured it).
 
-    ``-v``: Prefect's console lines as Prefect prints them, without tracebacks unless ``debug``. Otherwise
-    Prefect's console handler is silenced and :class:`TerminalLines` prints what a person needs."""
+    ``-v``: Prefect's console lines as Prefect prints them, without tracebacks unless ``debug``. Default:
+    Prefect's console handler is silenced and :class:`TerminalLines` prints warnings and retries. ``-q``: errors
+    only (they come from the exception, not from logging)."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
     consoles = {h for logger in _all_loggers() for h in logger.handlers if isinstance(h, PrefectConsoleHandler)}
+    saved = {h: (h.level, h.formatter) for h in consoles}
+    medstack_logger = logging.getLogger("medstack")
+    saved_level = medstack_logger.level
     for handler in consoles:
         handler.addFilter(_not_progress)
-        if not debug and not isinstance(handler.formatter, _NoTraceback) and handler.formatter is not None:
+        if not debug and handler.formatter is not None:
             handler.setFormatter(_NoTraceback(handler.formatter))
         if verbosity < VERBOSE:
             handler.setLevel(logging.CRITICAL + 1)
-    logging.getLogger("medstack").setLevel(logging.INFO if verbosity >= VERBOSE else logging.WARNING)
-    if verbosity >= VERBOSE:
-        return None
-    lines = TerminalLines(on_line=on_line)
-    for name in ("medstack", "prefect.task_runs"):
-        logging.getLogger(name).addHandler(lines)
-    return lines
-
-
-def remove_handler(handler: logging.Handler | None) -> None:
-    if handler is None:
-        return
-    for name in ("medstack", "prefect.task_runs"):
-        logging.getLogger(name).removeHandler(handler)
+    medstack_logger.setLevel(logging.INFO if verbosity >= VERBOSE else logging.WARNING)
+    lines = TerminalLines(stream, on_line=on_line) if verbosity == NORMAL else None
+    if lines is not None:
+        for name in ("medstack", "prefect.task_runs"):
+            logging.getLogger(name).addHandler(lines)
+    try:
+        yield
+    finally:
+        if lines is not None:
+            for name in ("medstack", "prefect.task_runs"):
+                logging.getLogger(name).removeHandler(lines)
+        medstack_logger.setLevel(saved_level)
+        for handler, (level, formatter) in saved.items():
+            handler.removeFilter(_not_progress)
+            handler.setLevel(level)
+            handler.setFormatter(formatter)
 
 
 def _all_loggers() -> list[logging.Logger]:
