@@ -14,8 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medstack.config import ConfigError
-
 COMPARED = ("roc_auc", "pr_auc", "balanced_accuracy", "f1", "mcc", "recall", "specificity", "brier")
 
 
@@ -30,11 +28,17 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     compare.set_defaults(handler=compare_command)
 
 
+def _bad_input(message: str) -> Exception:
+    from medstack.config import ConfigError  # imported here: `medstack --help` stays free of pydantic and numpy
+
+    return ConfigError(message)
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot be read as a run file ({exc})") from exc
+        raise _bad_input(f"{path}: cannot be read as a run file ({exc})") from exc
 
 
 def recommended(metrics: dict[str, Any]) -> tuple[str | None, str]:
@@ -74,8 +78,14 @@ def run_row(run_dir: Path) -> dict[str, str]:
         "data": str(manifest.get("data_fingerprint", ""))[:12],
         "model": f"{model} ({why})" if model else "n/a",
         "test AUC": _auc_with_ci(metrics["models"][model]) if model else "n/a",
-        "wall": f"{wall / 60:.1f} min" if isinstance(wall, (int, float)) else "n/a",
+        "wall": _duration(wall) if isinstance(wall, (int, float)) else "n/a",
     }
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _run_config(run_dir: Path) -> dict[str, Any]:
@@ -99,7 +109,7 @@ def _ci_level(run_dir: Path) -> str:
 
 def find_runs(output_dir: Path) -> list[Path]:
     if not output_dir.is_dir():
-        raise ConfigError(f"no run folder at {output_dir} (give the folder runs were written to with --output-dir)")
+        raise _bad_input(f"no run folder at {output_dir} (give the folder runs were written to with --output-dir)")
     found = [p for p in output_dir.iterdir()
              if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and (p / "manifest.json").is_file()]
     return sorted(found, key=lambda p: p.name)
@@ -123,8 +133,8 @@ def resolve_run(ref: str, output_dir: Path) -> Path:
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
-        raise ConfigError(f"run {ref!r} is ambiguous in {output_dir}: {[p.name for p in matches]}")
-    raise ConfigError(f"run {ref!r} not found: neither a run folder nor a run id in {output_dir}")
+        raise _bad_input(f"run {ref!r} is ambiguous in {output_dir}: {[p.name for p in matches]}")
+    raise _bad_input(f"run {ref!r} not found: neither a run folder nor a run id in {output_dir}")
 
 
 def compare_rows(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -145,7 +155,7 @@ def compare_command(args: argparse.Namespace) -> int:
     a, b = _read_json(dir_a / "metrics.json"), _read_json(dir_b / "metrics.json")
     shared, rows = compare_rows(a, b)
     if not shared:
-        raise ConfigError(f"{dir_a.name} and {dir_b.name} share no model; nothing to compare")
+        raise _bad_input(f"{dir_a.name} and {dir_b.name} share no model; nothing to compare")
     only = sorted(set(a.get("models", {})) ^ set(b.get("models", {})))
     fp_a, fp_b = (_read_json(d / "manifest.json").get("data_fingerprint") for d in (dir_a, dir_b))
     title = f"test metrics, A = {dir_a.name}, B = {dir_b.name}"
