@@ -72,11 +72,11 @@ def clock(seconds: float) -> str:
 
 def summary_line(state: ProgressState, now: float) -> str:
     if state.total is None:
-        return f"preparing data ... {clock(now - state.started)} elapsed"
+        return f"starting: Prefect, data, splits and folds ... {clock(now - state.started)} elapsed"
     left = state.seconds_left(now)
     eta = "estimating time left" if left is None else f"about {clock(left)} left"
     if state.done == state.total:
-        eta = "now fitting the ensembles"
+        eta = "folds done; ensembles, test metrics and report to go"
     return (f"folds {state.done}/{state.total} ({state.trained} trained, {state.cached} cached), "
             f"{clock(now - state.started)} elapsed, {eta}")
 
