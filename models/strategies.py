@@ -8,14 +8,17 @@ weights Keras applies, and which loss is used in which epochs. Adding a fifth st
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import keras
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from sklearn.utils.class_weight import compute_class_weight
 
-from medstack.models.losses import ClassBalancedFocalLoss, LDAMLoss, effective_number_weights
+if TYPE_CHECKING:
+    import keras
+
+# Keras, the losses and scikit-learn are imported where they are used, not here: the config validates strategy
+# parameters against this registry, and `medstack check-config` / `--help` / a config error must answer without
+# paying TensorFlow's start-up (seconds).
 
 
 class StrategyParams(BaseModel):
@@ -56,10 +59,14 @@ class TrainingPlan:
 
 
 def _cross_entropy(counts: list[int], params: StrategyParams, epochs: int) -> list[tuple[int, keras.losses.Loss]]:
+    import keras
+
     return [(0, keras.losses.CategoricalCrossentropy(from_logits=True))]
 
 
 def _ldam_drw(counts: list[int], params: LDAMParams, epochs: int) -> list[tuple[int, keras.losses.Loss]]:
+    from medstack.models.losses import LDAMLoss, effective_number_weights
+
     plain = LDAMLoss(counts, max_m=params.max_m, s=params.s)
     weighted = LDAMLoss(counts, max_m=params.max_m, s=params.s, class_weights=effective_number_weights(counts, params.beta))
     if params.drw_epoch <= 0:
@@ -70,10 +77,14 @@ def _ldam_drw(counts: list[int], params: LDAMParams, epochs: int) -> list[tuple[
 
 
 def _class_balanced_focal(counts: list[int], params: FocalParams, epochs: int) -> list[tuple[int, keras.losses.Loss]]:
+    from medstack.models.losses import ClassBalancedFocalLoss
+
     return [(0, ClassBalancedFocalLoss(counts, beta=params.beta, gamma=params.gamma))]
 
 
 def _balanced_class_weight(y: np.ndarray, num_classes: int) -> dict[int, float]:
+    from sklearn.utils.class_weight import compute_class_weight
+
     classes = np.arange(num_classes)
     weights = compute_class_weight("balanced", classes=classes, y=y)
     return {int(c): float(w) for c, w in zip(classes, weights)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
@@ -14,6 +16,13 @@ from medstack.config import RunConfig, RuntimeConfig
 from medstack.storage import FoldCache, FoldResult
 
 PROGRESS_KEY = "ensemble-training-progress"
+# Fold events for a live display (``medstack run`` in a terminal): DEBUG records carrying ``medstack_fold``
+# {"event": "planned" | "started" | "finished", ...}; plain logging, so the flow never knows who listens.
+events = logging.getLogger(__name__)
+
+
+def _event(event: str, **fields) -> None:
+    events.debug("fold %s: %s", event, fields, extra={"medstack_fold": {"event": event, **fields}})
 
 
 @task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
@@ -25,6 +34,7 @@ def train_fold(prepared: pipeline.PreparedData, cfg: RunConfig, strategy: str, f
     from medstack.models.training import configure_accelerators
 
     configure_accelerators()
+    _event("started", strategy=strategy, fold=fold)
     cache = FoldCache(cfg.runtime.cache_dir)
     result = pipeline.train_fold(prepared, cfg, strategy, fold, cache, pipeline.code_version())
     if result.from_cache:
@@ -47,6 +57,7 @@ class TrainingProgress:
     def __init__(self, total: int):
         self.total = total
         self.done = self.cached = 0
+        _event("planned", total=total)
         self._artifact = create_progress_artifact(
             progress=0.0, key=PROGRESS_KEY, description=self._describe()
         )
@@ -57,6 +68,8 @@ class TrainingProgress:
     def advance(self, result: FoldResult) -> None:
         self.done += 1
         self.cached += result.from_cache
+        _event("finished", strategy=result.strategy, fold=result.fold, from_cache=result.from_cache,
+               seconds=result.info.get("seconds"), done=self.done, total=self.total)
         update_progress_artifact(self._artifact, progress=100.0 * self.done / self.total, description=self._describe())
 
     def wait(self, futures: list[PrefectFuture]) -> list[FoldResult]:

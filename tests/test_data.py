@@ -686,3 +686,26 @@ def test_shared_pneumoniamnist_official_split() -> None:
     assert np.bincount(ds.official_split).tolist() == [4708, 524, 624]
     assert ds.class_names == ("normal", "pneumonia")
     assert np.bincount(ds.labels[ds.official_split == 0]).tolist() == [1214, 3494]
+
+
+@pytest.mark.parametrize(
+    "name, class_names, labels, message",
+    [
+        # The case: a two-class dataset's labels stored as 5/6 (not a seven-class problem).
+        ("pneumoniamnist", None, [5, 6, 5, 6], r"labels \(with counts\) \{5: 2, 6: 2\} found, but data.name "
+         r"'pneumoniamnist' has 2 classes \['normal', 'pneumonia'\] \(labels 0\.\.1\)"),
+        ("toy", None, [5, 6, 5, 6], r"class\(es\) 0 \('class_0'\), 1 .* of labels 0\.\.6 have no images; labels "
+         r"found \(with counts\): \{5: 2, 6: 2\}.*remap them \(e\.g\. \{5: 0, 6: 1\}\)"),
+        ("toy", None, [1, 2, 1, 2], r"class\(es\) 0 \('class_0'\) of labels 0\.\.2 have no images"),
+        ("toy", ["a", "b", "c"], [0, 1, 0, 1], r"class\(es\) 2 \('c'\) of data.class_names \['a', 'b', 'c'\] have "
+         r"no images"),
+        ("toy", ["a", "b"], [0, 0, 0, 0], r"every image has label 0 \('a'\); a classifier needs at least two"),
+        ("toy", ["a", "b"], [0, 1, 2, 1], r"label 2 found but only 2 class names given \['a', 'b'\]: labels must be "
+         r"class indices 0\.\.1; labels found \(with counts\): \{0: 1, 1: 2, 2: 1\}"),
+    ],
+)
+def test_labels_are_checked_against_the_classes_at_load_time(tmp_path, name, class_names, labels, message):
+    path = _save_npz(tmp_path / "l.npz", images=np.zeros((4, 3, 3), np.uint8), labels=np.array(labels))
+    with pytest.raises(DataError, match=message) as info:
+        load_npz(path, name, class_names)
+    assert str(path) in str(info.value)

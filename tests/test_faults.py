@@ -41,7 +41,9 @@ def _run(config: Path, home: Path) -> subprocess.Popen:
 
 
 def _run_dir(out: str) -> Path:
-    return next(Path(line) for line in reversed(out.splitlines()) if line.startswith("/") and Path(line).is_dir())
+    """The run folder from `medstack run`'s closing line (``run folder: /path``)."""
+    paths = (line.removeprefix("run folder: ") for line in reversed(out.splitlines()))
+    return next(Path(p) for p in paths if p.startswith("/") and Path(p).is_dir())
 
 
 def _plant_temporary(folder: Path, name: str, pid: int) -> Path:

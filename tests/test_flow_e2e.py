@@ -190,8 +190,8 @@ def test_cli_runs_a_multiclass_flow_on_bundled_digits(prefect_harness, tiny_conf
     tiny_config_dict["data"]["subset"] = {"train": 300, "val": 100, "test": 100}
     config = tmp_path / "digits.yaml"
     config.write_text(yaml.safe_dump(tiny_config_dict))
-    assert main(["run", "--config", str(config), "--output-dir", str(tmp_path / "out")]) == 0
-    run = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["run", "-q", "--config", str(config), "--output-dir", str(tmp_path / "out")]) == 0
+    run = Path(capsys.readouterr().out.strip())  # -q prints the run folder alone
     assert run.parent == tmp_path / "out"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["dataset"]["classes"] == [str(d) for d in range(10)]

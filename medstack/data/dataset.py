@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -85,6 +86,29 @@ def _check_dataset_arrays(ds: Dataset) -> None:
                             f"{len(ds.groups) if hasattr(ds.groups, '__len__') else type(ds.groups).__name__}")
         if not all(isinstance(g, str) and g for g in ds.groups):
             raise DataError(f"dataset {ds.name!r}: every group id must be a non-empty string")
+
+
+def label_counts(labels: np.ndarray) -> dict[int, int]:
+    """``{label: number of images}`` in label order."""
+    values, counts = np.unique(labels, return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts)}
+
+
+def check_label_classes(where: Path | str, labels: np.ndarray, names: tuple[str, ...],
+                        named_by: str | None = None) -> None:
+    """Every class has images and there are at least two classes, or a DataError naming the labels found."""
+    found = label_counts(labels)
+    if len(found) < 2:
+        raise DataError(f"{where}: every image has label {next(iter(found))} ({names[next(iter(found))]!r}); "
+                        "a classifier needs at least two classes")
+    empty = [i for i in range(len(names)) if i not in found]
+    if empty:
+        remap = "{" + ", ".join(f"{label}: {i}" for i, label in enumerate(found)) + "}"
+        listed = ", ".join(f"{i} ({names[i]!r})" for i in empty)
+        source = f"{named_by} {list(names)}" if named_by else f"labels 0..{len(names) - 1}"
+        raise DataError(f"{where}: class(es) {listed} of {source} have no images; labels found (with counts): "
+                        f"{found}. Labels must be class indices 0..K-1 with every class present: remap them "
+                        f"(e.g. {remap}) or list only the classes present in data.class_names")
 
 
 def _fingerprint(ds: Dataset) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medstack.data.dataset import SPLIT_CODES, DataError, Dataset
+from medstack.data.dataset import SPLIT_CODES, DataError, Dataset, check_label_classes, label_counts
 from medstack.data.download import KNOWN_DATASETS
 from medstack.data.groups import log_mixed_groups
 
@@ -154,13 +154,23 @@ def _npz_labels(path: Path, key: str, raw: np.ndarray, n_images: int) -> np.ndar
 
 def _npz_class_names(path: Path, name: str, given: tuple[str, ...] | list[str] | None,
                      labels: np.ndarray) -> tuple[str, ...]:
+    """Class names for ``labels``, checked at load time: every label a class, every class some images."""
+    found = label_counts(labels)
     top = int(labels.max())
     if given:
         names = tuple(str(n) for n in given)
         if top >= len(names):
-            raise DataError(f"{path}: label {top} found but only {len(names)} class names given {list(names)}")
-        return names
-    known = KNOWN_DATASETS.get(name.lower())
-    if known is not None and top < len(known.class_names):
-        return known.class_names
-    return tuple(f"class_{i}" for i in range(top + 1))
+            raise DataError(f"{path}: label {top} found but only {len(names)} class names given {list(names)}: "
+                            f"labels must be class indices 0..{len(names) - 1}; labels found (with counts): {found}")
+    else:
+        known = KNOWN_DATASETS.get(name.lower())
+        if known is not None:
+            names = known.class_names
+            if top >= len(names):
+                raise DataError(f"{path}: labels (with counts) {found} found, but data.name {name!r} has "
+                                f"{len(names)} classes {list(names)} (labels 0..{len(names) - 1}); remap the "
+                                "labels, or give data.class_names and a data.name of your own")
+        else:
+            names = tuple(f"class_{i}" for i in range(top + 1))
+    check_label_classes(path, labels, names, named_by="data.class_names" if given else None)
+    return names

@@ -1,0 +1,196 @@
+"""``medstack runs`` (past run folders) and ``medstack compare RUN_A RUN_B`` (metric differences), read-only.
+
+A run folder is listed from its ``manifest.json``, ``metrics.json`` and ``config.yaml``; folders still being
+written (temporary names) and folders without a manifest are not runs. The recommended model is
+``metrics.json``'s ``recommended`` entry when the run has one, else the best test ROC AUC, labelled as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+COMPARED = ("roc_auc", "pr_auc", "balanced_accuracy", "f1", "mcc", "recall", "specificity", "brier")
+
+
+def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    runs = sub.add_parser("runs", parents=[common], help="list past runs (id, config, date, data, recommended model)")
+    runs.add_argument("--output-dir", default="runs", type=Path, help="where run folders are (default: runs)")
+    runs.set_defaults(handler=list_runs_command)
+    compare = sub.add_parser("compare", parents=[common], help="metric differences of the same models in two runs")
+    compare.add_argument("run_a", help="run id (in --output-dir) or run folder")
+    compare.add_argument("run_b", help="run id (in --output-dir) or run folder")
+    compare.add_argument("--output-dir", default="runs", type=Path, help="where run ids are looked up (default: runs)")
+    compare.set_defaults(handler=compare_command)
+
+
+def _bad_input(message: str) -> Exception:
+    from medstack.config import ConfigError  # imported here: `medstack --help` stays free of pydantic and numpy
+
+    return ConfigError(message)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise _bad_input(f"{path}: cannot be read as a run file ({exc})") from exc
+
+
+def recommended(metrics: dict[str, Any]) -> tuple[str | None, str]:
+    """(model, why): the run's own recommendation, else the best test ROC AUC, labelled as such."""
+    rec = metrics.get("recommended")
+    if isinstance(rec, dict) and rec.get("model") in metrics.get("models", {}):
+        return rec["model"], "recommended"
+    scored = {name: m.get("test", {}).get("roc_auc") for name, m in metrics.get("models", {}).items()}
+    scored = {name: auc for name, auc in scored.items() if isinstance(auc, (int, float))}
+    if not scored:
+        return None, ""
+    return max(scored, key=scored.get), "best test ROC AUC"
+
+
+def _auc_with_ci(model: dict[str, Any]) -> str:
+    auc = model.get("test", {}).get("roc_auc")
+    if not isinstance(auc, (int, float)):
+        return "n/a"
+    ci = model.get("test_ci", {}).get("roc_auc")
+    return f"{auc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) and len(ci) == 2 else f"{auc:.3f}"
+
+
+def run_row(run_dir: Path) -> dict[str, str]:
+    manifest = _read_json(run_dir / "manifest.json")
+    metrics = _read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+    model, why = recommended(metrics)
+    created = manifest.get("created", "")
+    try:
+        created = dt.datetime.fromisoformat(created).astimezone().strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        pass
+    wall = manifest.get("wall_seconds")
+    return {
+        "run": run_dir.name,
+        "config": _config_name(run_dir),
+        "date": created,
+        "data": str(manifest.get("data_fingerprint", ""))[:12],
+        "model": f"{model} ({why})" if model else "n/a",
+        "test AUC": _auc_with_ci(metrics["models"][model]) if model else "n/a",
+        "wall": _duration(wall) if isinstance(wall, (int, float)) else "n/a",
+    }
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        tree = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return tree if isinstance(tree, dict) else {}
+
+
+def _config_name(run_dir: Path) -> str:
+    return str(_run_config(run_dir).get("name", "?"))
+
+
+def _ci_level(run_dir: Path) -> str:
+    level = (_run_config(run_dir).get("report") or {}).get("ci")
+    return f"{level:.0%}" if isinstance(level, float) else "bootstrap"
+
+
+def find_runs(output_dir: Path) -> list[Path]:
+    if not output_dir.is_dir():
+        raise _bad_input(f"no run folder at {output_dir} (give the folder runs were written to with --output-dir)")
+    found = [p for p in output_dir.iterdir()
+             if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and (p / "manifest.json").is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def list_runs_command(args: argparse.Namespace) -> int:
+    runs = find_runs(args.output_dir)
+    if not runs:
+        print(f"no runs in {args.output_dir}", file=sys.stderr)
+        return 0
+    rows = [run_row(run) for run in runs]
+    _print_table(list(rows[0]), [list(r.values()) for r in rows], title=f"{len(rows)} run(s) in {args.output_dir}")
+    return 0
+
+
+def resolve_run(ref: str, output_dir: Path) -> Path:
+    for candidate in (Path(ref), output_dir / ref):
+        if (candidate / "metrics.json").is_file():
+            return candidate
+    matches = [p for p in find_runs(output_dir) if p.name.startswith(ref)] if output_dir.is_dir() else []
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise _bad_input(f"run {ref!r} is ambiguous in {output_dir}: {[p.name for p in matches]}")
+    raise _bad_input(f"run {ref!r} not found: neither a run folder nor a run id in {output_dir}")
+
+
+def compare_rows(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One row per model the two runs share and metric: A, B, B - A."""
+    models_a, models_b = a.get("models", {}), b.get("models", {})
+    shared = [m for m in models_a if m in models_b]
+    rows = []
+    for model in shared:
+        for metric in COMPARED:
+            va, vb = models_a[model].get("test", {}).get(metric), models_b[model].get("test", {}).get(metric)
+            if isinstance(va, (int, float)) and isinstance(vb, (int, float)):
+                rows.append([model, metric, f"{va:.3f}", f"{vb:.3f}", f"{vb - va:+.3f}"])
+    return shared, rows
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    dir_a, dir_b = resolve_run(args.run_a, args.output_dir), resolve_run(args.run_b, args.output_dir)
+    a, b = _read_json(dir_a / "metrics.json"), _read_json(dir_b / "metrics.json")
+    shared, rows = compare_rows(a, b)
+    if not shared:
+        raise _bad_input(f"{dir_a.name} and {dir_b.name} share no model; nothing to compare")
+    only = sorted(set(a.get("models", {})) ^ set(b.get("models", {})))
+    fp_a, fp_b = (_read_json(d / "manifest.json").get("data_fingerprint") for d in (dir_a, dir_b))
+    title = f"test metrics, A = {dir_a.name}, B = {dir_b.name}"
+    _print_table(["model", "metric", "A", "B", "B - A"], rows, title=title)
+    if fp_a != fp_b:
+        print("note: the two runs saw different data (data fingerprints differ); differences mix data and model")
+    if only:
+        print(f"note: in one run only, not compared: {', '.join(only)}")
+    return 0
+
+
+def leaderboard_lines(run_dir: Path, top: int = 3) -> list[str]:
+    """A short leaderboard of a finished run: the top models by test ROC AUC with their CI, and the pick."""
+    metrics = _read_json(run_dir / "metrics.json")
+    models = metrics.get("models", {})
+    ranked = sorted(models, key=lambda m: -(models[m].get("test", {}).get("roc_auc") or float("-inf")))
+    lines = [f"test ROC AUC ({_ci_level(run_dir)} CI):"] + [f"  {name:<14} {_auc_with_ci(models[name])}" for name in ranked[:top]]
+    model, why = recommended(metrics)
+    if model:
+        reason = metrics.get("recommended", {}).get("reason") if why == "recommended" else None
+        lines.append(f"recommended: {model}" + (f" ({reason})" if reason else f" ({why}; see report.md)"))
+    return lines
+
+
+def _print_table(header: list[str], rows: list[list[str]], title: str) -> None:
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*header, title=title, title_justify="left")
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+        return
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    print(title)
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())

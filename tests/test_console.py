@@ -1,0 +1,123 @@
+"""The terminal helpers as plain functions: error verdicts, retry lines, the progress state, --data fitting."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medstack.config import ConfigError, load_config
+from medstack.console import errors, progress
+from medstack.console.datapath import fit_data_path
+from medstack.console.quiet import TerminalLines, filtered_stderr
+from medstack.data import DataError
+from medstack.splits import SplitError
+
+
+@pytest.mark.parametrize(
+    "exc, code, kind",
+    [
+        (DataError("x.npz: missing keys"), 2, "data error"),
+        (SplitError("cannot stratify"), 2, "split error"),
+        (ConfigError("config file not found: c.yaml"), 2, "config error"),
+        (ValueError("SMOTE needs at least 2 samples per class, class counts are [5, 1]"), 2, "data error"),
+        (OSError("download of https://x failed: timed out"), 1, "download failed"),
+        (KeyError("oops"), 1, "run failed (KeyError)"),
+    ],
+)
+def test_every_error_gets_an_exit_code_and_a_kind(exc, code, kind):
+    stream = io.StringIO()
+    assert errors.report(exc, stream=stream) == code
+    first = stream.getvalue().splitlines()[0]
+    assert first.startswith(f"medstack: {kind}: ") and "Traceback" not in stream.getvalue()
+
+
+def test_a_validation_error_reads_as_one_line_per_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"training": {"epochs": "ten"}, "trainig": {}}))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    stream = io.StringIO()
+    assert errors.report(info.value, stream=stream) == 2
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == f"medstack: config error: {path}: invalid config:"
+    assert "  training.epochs: Input should be a valid integer, unable to parse string as an integer (got 'ten')" in lines
+    assert "  trainig: Extra inputs are not permitted" in lines
+
+
+def test_a_prefect_retry_record_becomes_one_line():
+    record = logging.LogRecord("prefect.task_runs", logging.INFO, __file__, 1,
+                               "Task run failed with %s: %r - Retry %s/%s will start %s",
+                               ("exception", OSError("download of https://x failed: timed out"), 1, 2,
+                                "5 second(s) from now"), None)
+    record.task_run_name = "load_dataset-1d9"
+    assert TerminalLines.line(record) == ("medstack: load_dataset failed (download of https://x failed: timed out), "
+                                          "retrying 1/2 in 5 s")
+    record.task_run_name = "train[smote|fold-1]"
+    assert TerminalLines.line(record).startswith("medstack: train[smote|fold-1] failed (")
+    quiet = logging.LogRecord("prefect.task_runs", logging.INFO, __file__, 1, "Finished in state %s", ("x",), None)
+    assert TerminalLines.line(quiet) is None
+
+
+def test_progress_counts_folds_and_estimates_the_time_left():
+    state = progress.ProgressState(workers=2, started=0.0)
+    shown = progress.RunProgress(2, live=False, stream=io.StringIO())
+    shown.state = state
+    events = [("planned", {"total": 4}), ("started", {"strategy": "ldam", "fold": 0}),
+              ("started", {"strategy": "ldam", "fold": 1})]
+    for event, fields in events:
+        shown._fold({"event": event, **fields})
+    shown._epoch({"strategy": "ldam", "fold": 1, "epoch": 2, "epochs": 4})
+    assert progress.fold_lines(state, now=state.running[("ldam", 1)].started + 5)[1].startswith(
+        "  training ldam fold 2, epoch 2/4")
+    line = shown._fold({"event": "finished", "strategy": "ldam", "fold": 0, "from_cache": False, "seconds": 10.0})
+    assert line == "[1/4] ldam fold 1 trained in 10.0 s"
+    assert shown._fold({"event": "finished", "strategy": "ldam", "fold": 1, "from_cache": True}).endswith(
+        "from the fold cache")
+    assert (state.trained, state.cached, state.done) == (1, 1, 2)
+    # Two folds left, none running, 10 s per trained fold, two workers: 10 s.
+    assert state.seconds_left(now=state.started + 20) == pytest.approx(10.0)
+    assert "folds 2/4 (1 trained, 1 cached)" in progress.summary_line(state, now=state.started + 20)
+
+
+def test_an_unknown_epoch_record_changes_nothing():
+    shown = progress.RunProgress(1, live=False, stream=io.StringIO())
+    shown._fold({"event": "planned", "total": 1})
+    shown._fold({"event": "started", "strategy": "smote", "fold": 0})
+    shown._epoch({"strategy": "smote", "fold": None, "epoch": 1, "epochs": 3})
+    assert shown.state.running[("smote", 0)].epoch is None
+
+
+def test_filtered_stderr_drops_tensorflow_start_up_lines_and_keeps_the_rest(capfd):
+    import os
+
+    with filtered_stderr():
+        os.write(2, b"I0000 00:00:1 cudart_stub.cc:31] Could not find cuda drivers on your machine.\n")
+        os.write(2, b"a line that matters\n")
+    assert capfd.readouterr().err == "a line that matters\n"
+
+
+@pytest.mark.parametrize("source, data, expect", [("npz", "d.npz", {}), ("folder", "imgs", {})])
+def test_data_flag_keeps_a_matching_source(tmp_path, source, data, expect):
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    (tmp_path / "d.npz").write_bytes(b"")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": {"source": source, "image_size": [8, 8], "path": "x"}}))
+    overrides, notes = fit_data_path(config, str(tmp_path / data), {})
+    assert overrides == {"data.path": str(tmp_path / data)} and notes == []
+
+
+def test_data_flag_refuses_a_grouping_the_new_source_cannot_give(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": {"source": "npz", "image_size": [8, 8],
+                                               "group_by": {"kind": "npz_key", "key": "groups"}}}))
+    with pytest.raises(ConfigError, match=r"data.group_by kind 'npz_key' does not work with it; set data.group_by "
+                                          r"to one of breakhis, filename_regex, csv"):
+        fit_data_path(config, str(tmp_path / "imgs"), {})
+    overrides, notes = fit_data_path(config, str(tmp_path / "imgs"), {"data.group_by": "none"})
+    assert overrides["data.source"] == "folder" and len(notes) == 1
+    assert Path(overrides["data.path"]).name == "imgs"
