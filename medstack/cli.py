@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from medstack.inference import cli as inference_cli
+
 
 def _quiet_environment() -> None:
     # No outbound telemetry from Prefect, and TensorFlow's C++ start-up chatter kept out of the logs.
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     check = sub.add_parser("check-config", help="validate a config and print it resolved")
     check.add_argument("--config", required=True, type=Path)
+    inference_cli.add_parsers(sub)
     return parser
 
 
@@ -58,6 +61,8 @@ def _overrides(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_environment()
+    if args.command in inference_cli.COMMANDS:
+        return inference_cli.run(args)
     from medstack.config import ConfigError, config_to_yaml, load_config
 
     try:
