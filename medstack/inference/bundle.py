@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import medstack
+from medstack.inference.schema import BUNDLE_FILE, SCHEMA_VERSION, BundleError, read_bundle_json  # noqa: F401
 from medstack.inference.stacking import JsonStacking
 from medstack.inference.stats import training_statistics
 
@@ -28,13 +28,7 @@ if TYPE_CHECKING:
     from medstack.config import RunConfig
     from medstack.pipeline import EnsembleFit, PreparedData
 
-SCHEMA_VERSION = 1
-BUNDLE_FILE = "model.json"
 _SUMMARY_METRICS = ("roc_auc", "pr_auc", "balanced_accuracy", "recall", "specificity", "f1", "mcc", "brier")
-
-
-class BundleError(ValueError):
-    """A run folder that cannot be used as a model; the message names the file."""
 
 
 def bundle_record(run_id: str, cfg: RunConfig, prepared: PreparedData, ensembles: EnsembleFit, metrics: dict,
@@ -180,31 +174,6 @@ def load_bundle(ref: str | Path, registry: str | Path | None = None) -> Bundle:
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path / BUNDLE_FILE}: stacking meta-model is malformed: {exc}") from exc
     return Bundle(root=path.resolve(), meta=meta, stacking=stacking, source=text)
-
-
-def read_bundle_json(file: Path) -> dict[str, Any]:
-    """``model.json`` parsed and checked: format, schema version, medstack major version, required keys."""
-    if not file.is_file():
-        raise BundleError(f"{file}: not found; is {file.parent} a medstack run folder? (runs written before "
-                          "model.json existed can be re-run from the fold cache in seconds)")
-    try:
-        meta = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{file}: not readable JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != "medstack-bundle":
-        raise BundleError(f"{file}: not a medstack model bundle (no 'format: medstack-bundle')")
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(f"{file}: bundle schema version {meta.get('schema_version')!r}; this medstack "
-                          f"({medstack.__version__}) reads version {SCHEMA_VERSION}")
-    theirs, ours = str(meta.get("medstack_version", "?")).split(".")[0], medstack.__version__.split(".")[0]
-    if theirs != ours:
-        raise BundleError(f"{file}: written by medstack {meta.get('medstack_version')}, major version {theirs}; "
-                          f"this is medstack {medstack.__version__} (major {ours})")
-    missing = [k for k in ("run_id", "classes", "input", "members", "models", "stacking", "decisions",
-                           "training_statistics") if k not in meta]
-    if missing:
-        raise BundleError(f"{file}: missing keys {missing}")
-    return meta
 
 
 def _load_keras(root: Path, spec: dict[str, Any]) -> keras.Model:

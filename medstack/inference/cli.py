@@ -44,6 +44,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
+    # Each fold model is traced once; TensorFlow's "retracing" warning about that says nothing useful here.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     from medstack.inference.bundle import BundleError
     from medstack.inference.inputs import InputError
     from medstack.inference.registry import RegistryError

@@ -15,6 +15,9 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+import medstack.models.losses  # noqa: F401  registered Keras objects the fold models name, so that an
+import medstack.models.network  # noqa: F401  exported ensemble loads in safe mode after importing this module
+import medstack.models.recipe  # noqa: F401
 from medstack.inference.bundle import Bundle, softmax
 
 Scores = dict[str, np.ndarray]
@@ -123,6 +126,8 @@ def make_scorer(bundle: Bundle, engine: str = "fused") -> Callable[[np.ndarray],
 
 def export_fused(bundle: Bundle, keras_path: str, saved_model_dir: str | None = None) -> keras.Model:
     """Write the fused model as one ``.keras`` file (atomically) and, optionally, ``model.export()``'s SavedModel."""
+    import shutil
+    import tempfile
     from pathlib import Path
 
     from medstack.storage import atomic_directory, atomic_file
@@ -131,11 +136,11 @@ def export_fused(bundle: Bundle, keras_path: str, saved_model_dir: str | None = 
     target = Path(keras_path)
     if target.suffix != ".keras":
         raise ValueError(f"{target}: the one-file export must end in .keras")
-    with atomic_file(target) as handle:
-        tmp = Path(handle.name)
-        model.save(tmp.with_suffix(".keras"))  # Keras insists on the extension; moved into the handle's file below
-        handle.write(tmp.with_suffix(".keras").read_bytes())
-        tmp.with_suffix(".keras").unlink()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as scratch, atomic_file(target, mode=0o644) as handle:
+        model.save(Path(scratch) / "ensemble.keras")  # Keras picks the format by extension; copied in atomically
+        with open(Path(scratch) / "ensemble.keras", "rb") as saved:
+            shutil.copyfileobj(saved, handle)
     if saved_model_dir:
         with atomic_directory(saved_model_dir) as tmp_dir:
             model.export(str(tmp_dir / "model"), format="tf_saved_model", verbose=False)

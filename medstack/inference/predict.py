@@ -78,7 +78,7 @@ def predict(bundle: Bundle, source: str | Path, output: str | Path, *, scorer: C
     summary = PredictSummary(output=str(output), run_id=bundle.run_id, model=model)
     counts, kinds, worst = Counter(), Counter(), []
     started = time.perf_counter()
-    with atomic_file(output) as handle, _Writer(handle, output.suffix.lower()) as writer:
+    with atomic_file(output, mode=0o644) as handle, _Writer(handle, output.suffix.lower()) as writer:
         for batch in iter_batches(listing, bundle.input_shape, bundle.meta["training_statistics"], batch_size,
                                   on_bad_image):
             summary.skipped.extend(batch.skipped)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medstack.inference.bundle import read_bundle_json
+from medstack.inference.schema import read_bundle_json
 from medstack.inference.registry import promote, read_registry, record_decision, registry_path, resolve
 
 SELECTION_NOTE = ("compared on the shared test split, which chose nothing inside either run; choosing between "

@@ -65,7 +65,7 @@ def resolve(ref: str, registry: str | Path | None = None) -> Path:
 def promote(run_dir: str | Path, alias: str = "champion", *, name: str | None = None, registry: str | Path | None = None,
             reason: str = "manual promotion", evidence: dict[str, Any] | None = None, by: str | None = None) -> dict[str, Any]:
     """Point ``<name>@<alias>`` at ``run_dir`` (name: the bundle's config name) and record the event."""
-    from medstack.inference.bundle import read_bundle_json
+    from medstack.inference.schema import read_bundle_json
 
     path = registry_path(registry)
     meta = read_bundle_json(Path(run_dir) / "model.json")  # only a usable bundle can be promoted

@@ -41,7 +41,8 @@ def source_warnings(mode: str, size: tuple[int, int], colour: bool | None, stats
     out = []
     height, width, channels = stats["shape"]
     if mode.startswith("I;16") or mode in ("I", "F"):
-        out.append(("bit depth", f"{mode} (16/32-bit) image mapped to 8 bits; the model trained on 8-bit images"))
+        bits = 16 if "16" in mode else 32
+        out.append(("bit depth", f"{bits}-bit image (mode {mode}) mapped to 8 bits; the model trained on 8-bit images"))
     if channels == 1 and colour:
         out.append(("colour", "colour image converted to grayscale; the model trained on grayscale images"))
     if channels == 3 and mode in ("L", "LA", "1", "I;16", "I"):
