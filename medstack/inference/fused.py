@@ -59,9 +59,10 @@ def fused_model(bundle: Bundle) -> keras.Model:
         fold_probas[strategy] = []
         for k, model in enumerate(models, start=1):
             # A fresh functional wrapper gives each fold model a unique name in the graph (every fold of one
-            # strategy was saved under the same name); the layers and weights are the loaded ones.
+            # strategy was saved under the same name); the layers and weights are the loaded ones. training=False
+            # is pinned in the graph: a loaded fold model called with training=None runs its random augmentation.
             fold = keras.Model(model.inputs[0], model.outputs[0], name=f"{strategy}_fold{k}")
-            fold_probas[strategy].append(layers.Softmax(name=f"p_{strategy}_fold{k}")(fold(inputs)))
+            fold_probas[strategy].append(layers.Softmax(name=f"p_{strategy}_fold{k}")(fold(inputs, training=False)))
     outputs = {s: _mean(p, s) for s, p in fold_probas.items()}
     outputs["soft_voting"] = _mean(list(outputs.values()), "soft_voting")
     stack = bundle.stacking

@@ -87,8 +87,19 @@ def history(name: str | None = None, registry: str | Path | None = None) -> list
 
 
 def _record(path: Path, name: str, event: dict[str, Any], by: str | None, alias_target: str | None) -> dict:
+    import fcntl
+
     from medstack.storage import atomic_write_json
 
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Read-modify-write under an exclusive lock: two retrains finishing together must not drop each other's event.
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _record_locked(path, name, event, by, alias_target, atomic_write_json)
+
+
+def _record_locked(path: Path, name: str, event: dict[str, Any], by: str | None, alias_target: str | None,
+                   write) -> dict:
     data = read_registry(path)
     entry = data["models"].setdefault(name, {"aliases": {}, "history": []})
     stamped = {"when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "who": by or _user(), **event}
@@ -97,7 +108,7 @@ def _record(path: Path, name: str, event: dict[str, Any], by: str | None, alias_
         stamped["previous_run_id"] = previous["run_id"] if previous else None
         entry["aliases"][alias_target] = {"run_id": event["run_id"], "path": event["path"], "since": stamped["when"]}
     entry["history"].append(stamped)
-    atomic_write_json(path, data)
+    write(path, data)
     return stamped
 
 
