@@ -19,18 +19,27 @@ _RESIZE_FACTOR = 4.0  # source/training size ratio beyond which a resize warning
 _ASPECT_FACTOR = 1.5  # aspect-ratio ratio beyond which the bilinear resize distorts the image
 
 
-def training_statistics(images: np.ndarray) -> dict[str, Any]:
-    """Size, channels and intensity statistics of the training images (N, H, W, C) uint8."""
-    x = np.asarray(images, np.float64)
-    per_image_mean = x.mean(axis=(1, 2, 3))
-    per_image_std = x.std(axis=(1, 2, 3))
+def training_statistics(images: np.ndarray, chunk: int = 1024) -> dict[str, Any]:
+    """Size, channels and intensity statistics of the training images (N, H, W, C) uint8, in chunks (a 224 x 224
+    RGB dataset must not be copied to float64 whole)."""
+    n, channels = len(images), images.shape[-1]
+    sums, squares = np.zeros(channels), np.zeros(channels)
+    means, stds = np.empty(n), np.empty(n)
+    for start in range(0, n, chunk):
+        x = np.asarray(images[start : start + chunk], np.float64)
+        sums += x.sum(axis=(0, 1, 2))
+        squares += (x**2).sum(axis=(0, 1, 2))
+        means[start : start + len(x)] = x.mean(axis=(1, 2, 3))
+        stds[start : start + len(x)] = x.std(axis=(1, 2, 3))
+    pixels = n * images.shape[1] * images.shape[2]
+    mean = sums / pixels
     return {
-        "n_images": int(len(x)),
+        "n_images": int(n),
         "shape": [int(v) for v in images.shape[1:]],
-        "pixel_mean": x.mean(axis=(0, 1, 2)).round(4).tolist(),
-        "pixel_std": x.std(axis=(0, 1, 2)).round(4).tolist(),
-        "image_mean_range": np.quantile(per_image_mean, _QUANTILES).round(4).tolist(),
-        "image_std_range": np.quantile(per_image_std, _QUANTILES).round(4).tolist(),
+        "pixel_mean": mean.round(4).tolist(),
+        "pixel_std": np.sqrt(np.maximum(squares / pixels - mean**2, 0.0)).round(4).tolist(),
+        "image_mean_range": np.quantile(means, _QUANTILES).round(4).tolist(),
+        "image_std_range": np.quantile(stds, _QUANTILES).round(4).tolist(),
     }
 
 
