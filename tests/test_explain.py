@@ -69,7 +69,7 @@ def test_gradcam_peak_lies_on_the_planted_patch(planted_bundle):
     proba = MemberScorer(bundle)(x)["class_weight"]
     assert (proba[:, 1] > 0.5).all(), "the model did not learn the patch; Grad-CAM would explain nothing"
     heat = gradcam(bundle, "class_weight", x, np.ones(len(x), np.int64))
-    assert heat.shape == (len(x), SIDE, SIDE) and heat.min() >= 0 and np.isclose(heat.max(), 1.0)
+    assert heat.shape == (len(x), SIDE, SIDE) and heat.min() >= 0 and 0 < heat.max() <= 1  # mean of [0, 1] maps
     for h, (y, x0) in zip(heat, corners[positives]):
         py, px = np.unravel_index(np.argmax(h), h.shape)
         assert y - CELL <= py < y + PATCH + CELL and x0 - CELL <= px < x0 + PATCH + CELL, ((py, px), (y, x0))
