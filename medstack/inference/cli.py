@@ -76,8 +76,10 @@ def _predict(args: argparse.Namespace) -> int:
     summary = predict(bundle, args.input, args.output, scorer=make_scorer(bundle, args.engine), use=args.use,
                       batch_size=args.batch_size, on_bad_image=args.on_bad_image, progress=sys.stderr.isatty(),
                       on_batch=on_batch)
-    print(f"scored {summary.scored:,} image(s) in {summary.seconds:.1f} s ({summary.images_per_second:,.0f}/s); "
-          f"wrote {args.output}", file=sys.stderr)
+    rate = summary.images_per_second
+    print(f"scored {summary.scored:,} image(s) in {summary.seconds:.1f} s ({rate:,.0f}/s" if rate >= 10 else
+          f"scored {summary.scored:,} image(s) in {summary.seconds:.1f} s ({rate:.2f}/s, mostly tracing the graph once",
+          end=f"); wrote {args.output}\n", file=sys.stderr)
     print("predicted: " + ", ".join(f"{name} {n:,}" for name, n in summary.class_counts.items()), file=sys.stderr)
     for ident, reason in summary.skipped[:10]:
         print(f"skipped {ident}: {reason}", file=sys.stderr)
