@@ -18,6 +18,7 @@ from medstack import outputs, pipeline
 from medstack.config import RunConfig, apply_overrides
 from medstack.tasks.data import load_dataset, make_folds, make_splits
 from medstack.tasks.ensemble import evaluate_on_test, fit_ensembles, gather_oof
+from medstack.tasks.registry import promote_if_better
 from medstack.tasks.report import publish_artifacts, write_report
 from medstack.tasks.training import TrainingProgress, train_fold, training_runner
 
@@ -61,5 +62,7 @@ def ensemble_flow(config: RunConfig, overrides: dict[str, Any] | None = None) ->
     summary = pipeline.summarise_training(results, wall_seconds=time.perf_counter() - started)
     run_dir = write_report(str(output_dir), run_id, config, prepared, ensembles, metrics, summary)
     publish_artifacts(run_dir)
+    if config.registry.promote == "auto":
+        promote_if_better(str(run_dir), config)
     logger.info("run folder: %s (%d trained, %d from cache)", run_dir, summary["trained"], summary["cache_hits"])
     return str(run_dir)

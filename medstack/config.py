@@ -164,6 +164,19 @@ class RuntimeConfig(Section):
     output_dir: str = "runs"
 
 
+class RegistryConfig(Section):
+    """What a finished run does in the model registry (medstack.inference.registry)."""
+
+    promote: Literal["manual", "auto"] = Field(
+        default="manual",
+        description="auto: promote the run to <name>@<alias> when it beats the champion on the shared test split.",
+    )
+    alias: str = Field(default="champion", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    name: str | None = Field(default=None, description="Registry name; None uses the config's name.")
+    path: str | None = Field(default=None, description="Registry file; None: registry.json in runtime.output_dir.")
+    min_improvement: float = Field(default=0.0, ge=0.0, description="Test ROC AUC gain the candidate needs.")
+
+
 class RunConfig(Section):
     """Everything a run needs. ``strategies`` maps a registered strategy name to its parameters."""
 
@@ -180,6 +193,7 @@ class RunConfig(Section):
     ensemble: EnsembleConfig = EnsembleConfig()
     report: ReportConfig = ReportConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    registry: RegistryConfig = RegistryConfig()
 
     @field_validator("name")
     @classmethod

@@ -14,7 +14,7 @@ from medstack.config import RunConfig, load_config
 
 # Config fields holding paths: made absolute at deploy time, so a worker started from another folder (or the
 # UI's form) sees exactly the folders the deployment was made with.
-_PATH_FIELDS = (("data", "path"), ("runtime", "cache_dir"), ("runtime", "output_dir"))
+_PATH_FIELDS = (("data", "path"), ("runtime", "cache_dir"), ("runtime", "output_dir"), ("registry", "path"))
 
 
 def config_parameters(config: str, base_dir: str | None = None) -> dict[str, Any]:

@@ -170,6 +170,7 @@ def write_run(
     extra: dict[str, Any],
 ) -> Path:
     """Write the complete run folder atomically; returns its final path."""
+    from medstack.inference.bundle import write_bundle
     from medstack.models.metrics import metrics_table
     from medstack.plots import make_plots
     from medstack.report import diagnose_all, render_report
@@ -192,6 +193,7 @@ def write_run(
         plots = make_plots(tmp / "plots", metrics, y_test, preds.test, preds.histories, names, prepared.positive_class)
         _copy_models(tmp / "models", preds.model_paths)
         ensembles.meta_model.save(tmp / "models" / "meta_model.joblib")
+        write_bundle(tmp, run_id, cfg, prepared, ensembles, metrics)  # model.json: the run folder as a model bundle
         diagnoses = diagnose_all(preds.histories)
         notes = list(prepared.notes) + [
             f"{strategy} fold {fold + 1}: {note}"

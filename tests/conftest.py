@@ -53,3 +53,24 @@ def tiny_config_dict(tmp_path: Path) -> dict:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def smoke_bundle(pneumonia_npz, tmp_path_factory) -> Path:
+    """One real run of configs/smoke.yaml (4 strategies x 2 folds), trained once per session through the CLI, used
+    as a model bundle by the prediction, export, registry and flow tests. ``MEDSTACK_TEST_CACHE_DIR`` (unset in
+    CI) points the run at a fold cache kept between sessions, so iterating on these tests does not retrain."""
+    import subprocess
+    import sys
+
+    base = tmp_path_factory.mktemp("smoke-bundle")
+    cache = os.environ.get("MEDSTACK_TEST_CACHE_DIR") or str(base / "cache")
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("medstack")), "run", "--config", str(REPO / "configs" / "smoke.yaml"),
+         "--data", str(pneumonia_npz), "--output-dir", str(base / "runs"), "--cache-dir", cache],
+        cwd=base, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = Path(done.stdout.strip().splitlines()[-1])
+    assert (run / "model.json").is_file(), done.stdout[-2000:]
+    return run

@@ -21,12 +21,15 @@ def _build_step(deployment: dict) -> tuple[str, dict]:
     return fqn, inputs
 
 
+ENSEMBLE_DEPLOYMENTS = [d for d in PREFECT_YAML["deployments"] if d["entrypoint"] == "flows/ensemble.py:ensemble_flow"]
+
+
 def test_every_config_has_a_deployment_on_the_work_pool():
-    names = [d["name"] for d in PREFECT_YAML["deployments"]]
+    names = [(d["entrypoint"], d["name"]) for d in PREFECT_YAML["deployments"]]  # Prefect names are per flow
     assert len(names) == len(set(names))
-    configs = {_build_step(d)[1]["config"] for d in PREFECT_YAML["deployments"]}
+    configs = {_build_step(d)[1]["config"] for d in ENSEMBLE_DEPLOYMENTS}
     assert configs == {f"configs/{p.name}" for p in (REPO / "configs").glob("*.yaml")}
-    for deployment in PREFECT_YAML["deployments"]:
+    for deployment in ENSEMBLE_DEPLOYMENTS:
         fqn, inputs = _build_step(deployment)
         assert fqn == "medstack.deploy.config_parameters"
         assert deployment["parameters"] == {"config": f"{{{{ {inputs['id']}.config }}}}"}
@@ -35,8 +38,15 @@ def test_every_config_has_a_deployment_on_the_work_pool():
         assert deployment["enforce_parameter_schema"] is True
 
 
+def test_predict_deployments_name_a_registry_alias():
+    predict = [d for d in PREFECT_YAML["deployments"] if d["entrypoint"] == "flows/predict.py:predict_flow"]
+    assert {d["name"]: d["parameters"] for d in predict} == {
+        "pneumoniamnist": {"model": "pneumoniamnist@champion"}, "smoke": {"model": "pneumoniamnist-smoke@champion"}}
+    assert all(d["enforce_parameter_schema"] and "build" not in d for d in predict)
+
+
 def test_weekly_deployment_schedule_is_a_cron_with_a_time_zone():
-    [weekly] = [d for d in PREFECT_YAML["deployments"] if d.get("schedules")]
+    [weekly] = [d for d in ENSEMBLE_DEPLOYMENTS if d.get("schedules")]
     [schedule] = weekly["schedules"]
     assert schedule == {"cron": "0 3 * * 1", "timezone": "Europe/Berlin", "active": True}
 

@@ -403,3 +403,36 @@ def test_ui_shows_the_run_the_leaderboard_and_the_plots(deployed, smoke_runs, br
     print(f"screenshots in {shots}: flow-run.png, leaderboard-artifact.png, report-artifact.png, "
           "report-artifact-plots.png")
     page.close()
+
+
+# --------------------------------------------------------------------------------------------- prediction
+
+
+def test_predict_deployment_follows_the_registry_alias(deployed, smoke_runs, tmp_path):
+    """`prefect deployment run 'medstack-predict/smoke' --param input=...`: the deployment names
+    pneumoniamnist-smoke@champion; promoting another run changes what the next run scores with, no redeploy."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from medstack.inference.registry import promote
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    for i in range(5):
+        Image.fromarray(np.random.default_rng(i).integers(40, 220, (28, 28), dtype=np.uint8)).save(incoming / f"{i}.png")
+    registry = tmp_path / "registry.json"
+    with deployed.client() as client:
+        deployment = client.read_deployment_by_name("medstack-predict/smoke")
+    assert deployment.parameters == {"model": "pneumoniamnist-smoke@champion"}
+    for run in smoke_runs:  # two runs of the ensemble deployment, two run ids
+        promote(run.run_dir, "champion", registry=registry)
+        out = tmp_path / f"{run.run_dir.name}.csv"
+        done = deployed.cli("deployment", "run", "medstack-predict/smoke", "--param", f"input={incoming}",
+                            "--param", f"registry={registry}", "--param", f"output={out}", "--watch",
+                            "--watch-timeout", "600", timeout=660)
+        assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{_tail(deployed, 'worker')}"
+        frame = pd.read_csv(out)
+        assert len(frame) == 5 and set(frame["run_id"]) == {run.run_dir.name}
+        keys = {a.key for a in _artifacts(deployed, _flow_run_id(done.stdout))}
+        assert {"predict-class-counts", "predict-least-confident", "predict-heatmaps"} <= keys

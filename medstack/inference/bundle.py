@@ -1,0 +1,211 @@
+"""The model bundle: ``model.json`` in every run folder, and the one loader prediction and serving go through.
+
+``model.json`` describes the run folder as a model: classes, the input contract, every member's fold files and
+temperatures, every model's decision, the stacking meta-model as plain JSON numbers, the recommended model,
+training-data statistics for the drift guard, the data fingerprint and a metrics summary. Loading it runs no
+pickle (``meta_model.joblib`` stays as an export and is never read here); ``.keras`` files load in safe mode after
+their sha256 is checked. Every problem is a :class:`BundleError` naming the file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+import medstack
+from medstack.inference.schema import BUNDLE_FILE, SCHEMA_VERSION, BundleError, read_bundle_json  # noqa: F401
+from medstack.inference.stacking import JsonStacking
+from medstack.inference.stats import training_statistics
+
+if TYPE_CHECKING:
+    import keras
+
+    from medstack.config import RunConfig
+    from medstack.pipeline import EnsembleFit, PreparedData
+
+_SUMMARY_METRICS = ("roc_auc", "pr_auc", "balanced_accuracy", "recall", "specificity", "f1", "mcc", "brier")
+
+
+def bundle_record(run_id: str, cfg: RunConfig, prepared: PreparedData, ensembles: EnsembleFit, metrics: dict,
+                  model_files: dict[str, list[Path]], root: Path) -> dict[str, Any]:
+    """The content of ``model.json`` for a run whose fold models lie at ``model_files`` (under ``root``)."""
+    preds = ensembles.predictions
+    meta = ensembles.meta_model
+    shape = [int(v) for v in prepared.images.shape[1:]]
+    binary = len(prepared.class_names) == 2
+    members = {
+        strategy: {"folds": [{"file": path.relative_to(root).as_posix(), "sha256": _sha256(path),
+                              "temperature": preds.fold_info[strategy][k].get("temperature")}
+                             for k, path in enumerate(files)]}
+        for strategy, files in model_files.items()
+    }
+    return {
+        "format": "medstack-bundle",
+        "schema_version": SCHEMA_VERSION,
+        "medstack_version": medstack.__version__,
+        "run_id": run_id,
+        "name": cfg.name,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "classes": list(prepared.class_names),
+        "positive_class": ({"index": int(prepared.positive_class), "name": prepared.class_names[prepared.positive_class]}
+                           if binary else None),
+        "input": {
+            "shape": shape,
+            "channels": shape[-1],
+            "color_mode": "L" if shape[-1] == 1 else "RGB",
+            "dtype": "float32 pixel values 0..255 (uint8 images cast to float)",
+            "value_range": [0, 255],
+            "decoding": ("medstack.data.images.decode_image(file, (height, width), color_mode): 16-bit images "
+                         "mapped to 8 bits by >> 8, palette images via RGBA, PIL convert to the color mode, "
+                         "bilinear resize to height x width"),
+            "model_image_size": list(cfg.data.image_size) if cfg.data.image_size else None,
+            "source": cfg.data.source,
+        },
+        "members": members,
+        "models": [*members, "soft_voting", "stacking"],
+        "soft_voting": {"members": list(members), "rule": "unweighted mean of the member probabilities"},
+        "stacking": JsonStacking.from_meta_model(meta).to_json(),
+        "decisions": {name: metrics["models"][name]["decision"] for name in metrics["models"]},
+        "recommended": dict(metrics.get("recommended") or {}),
+        "data": {"name": prepared.name, "fingerprint": prepared.fingerprint, "counts": prepared.counts,
+                 "source": cfg.data.source},
+        "training_statistics": training_statistics(prepared.images[prepared.train_idx]),
+        "metrics": {name: {split: {k: m[split].get(k) for k in _SUMMARY_METRICS if k in m[split]}
+                           for split in ("test", "oof")}
+                    for name, m in metrics["models"].items()},
+    }
+
+
+def write_bundle(folder: Path, run_id: str, cfg: RunConfig, prepared: PreparedData, ensembles: EnsembleFit,
+                 metrics: dict) -> Path:
+    """Write ``folder/model.json`` for the fold models already copied to ``folder/models/<strategy>/fold-<k>.keras``."""
+    from medstack.storage import atomic_write_json
+
+    files = {strategy: [folder / "models" / strategy / f"fold-{k + 1}.keras" for k in sorted(per_fold)]
+             for strategy, per_fold in ensembles.predictions.model_paths.items()
+             if strategy in ensembles.meta_model.model_names_}
+    return atomic_write_json(folder / BUNDLE_FILE, bundle_record(run_id, cfg, prepared, ensembles, metrics, files, folder))
+
+
+@dataclass
+class Bundle:
+    """A loaded ``model.json`` with its folder. Fold models are loaded on demand (:meth:`member_models`)."""
+
+    root: Path
+    meta: dict[str, Any]
+    stacking: JsonStacking
+    source: str  # what the user named: a folder, or <name>@<alias>
+    _members: dict[str, list[keras.Model]] | None = field(default=None, repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.meta["run_id"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.meta["input"]["shape"])
+
+    @property
+    def color_mode(self) -> str:
+        return self.meta["input"]["color_mode"]
+
+    @property
+    def strategies(self) -> list[str]:
+        return list(self.meta["members"])
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.meta["models"])
+
+    @property
+    def recommended(self) -> str:
+        return self.meta["recommended"].get("model") or "stacking"
+
+    def decision(self, model: str) -> dict[str, Any]:
+        return self.meta["decisions"][model]
+
+    def check_model_name(self, model: str) -> str:
+        if model not in self.models:
+            raise BundleError(f"{self.root / BUNDLE_FILE}: no model {model!r}; this bundle has {self.models}")
+        return model
+
+    def member_files(self) -> dict[str, list[Path]]:
+        return {s: [self.root / f["file"] for f in spec["folds"]] for s, spec in self.meta["members"].items()}
+
+    def member_models(self) -> dict[str, list[keras.Model]]:
+        """Every fold model, by strategy, loaded once (sha256 checked, Keras safe mode)."""
+        if self._members is None:
+            self._members = {s: [_load_keras(self.root, f) for f in spec["folds"]]
+                             for s, spec in self.meta["members"].items()}
+        return self._members
+
+    def summary(self) -> dict[str, Any]:
+        """What a service or a listing shows about this model: no file paths beyond the run folder."""
+        keys = ("name", "run_id", "created", "medstack_version", "classes", "positive_class", "input", "models",
+                "decisions", "recommended", "metrics")
+        return {"bundle": str(self.root), **{k: self.meta.get(k) for k in keys},
+                "data_fingerprint": self.meta["data"]["fingerprint"]}
+
+
+def load_bundle(ref: str | Path, registry: str | Path | None = None) -> Bundle:
+    """Load a bundle from a run folder, its ``model.json``, or a registry name ``<name>@<alias>``."""
+    text = str(ref)
+    path = Path(text).expanduser()
+    if "@" in text and not path.exists():
+        from medstack.inference.registry import resolve
+
+        path = resolve(text, registry)
+    if path.is_file() and path.name == BUNDLE_FILE:
+        path = path.parent
+    if not path.is_dir():
+        raise BundleError(f"{path}: no such run folder (expected a folder holding {BUNDLE_FILE}, or <name>@<alias>)")
+    meta = read_bundle_json(path / BUNDLE_FILE)
+    try:
+        stacking = JsonStacking.from_json(meta["stacking"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path / BUNDLE_FILE}: stacking meta-model is malformed: {exc}") from exc
+    return Bundle(root=path.resolve(), meta=meta, stacking=stacking, source=text)
+
+
+def _load_keras(root: Path, spec: dict[str, Any]) -> keras.Model:
+    import keras
+
+    import medstack.models.losses  # noqa: F401  registers the losses a nested model's compile config names
+    import medstack.models.network  # noqa: F401  registers TTAView and CosineLogits for safe-mode loading
+    import medstack.models.recipe  # noqa: F401  registers the custom metric
+
+    path = root / spec["file"]
+    if not path.is_file():
+        raise BundleError(f"{path}: member model file is missing (listed in {root / BUNDLE_FILE})")
+    if spec.get("sha256") and _sha256(path) != spec["sha256"]:
+        raise BundleError(f"{path}: member model file is corrupt or was replaced (sha256 differs from "
+                          f"{root / BUNDLE_FILE})")
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # zip errors, unknown layers, safe-mode refusals: all mean "cannot use this file"
+        raise BundleError(f"{path}: cannot load the member model: {type(exc).__name__}: {exc}") from exc
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """float64 softmax over the last axis."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)

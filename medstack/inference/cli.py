@@ -1,0 +1,147 @@
+"""The ``medstack`` sub-commands that use a trained ensemble: predict, promote, export, models.
+
+:func:`add_parsers` adds them to the main CLI's sub-parsers; :func:`run` runs one. Errors in the user's input
+(a bad bundle, image, registry or reference) print one line naming the file and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+COMMANDS = ("predict", "promote", "export", "models")
+
+
+def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    predict = sub.add_parser("predict", parents=[common], help="score images with a trained run (folder) or <name>@<alias>")
+    predict.add_argument("--model", required=True, help="run folder, its model.json, or <name>@<alias>")
+    predict.add_argument("--input", required=True, type=Path,
+                         help="an image file, a folder (recursive), an npz with images, or a CSV with a 'path' column")
+    predict.add_argument("--output", required=True, type=Path, help="predictions .csv or .parquet")
+    predict.add_argument("--use", help="model whose label to output (default: the run's recommended model)")
+    predict.add_argument("--batch-size", type=int, default=256)
+    predict.add_argument("--on-bad-image", choices=("error", "skip"), default="error")
+    predict.add_argument("--engine", choices=("fused", "members"), default="fused",
+                         help="fused: the whole ensemble as one graph (default); members: each fold model in turn")
+    predict.add_argument("--explain", type=Path, metavar="DIR", help="write Grad-CAM overlays (PNG) of the chosen model")
+    predict.add_argument("--explain-limit", type=int, default=100, help="at most this many overlays (default 100)")
+    promote = sub.add_parser("promote", parents=[common], help="point <name>@<alias> at a run folder in the registry")
+    promote.add_argument("run", type=Path, help="run folder (runs/<run-id>)")
+    promote.add_argument("--alias", default="champion")
+    promote.add_argument("--name", help="registry name (default: the run's config name)")
+    promote.add_argument("--reason", default="manual promotion")
+    export = sub.add_parser("export", parents=[common], help="write the whole ensemble as one .keras model (and a SavedModel)")
+    export.add_argument("--model", required=True, help="run folder or <name>@<alias>")
+    export.add_argument("--to", required=True, type=Path, help="target .keras file")
+    export.add_argument("--saved-model", type=Path, help="also write model.export()'s SavedModel to this folder")
+    listing = sub.add_parser("models", parents=[common], help="list registry names, aliases and history")
+    listing.add_argument("--history", action="store_true", help="print every registry event as JSON lines")
+    for command in (predict, promote, export, listing):
+        command.add_argument("--registry", type=Path,
+                             help="registry file (default: $MEDSTACK_REGISTRY or runs/registry.json)")
+        command.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    # Each fold model is traced once; TensorFlow's "retracing" warning about that says nothing useful here.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    from medstack.inference.bundle import BundleError
+    from medstack.inference.inputs import InputError
+    from medstack.inference.registry import RegistryError
+
+    try:
+        return {"predict": _predict, "promote": _promote, "export": _export, "models": _models}[args.command](args)
+    except (BundleError, InputError, RegistryError) as exc:
+        print(f"medstack: {exc}", file=sys.stderr)
+        return 2
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from medstack.inference.bundle import load_bundle
+    from medstack.inference.fused import make_scorer
+    from medstack.inference.predict import predict, skipped_path
+
+    bundle = load_bundle(args.model, args.registry)
+    model = bundle.check_model_name(args.use or bundle.recommended)
+    print(f"model: {bundle.source} -> run {bundle.run_id} ({bundle.root}); labels from {model} "
+          f"[{_describe(bundle, model)}]", file=sys.stderr)
+    on_batch = None
+    if args.explain:
+        from medstack.inference.explain import OverlayWriter
+
+        on_batch = OverlayWriter(bundle, model, args.explain, limit=args.explain_limit)
+    summary = predict(bundle, args.input, args.output, scorer=make_scorer(bundle, args.engine), use=args.use,
+                      batch_size=args.batch_size, on_bad_image=args.on_bad_image, progress=sys.stderr.isatty(),
+                      on_batch=on_batch)
+    rate = summary.images_per_second
+    print(f"scored {summary.scored:,} image(s) in {summary.seconds:.1f} s ({rate:,.0f}/s" if rate >= 10 else
+          f"scored {summary.scored:,} image(s) in {summary.seconds:.1f} s ({rate:.2f}/s, mostly tracing the graph once",
+          end=f"); wrote {args.output}\n", file=sys.stderr)
+    print("predicted: " + ", ".join(f"{name} {n:,}" for name, n in summary.class_counts.items()), file=sys.stderr)
+    for ident, reason in summary.skipped[:10]:
+        print(f"skipped {ident}: {reason}", file=sys.stderr)
+    if summary.skipped:
+        print(f"skipped {len(summary.skipped):,} unreadable image(s); all listed in {skipped_path(args.output)}",
+              file=sys.stderr)
+    if summary.warned_inputs:
+        kinds = ", ".join(f"{kind} {n:,}" for kind, n in summary.warnings.items())
+        print(f"WARNING: {summary.warned_inputs:,} input(s) look unlike the training images ({kinds}); see the "
+              f"'warnings' column of {args.output}", file=sys.stderr)
+    if on_batch is not None:
+        print(f"wrote {on_batch.written:,} Grad-CAM overlay(s) to {args.explain}", file=sys.stderr)
+    return 0
+
+
+def _describe(bundle, model: str) -> str:
+    from medstack.models.decision import describe_decision
+
+    decision = bundle.decision(model)
+    text = describe_decision(decision, bundle.classes)
+    if decision.get("kind") == "threshold":
+        text = f"{bundle.classes[int(decision.get('positive_class', 1))]} if P >= {decision['threshold']:.4f}"
+    return text
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from medstack.inference.registry import promote, registry_path
+
+    event = promote(args.run, args.alias, name=args.name, registry=args.registry, reason=args.reason)
+    name = args.name or json.loads((args.run / "model.json").read_text())["name"]
+    print(f"{name}@{args.alias} -> run {event['run_id']} (was {event['previous_run_id'] or 'unset'}); "
+          f"recorded in {registry_path(args.registry)}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from medstack.inference.bundle import load_bundle
+    from medstack.inference.fused import export_fused
+
+    bundle = load_bundle(args.model, args.registry)
+    model = export_fused(bundle, args.to, args.saved_model)
+    print(f"wrote {args.to} (run {bundle.run_id}: {len(model.layers)} layers, outputs {bundle.models})")
+    if args.saved_model:
+        print(f"wrote SavedModel {args.saved_model} (serving signature 'serve': pixels float32 "
+              f"(None, {', '.join(map(str, bundle.input_shape))}) -> one (None, {len(bundle.classes)}) output per model)")
+    print("load it with: import medstack.inference.fused; keras.saving.load_model(path, safe_mode=True)")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from medstack.inference.registry import history, read_registry, registry_path
+
+    if args.history:
+        for event in history(registry=args.registry):
+            print(json.dumps(event))
+        return 0
+    models = read_registry(args.registry)["models"]
+    if not models:
+        print(f"no models registered in {registry_path(args.registry)}")
+    for name, entry in models.items():
+        for alias, target in entry["aliases"].items():
+            print(f"{name}@{alias} -> {target['run_id']} ({target['path']}, since {target['since']})")
+        print(f"  {len(entry['history'])} event(s); medstack models --history for all")
+    return 0

@@ -1,0 +1,151 @@
+"""The whole ensemble as ONE Keras model, and the per-member Python path it must equal.
+
+:func:`fused_model` wires every fold model of every member into one graph: softmax of each fold's calibrated
+logits, the mean over folds per member, the soft vote over members and the stacking meta-model applied per fold
+(:class:`StackingHead`) and averaged. Its outputs are a dict ``{model name: (N, K) probabilities}``; one batch is
+one call. :class:`MemberScorer` computes the same numbers fold model by fold model in NumPy (float64): it is the
+reference the fused graph is tested against, and the slower path the benchmark compares with.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+import medstack.models.losses  # noqa: F401  registered Keras objects the fold models name, so that an
+import medstack.models.network  # noqa: F401  exported ensemble loads in safe mode after importing this module
+import medstack.models.recipe  # noqa: F401
+from medstack.inference.bundle import Bundle, softmax
+
+Scores = dict[str, np.ndarray]
+
+
+@keras.saving.register_keras_serializable(package="medstack")
+class StackingHead(layers.Layer):
+    """The stacking logistic regression on the fold-k probabilities of every member (inputs in feature order)."""
+
+    def __init__(self, coef: list, intercept: list, num_classes: int, **kwargs):
+        super().__init__(**kwargs)
+        self.coef = [[float(v) for v in row] for row in coef]
+        self.intercept = [float(v) for v in intercept]
+        self.num_classes = int(num_classes)
+
+    def call(self, inputs):
+        columns = [p[:, 1:] for p in inputs] if self.num_classes == 2 else list(inputs)
+        features = ops.concatenate(columns, axis=-1)
+        coef = ops.convert_to_tensor(np.asarray(self.coef, np.float32))
+        z = ops.matmul(features, ops.transpose(coef)) + ops.convert_to_tensor(np.asarray(self.intercept, np.float32))
+        if self.num_classes == 2:
+            p1 = ops.sigmoid(z)
+            return ops.concatenate([1.0 - p1, p1], axis=-1)
+        return ops.softmax(z, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], self.num_classes)
+
+    def get_config(self):
+        return {**super().get_config(), "coef": self.coef, "intercept": self.intercept, "num_classes": self.num_classes}
+
+
+def fused_model(bundle: Bundle) -> keras.Model:
+    """One Keras model: raw pixels (N, H, W, C) in, every model's class probabilities out (a dict by name)."""
+    members = bundle.member_models()
+    inputs = keras.Input(shape=bundle.input_shape, dtype="float32", name="pixels")
+    fold_probas: dict[str, list[Any]] = {}
+    for strategy, models in members.items():
+        fold_probas[strategy] = []
+        for k, model in enumerate(models, start=1):
+            # A fresh functional wrapper gives each fold model a unique name in the graph (every fold of one
+            # strategy was saved under the same name); the layers and weights are the loaded ones. training=False
+            # is pinned in the graph: a loaded fold model called with training=None runs its random augmentation.
+            fold = keras.Model(model.inputs[0], model.outputs[0], name=f"{strategy}_fold{k}")
+            fold_probas[strategy].append(layers.Softmax(name=f"p_{strategy}_fold{k}")(fold(inputs, training=False)))
+    outputs = {s: _mean(p, s) for s, p in fold_probas.items()}
+    outputs["soft_voting"] = _mean(list(outputs.values()), "soft_voting")
+    stack = bundle.stacking
+    n_folds = len(next(iter(fold_probas.values())))
+    heads = [StackingHead(stack.coef.tolist(), stack.intercept.tolist(), stack.num_classes, name=f"stacking_fold{k + 1}")(
+        [fold_probas[name][k] for name in stack.features]) for k in range(n_folds)]
+    outputs["stacking"] = _mean(heads, "stacking")
+    return keras.Model(inputs, {name: outputs[name] for name in bundle.models}, name=f"medstack_{bundle.run_id}")
+
+
+def _mean(tensors: list[Any], name: str) -> Any:
+    if len(tensors) == 1:
+        return layers.Identity(name=name)(tensors[0])
+    return layers.Average(name=name)(tensors)
+
+
+def compiled_call(model: keras.Model) -> Callable[[np.ndarray], Any]:
+    """``model`` called in inference mode, traced once for any batch size under TensorFlow (eager otherwise)."""
+    if keras.backend.backend() != "tensorflow":
+        return lambda x: model(x, training=False)
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+    return tf.function(lambda x: model(x, training=False), input_signature=[spec])
+
+
+class FusedScorer:
+    """Scores batches through the fused model: one call per batch."""
+
+    def __init__(self, bundle: Bundle, model: keras.Model | None = None):
+        self.model = model or fused_model(bundle)
+        self._call = compiled_call(self.model)
+
+    def __call__(self, images: np.ndarray) -> Scores:
+        out = self._call(np.asarray(images, np.float32))
+        return {name: np.asarray(ops.convert_to_numpy(value), np.float64) for name, value in out.items()}
+
+
+class MemberScorer:
+    """The per-member Python path: every fold model called on its own, softmax, means and stacking in NumPy."""
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        self._calls = {s: [compiled_call(m) for m in ms] for s, ms in bundle.member_models().items()}
+
+    def __call__(self, images: np.ndarray) -> Scores:
+        x = np.asarray(images, np.float32)
+        by_fold = {s: [softmax(ops.convert_to_numpy(call(x))) for call in calls] for s, calls in self._calls.items()}
+        out = {s: np.mean(p, axis=0) for s, p in by_fold.items()}
+        out["soft_voting"] = np.mean([out[s] for s in by_fold], axis=0)
+        out["stacking"] = self.bundle.stacking.predict_proba_per_fold(by_fold)
+        return {name: out[name] for name in self.bundle.models}
+
+
+def make_scorer(bundle: Bundle, engine: str = "fused") -> Callable[[np.ndarray], Scores]:
+    if engine == "fused":
+        return FusedScorer(bundle)
+    if engine == "members":
+        return MemberScorer(bundle)
+    raise ValueError(f"engine must be 'fused' or 'members', got {engine!r}")
+
+
+def export_fused(bundle: Bundle, keras_path: str, saved_model_dir: str | None = None) -> keras.Model:
+    """Write the fused model as one ``.keras`` file (atomically) and, optionally, ``model.export()``'s SavedModel."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from medstack.storage import atomic_directory, atomic_file
+
+    model = fused_model(bundle)
+    target = Path(keras_path)
+    if target.suffix != ".keras":
+        raise ValueError(f"{target}: the one-file export must end in .keras")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as scratch, atomic_file(target, mode=0o644) as handle:
+        model.save(Path(scratch) / "ensemble.keras")  # Keras picks the format by extension; copied in atomically
+        with open(Path(scratch) / "ensemble.keras", "rb") as saved:
+            shutil.copyfileobj(saved, handle)
+    if saved_model_dir:
+        with atomic_directory(saved_model_dir) as tmp_dir:
+            model.export(str(tmp_dir / "model"), format="tf_saved_model", verbose=False)
+            for item in (tmp_dir / "model").iterdir():
+                item.rename(tmp_dir / item.name)
+            (tmp_dir / "model").rmdir()
+    return model

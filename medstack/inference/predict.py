@@ -1,0 +1,170 @@
+"""``medstack predict``: stream inputs through a bundle in batches and write one row per image, atomically.
+
+Columns: ``input`` (the file path, or ``<npz>:<row>``), every model's class probabilities under the run's
+``test_predictions.csv`` names (``stacking:p(pneumonia)``), ``predicted`` (the chosen model's label under its
+decision from ``model.json``), ``model`` (which model chose it), ``run_id`` and ``warnings`` (input drift).
+CSV, or Parquet when the output ends in ``.parquet``. Skipped images go to ``<output>.skipped.csv`` with the reason.
+"""
+
+from __future__ import annotations
+
+import heapq
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from medstack.inference.bundle import Bundle
+from medstack.inference.inputs import InputError, count_inputs, iter_batches, list_inputs
+from medstack.inference.stats import summarise_warnings
+from medstack.models.decision import apply_decision
+
+
+@dataclass
+class PredictSummary:
+    output: str
+    run_id: str
+    model: str
+    scored: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    class_counts: dict[str, int] = field(default_factory=dict)
+    warnings: dict[str, int] = field(default_factory=dict)
+    warned_inputs: int = 0
+    least_confident: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.scored / self.seconds if self.seconds else 0.0
+
+
+def probability_columns(models: list[str], classes: list[str]) -> list[str]:
+    """The run's ``test_predictions.csv`` column names (medstack.outputs.predictions_frame)."""
+    return [f"{model}:p({name})" for model in models for name in classes]
+
+
+def confidence(proba: np.ndarray, decision: dict[str, Any]) -> np.ndarray:
+    """How far each row is from flipping its label: |P(positive) - threshold| for thresholds, else the margin
+    between the best and second-best (offset) log-probabilities."""
+    if decision.get("kind") == "threshold":
+        return np.abs(proba[:, int(decision.get("positive_class", 1))] - float(decision["threshold"]))
+    logp = np.log(np.clip(proba, 1e-12, None)) + np.asarray(decision.get("offsets") or 0.0)
+    top = np.sort(logp, axis=1)
+    return top[:, -1] - top[:, -2]
+
+
+def predict(bundle: Bundle, source: str | Path, output: str | Path, *, scorer: Callable | None = None,
+            use: str | None = None, batch_size: int = 256, on_bad_image: str = "error", least_confident: int = 10,
+            progress: bool = False, on_batch: Callable[[Any, dict[str, np.ndarray], np.ndarray], None] | None = None,
+            ) -> PredictSummary:
+    """Score every image under ``source`` and write ``output``; returns what happened (for the CLI and the flow)."""
+    from medstack.inference.fused import make_scorer
+    from medstack.storage import atomic_file, atomic_write_text
+
+    model = bundle.check_model_name(use or bundle.recommended)
+    decision = bundle.decision(model)
+    output = Path(output)
+    if output.suffix.lower() not in (".csv", ".parquet"):
+        raise InputError(f"{output}: the output must end in .csv or .parquet")
+    listing = list_inputs(source)
+    total = count_inputs(listing)
+    scorer = scorer or make_scorer(bundle)
+    classes = bundle.classes
+    summary = PredictSummary(output=str(output), run_id=bundle.run_id, model=model)
+    counts, kinds, worst = Counter(), Counter(), []
+    started = time.perf_counter()
+    with atomic_file(output, mode=0o644) as handle, _Writer(handle, output.suffix.lower()) as writer:
+        for batch in iter_batches(listing, bundle.input_shape, bundle.meta["training_statistics"], batch_size,
+                                  on_bad_image):
+            summary.skipped.extend(batch.skipped)
+            if not batch.ids:
+                continue
+            scores = scorer(batch.images)
+            labels = apply_decision(scores[model], decision)
+            writer.write(_frame(batch, scores, labels, bundle, model))
+            counts.update(classes[i] for i in labels)
+            kinds.update(summarise_warnings(batch.warnings))
+            summary.warned_inputs += sum(1 for w in batch.warnings if w)
+            for ident, conf, label, proba in zip(batch.ids, confidence(scores[model], decision), labels, scores[model]):
+                item = (-float(conf), ident, classes[int(label)], [round(float(p), 4) for p in proba])
+                (heapq.heappush if len(worst) < least_confident else heapq.heappushpop)(worst, item)
+            if on_batch is not None:
+                on_batch(batch, scores, labels)
+            summary.scored += len(batch.ids)
+            if progress:
+                _show_progress(summary.scored + len(summary.skipped), total, started)
+        if summary.scored == 0:
+            raise InputError(f"{source}: no image could be scored ({len(summary.skipped)} skipped); "
+                             f"first: {summary.skipped[0] if summary.skipped else 'none'}")
+    if progress:
+        print(file=sys.stderr)
+    if summary.skipped:
+        rows = pd.DataFrame(summary.skipped, columns=["input", "reason"])
+        atomic_write_text(skipped_path(output), rows.to_csv(index=False))
+    summary.seconds = time.perf_counter() - started
+    summary.class_counts = {name: int(counts.get(name, 0)) for name in classes}
+    summary.warnings = dict(kinds)
+    summary.least_confident = [{"input": i, "predicted": lab, "confidence": round(-c, 4), "probabilities": p}
+                               for c, i, lab, p in sorted(worst, reverse=True)]
+    return summary
+
+
+def skipped_path(output: Path) -> Path:
+    return output.with_name(output.name + ".skipped.csv")
+
+
+def _frame(batch, scores: dict[str, np.ndarray], labels: np.ndarray, bundle: Bundle, model: str) -> pd.DataFrame:
+    columns: dict[str, Any] = {"input": batch.ids}
+    for name in bundle.models:
+        for k, cls in enumerate(bundle.classes):
+            columns[f"{name}:p({cls})"] = scores[name][:, k]
+    columns["predicted"] = [bundle.classes[int(i)] for i in labels]
+    columns["model"] = model
+    columns["run_id"] = bundle.run_id
+    columns["warnings"] = ["; ".join(text for _, text in found) for found in batch.warnings]
+    return pd.DataFrame(columns)
+
+
+class _Writer:
+    """Appends frames to an open binary handle as CSV (header once) or Parquet (one row group per batch)."""
+
+    def __init__(self, handle, suffix: str):
+        self.handle, self.suffix, self._parquet, self._header = handle, suffix, None, True
+
+    def __enter__(self) -> "_Writer":
+        if self.suffix == ".parquet":
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError as exc:
+                raise InputError("Parquet output needs pyarrow: pip install pyarrow (or write .csv)") from exc
+        return self
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.suffix == ".csv":
+            self.handle.write(frame.to_csv(index=False, header=self._header, float_format="%.9g").encode())
+            self._header = False
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if self._parquet is None:
+            self._parquet = pq.ParquetWriter(self.handle, table.schema)
+        self._parquet.write_table(table)
+
+    def __exit__(self, *exc) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+
+
+def _show_progress(done: int, total: int, started: float) -> None:
+    rate = done / max(time.perf_counter() - started, 1e-9)
+    width = 30
+    filled = int(width * done / max(total, 1))
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,} images  {rate:,.0f}/s")
+    sys.stderr.flush()

@@ -1,0 +1,78 @@
+"""The auto-promotion rule of a scheduled retrain (``registry.promote: auto``).
+
+The candidate replaces the champion when its recommended model's ROC AUC on the test split beats the champion's
+recommended model's ROC AUC on the SAME test images by more than ``min_improvement``. Why these numbers: in each
+run the recommended model and every threshold were chosen on out-of-fold predictions, so OOF figures are biased
+upwards by that choice, while the test split chose nothing in either run. Comparing on test is itself a selection
+(one of two), and the registry says so in the event, so nobody later reads the promoted model's test figure as an
+untouched estimate. The comparison is only meaningful on identical test rows: the runs must share the data
+fingerprint (same data, same splits). A candidate trained on other data or other classes is not compared; the
+event records that and leaves the champion in place (promote it by hand after looking at both reports).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medstack.inference.schema import read_bundle_json
+from medstack.inference.registry import promote, read_registry, record_decision, registry_path, resolve
+
+SELECTION_NOTE = ("compared on the shared test split, which chose nothing inside either run; choosing between "
+                  "the two on it is a selection, so the promoted model's test figures are no longer untouched")
+
+
+def auto_promote(run_dir: str | Path, *, alias: str = "champion", min_improvement: float = 0.0,
+                 registry: str | Path | None = None, name: str | None = None) -> dict[str, Any]:
+    """Apply the rule for ``run_dir`` against ``<name>@<alias>`` and record what was done; returns the event."""
+    run_dir = Path(run_dir)
+    cand = read_bundle_json(run_dir / "model.json")
+    name = name or cand["name"]
+    path = registry_path(registry)
+    entry = read_registry(path)["models"].get(name, {"aliases": {}})
+    if alias not in entry["aliases"]:
+        return promote(run_dir, alias, name=name, registry=path, by="medstack auto-promotion",
+                       reason=f"first model registered as {name}@{alias}")
+    champ_dir = resolve(f"{name}@{alias}", path)
+    champ = read_bundle_json(champ_dir / "model.json")
+    base = {"event": "auto-promotion check", "alias": alias, "run_id": cand["run_id"], "champion_run_id": champ["run_id"]}
+    if champ["run_id"] == cand["run_id"]:
+        return record_decision(name, {**base, "outcome": "kept", "reason": "the candidate already is the champion"}, path)
+    if champ["classes"] != cand["classes"]:
+        return record_decision(name, {**base, "outcome": "not compared",
+                                      "reason": f"classes differ: champion {champ['classes']}, candidate {cand['classes']}"}, path)
+    if champ["data"]["fingerprint"] != cand["data"]["fingerprint"]:
+        return record_decision(name, {**base, "outcome": "not compared", "reason": (
+            "trained on different data or splits (data fingerprints differ), so their test splits differ and their "
+            "figures are not comparable; promote by hand after reading both reports")}, path)
+    evidence = compare_on_test(champ_dir, champ, run_dir, cand)
+    evidence.update(min_improvement=min_improvement, basis=SELECTION_NOTE)
+    if evidence["candidate_roc_auc"] - evidence["champion_roc_auc"] > min_improvement:
+        return promote(run_dir, alias, name=name, registry=path, by="medstack auto-promotion", evidence=evidence,
+                       reason=(f"test ROC AUC {evidence['candidate_roc_auc']:.4f} ({evidence['candidate_model']}) beats "
+                               f"the champion's {evidence['champion_roc_auc']:.4f} ({evidence['champion_model']}) "
+                               f"by more than {min_improvement}"))
+    return record_decision(name, {**base, "outcome": "kept", "evidence": evidence, "reason": (
+        f"candidate test ROC AUC {evidence['candidate_roc_auc']:.4f} does not beat the champion's "
+        f"{evidence['champion_roc_auc']:.4f} by more than {min_improvement}")}, path)
+
+
+def compare_on_test(champ_dir: Path, champ: dict, cand_dir: Path, cand: dict) -> dict[str, Any]:
+    """Both runs' recommended models scored on their (identical) test rows, from test_predictions.csv."""
+    from medstack.models.metrics import compute_metrics
+
+    champ_frame = pd.read_csv(champ_dir / "test_predictions.csv")
+    cand_frame = pd.read_csv(cand_dir / "test_predictions.csv")
+    if not (np.array_equal(champ_frame["row"], cand_frame["row"]) and np.array_equal(champ_frame["label"], cand_frame["label"])):
+        raise ValueError(f"{champ_dir} and {cand_dir} share a data fingerprint but not their test rows")
+    positive = (cand.get("positive_class") or {}).get("index", 1)
+    out: dict[str, Any] = {"test_rows": int(len(cand_frame))}
+    for role, meta, frame in (("champion", champ, champ_frame), ("candidate", cand, cand_frame)):
+        model = meta["recommended"].get("model") or "stacking"
+        proba = frame[[f"{model}:p({c})" for c in meta["classes"]]].to_numpy()
+        auc = compute_metrics(frame["label"].to_numpy(), proba, None, positive)["roc_auc"]
+        out[f"{role}_model"], out[f"{role}_roc_auc"] = model, round(float(auc), 6)
+    return out

@@ -1,0 +1,45 @@
+"""``model.json``'s format: its schema version, the error every bundle problem raises, and the checked reader.
+
+Kept apart from the loader so that the registry can check a run folder before promoting it without importing the
+loader (which resolves registry names: one direction of import only).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import medstack
+
+SCHEMA_VERSION = 1
+BUNDLE_FILE = "model.json"
+
+
+class BundleError(ValueError):
+    """A run folder that cannot be used as a model; the message names the file."""
+
+
+def read_bundle_json(file: Path) -> dict[str, Any]:
+    """``model.json`` parsed and checked: format, schema version, medstack major version, required keys."""
+    if not file.is_file():
+        raise BundleError(f"{file}: not found; is {file.parent} a medstack run folder? (runs written before "
+                          "model.json existed can be re-run from the fold cache in seconds)")
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{file}: not readable JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != "medstack-bundle":
+        raise BundleError(f"{file}: not a medstack model bundle (no 'format: medstack-bundle')")
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(f"{file}: bundle schema version {meta.get('schema_version')!r}; this medstack "
+                          f"({medstack.__version__}) reads version {SCHEMA_VERSION}")
+    theirs, ours = str(meta.get("medstack_version", "?")).split(".")[0], medstack.__version__.split(".")[0]
+    if theirs != ours:
+        raise BundleError(f"{file}: written by medstack {meta.get('medstack_version')}, major version {theirs}; "
+                          f"this is medstack {medstack.__version__} (major {ours})")
+    missing = [k for k in ("run_id", "classes", "input", "members", "models", "stacking", "decisions",
+                           "training_statistics") if k not in meta]
+    if missing:
+        raise BundleError(f"{file}: missing keys {missing}")
+    return meta
