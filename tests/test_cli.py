@@ -170,9 +170,8 @@ def test_default_run_output_has_no_start_up_noise(folder_runs):
     assert sum(line.startswith("[") and "class_weight fold" in line for line in first.stderr.splitlines()) == 2
     assert first.stdout.splitlines()[0] == "test ROC AUC (95% CI):"
     run = Path(first.stdout.splitlines()[-1].removeprefix("run folder: "))
-    models = json.loads((run / "metrics.json").read_text())["models"]
-    best = max(models, key=lambda m: models[m]["test"]["roc_auc"])
-    assert f"recommended: {best} (best test ROC AUC; see report.md)" in first.stdout
+    recommended = json.loads((run / "metrics.json").read_text())["recommended"]  # chosen on OOF, with its reason
+    assert f"recommended: {recommended['model']} ({recommended['reason']})" in first.stdout
 
 
 @pytest.mark.slow
