@@ -71,6 +71,6 @@ def smoke_bundle(pneumonia_npz, tmp_path_factory) -> Path:
         cwd=base, capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    run = Path(done.stdout.strip().splitlines()[-1])
+    run = Path(done.stdout.strip().splitlines()[-1].removeprefix("run folder: "))  # the CLI ends with that line
     assert (run / "model.json").is_file(), done.stdout[-2000:]
     return run

@@ -194,7 +194,8 @@ def test_runs_lists_and_compare_diffs_past_runs(folder_runs):
     assert [row.split()[0] for row in rows] == sorted([run_a.name, run_b.name])
     fingerprint = json.loads((run_a / "manifest.json").read_text())["data_fingerprint"][:12]
     assert all(row.split()[1] == "medstack-run" and fingerprint in row for row in rows)
-    assert "(best test ROC AUC)" in listing.stdout  # no "recommended" entry yet: labelled fallback
+    recommended = json.loads((run_a / "metrics.json").read_text())["recommended"]["model"]
+    assert f"{recommended} (recommended)" in rows[[r.split()[0] for r in rows].index(run_a.name)]
     compared = medstack("compare", run_a.name, run_b.name, "--output-dir", tmp / "runs")
     assert compared.returncode == 0, compared.stderr
     auc_a = json.loads((run_a / "metrics.json").read_text())["models"]["stacking"]["test"]["roc_auc"]

@@ -46,7 +46,7 @@ def planted_bundle(tmp_path_factory) -> Path:
         "model": {"filters": [8, 16], "convs_per_block": 1, "dense_units": 16, "batch_norm": False, "head": "gap",
                   "dropout": 0.0},
         "augmentation": {"rotation": 0.0, "zoom": 0.0, "shift": 0.0},
-        "training": {"epochs": 8, "batch_size": 32, "learning_rate": 0.003, "min_steps": 0, "stop_after_steps": 0,
+        "training": {"epochs": 8, "batch_size": 32, "learning_rate": 0.003, "min_steps": 0, "min_epoch_steps": 0, "stop_after_steps": 0,
                      "patience_steps": 1000},
         "strategies": {"class_weight": {}},
         "ensemble": {"inner_folds": 3}, "report": {"bootstrap": 20},
@@ -56,7 +56,7 @@ def planted_bundle(tmp_path_factory) -> Path:
     done = subprocess.run([str(Path(sys.executable).with_name("medstack")), "run", "--config", str(base / "planted.yaml")],
                           cwd=base, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    return Path(done.stdout.strip().splitlines()[-1])
+    return Path(done.stdout.strip().splitlines()[-1].removeprefix("run folder: "))
 
 
 def test_gradcam_peak_lies_on_the_planted_patch(planted_bundle):
