@@ -16,7 +16,7 @@ from pathlib import Path
 from medstack.console import errors
 from medstack.console.quiet import NORMAL, QUIET, VERBOSE, quiet_environment
 
-COMMAND_MODULES = ("medstack.console.runs", "medstack.inference.cli")
+COMMAND_MODULES = ("medstack.console.runs", "medstack.inference.cli", "medstack.serving.cli")
 
 
 def _common_flags() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ in 16 bits comes out dark rather than saturated. Palette images go through RGBA 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
@@ -21,8 +21,10 @@ class BadImage(Exception):
     """An image file that cannot be decoded; the message is the reason."""
 
 
-def decode_image(file: Path, size: tuple[int, int], mode: str) -> np.ndarray:
-    """Decode, convert to ``mode`` and resize (bilinear) one image; raises :class:`BadImage`."""
+def decode_image(file: Path | BinaryIO, size: tuple[int, int], mode: str) -> np.ndarray:
+    """Decode, convert to ``mode`` and resize (bilinear) one image; raises :class:`BadImage`.
+
+    ``file`` is a path or a seekable binary file object (an upload held in memory): PIL rewinds it on every open."""
     from PIL import Image
 
     try:

@@ -63,12 +63,12 @@ def run(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from medstack.inference.bundle import load_bundle
     from medstack.inference.fused import make_scorer
-    from medstack.inference.predict import predict, skipped_path
+    from medstack.inference.predict import decision_text, predict, skipped_path
 
     bundle = load_bundle(args.model, args.registry)
     model = bundle.check_model_name(args.use or bundle.recommended)
     print(f"model: {bundle.source} -> run {bundle.run_id} ({bundle.root}); labels from {model} "
-          f"[{_describe(bundle, model)}]", file=sys.stderr)
+          f"[{decision_text(bundle, model)}]", file=sys.stderr)
     on_batch = None
     if args.explain:
         from medstack.inference.explain import OverlayWriter
@@ -94,16 +94,6 @@ def _predict(args: argparse.Namespace) -> int:
     if on_batch is not None:
         print(f"wrote {on_batch.written:,} Grad-CAM overlay(s) to {args.explain}", file=sys.stderr)
     return 0
-
-
-def _describe(bundle, model: str) -> str:
-    from medstack.models.decision import describe_decision
-
-    decision = bundle.decision(model)
-    text = describe_decision(decision, bundle.classes)
-    if decision.get("kind") == "threshold":
-        text = f"{bundle.classes[int(decision.get('positive_class', 1))]} if P >= {decision['threshold']:.4f}"
-    return text
 
 
 def _promote(args: argparse.Namespace) -> int:

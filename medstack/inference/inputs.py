@@ -11,7 +11,7 @@ import csv
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
@@ -96,14 +96,14 @@ def _file_batches(files: list[Path], shape, stats, batch_size, on_bad_image) -> 
                 continue
             ids.append(str(file))
             images.append(pixels)
-            warnings.append(_probe(file, stats))
+            warnings.append(probe_warnings(file, stats))
         x = np.stack(images) if images else np.zeros((0, *shape), np.uint8)
         for found, more in zip(warnings, pixel_warnings(x, stats)):
             found.extend(more)
         yield Batch(ids, x, warnings, skipped)
 
 
-def _probe(file: Path, stats: dict) -> list[tuple[str, str]]:
+def probe_warnings(file: Path | BinaryIO, stats: dict) -> list[tuple[str, str]]:
     """Warnings from the file as stored (before decoding converts it): mode, size, real colour."""
     from PIL import Image
 

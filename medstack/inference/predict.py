@@ -58,6 +58,16 @@ def confidence(proba: np.ndarray, decision: dict[str, Any]) -> np.ndarray:
     return top[:, -1] - top[:, -2]
 
 
+def decision_text(bundle: Bundle, model: str) -> str:
+    """The model's decision in words: ``pneumonia if P >= 0.4321``, or the multi-class policy."""
+    from medstack.models.decision import describe_decision
+
+    decision = bundle.decision(model)
+    if decision.get("kind") == "threshold":
+        return f"{bundle.classes[int(decision.get('positive_class', 1))]} if P >= {decision['threshold']:.4f}"
+    return describe_decision(decision, bundle.classes)
+
+
 def predict(bundle: Bundle, source: str | Path, output: str | Path, *, scorer: Callable | None = None,
             use: str | None = None, batch_size: int = 256, on_bad_image: str = "error", least_confident: int = 10,
             progress: bool = False, on_batch: Callable[[Any, dict[str, np.ndarray], np.ndarray], None] | None = None,

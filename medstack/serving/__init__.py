@@ -1,0 +1,1 @@
+"""Serving a trained ensemble over HTTP: ``medstack serve-model`` (FastAPI on uvicorn)."""

@@ -1,0 +1,194 @@
+"""The HTTP service: ``POST /predict``, ``GET /health``, ``GET /model``, ``POST /reload`` over a :class:`ModelHolder`.
+
+Bad input is always a 4xx with ``{"detail": message}``: 413 (upload, file count or image too large), 415 (not an
+image type, not multipart), 422 (undecodable, empty, no ``files`` field). A request's images are decoded off the
+event loop, then scored as one batch through the fused ensemble; concurrent requests share batches
+(:class:`medstack.serving.model.BatchScorer`). SIGHUP reloads like ``POST /reload``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+import medstack
+from medstack.inference.predict import confidence, decision_text
+from medstack.models.decision import apply_decision
+from medstack.serving.model import ModelHolder, ServedModel
+from medstack.serving.uploads import DecodedUpload, Limits, UploadRejected, decode_upload
+
+log = logging.getLogger("medstack.serving")
+FIELD = "files"
+
+
+class Prediction(BaseModel):
+    file: str = Field(description="the uploaded file name")
+    predicted: str = Field(description="the served model's label under its decision")
+    probabilities: dict[str, float] = Field(description="the served model's probability of every class")
+    confidence: float = Field(description="distance from flipping the label: |P(positive) - threshold| for a "
+                                          "threshold, else the margin of the best class's (offset) log-probability")
+    models: dict[str, dict[str, float]] = Field(description="every model of the ensemble: class -> probability")
+    warnings: list[str] = Field(description="input drift: how this image differs from the training images")
+
+
+class PredictResponse(BaseModel):
+    run_id: str
+    model: str = Field(description="the model whose label is 'predicted' (the run's recommendation unless --use)")
+    decision: dict[str, Any] = Field(description="the decision from model.json plus a readable 'text'")
+    classes: list[str]
+    predictions: list[Prediction]
+
+
+def create_app(holder: ModelHolder, limits: Limits = Limits()) -> FastAPI:
+    started = time.time()
+    counts = {"requests": 0, "images": 0, "rejected": 0}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_logged()))
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests), or no SIGHUP
+            pass
+        yield
+        holder.close()
+
+    async def _reload_logged() -> None:
+        try:
+            event = await run_in_threadpool(holder.reload)
+            log.warning("reload: %s", event)
+        except Exception as exc:
+            log.error("reload failed, still serving run %s: %s", holder.current.run_id, exc)
+
+    app = FastAPI(title="medstack", version=medstack.__version__, lifespan=lifespan,
+                  description="An ensemble trained by medstack, served over HTTP.")
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        served = holder.current
+        return {"status": "ok", "run_id": served.run_id, "model": served.model,
+                "uptime_s": round(time.time() - started, 1), **counts}
+
+    @app.get("/model")
+    def model() -> dict[str, Any]:
+        served = holder.current
+        batcher = served.batcher
+        return {**served.bundle.summary(), "served": {
+            "reference": holder.ref, "model": served.model, "decision": _decision(served),
+            "loaded_at": served.loaded_at, "load_seconds": served.load_seconds, "reloads": holder.reloads,
+            "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_files": limits.max_files,
+                       "max_pixels": limits.max_pixels, "max_batch": batcher.max_batch},
+            "scoring": {"calls": batcher.calls, "images": batcher.images, "largest_batch": batcher.largest_batch},
+        }}
+
+    @app.post("/reload")
+    async def reload() -> dict[str, Any]:
+        from medstack.inference.bundle import BundleError
+        from medstack.inference.registry import RegistryError
+
+        try:
+            return await run_in_threadpool(holder.reload)
+        except (BundleError, RegistryError) as exc:
+            raise HTTPException(409, f"cannot reload {holder.ref}: {exc}; still serving run "
+                                     f"{holder.current.run_id}") from exc
+
+    @app.post("/predict", response_model=PredictResponse,
+              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                  "type": "object", "required": [FIELD], "properties": {FIELD: {
+                      "type": "array", "items": {"type": "string", "format": "binary"}}}}}}}})
+    async def predict(request: Request) -> PredictResponse:
+        counts["requests"] += 1
+        try:
+            uploads = await _read_uploads(request, limits)
+            with holder.use() as served:
+                decoded = await run_in_threadpool(_decode_all, uploads, served, limits)
+                scores = await asyncio.wrap_future(served.batcher.submit(np.stack([d.pixels for d in decoded])))
+                response = _response(served, decoded, scores)
+        except UploadRejected as exc:
+            counts["rejected"] += 1
+            raise HTTPException(exc.status, exc.message) from exc
+        counts["images"] += len(decoded)
+        return response
+
+    return app
+
+
+async def _read_uploads(request: Request, limits: Limits) -> list[tuple[str, str | None, bytes]]:
+    """(file name, content type, bytes) of every part of the ``files`` field, within the limits."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limits.max_upload_bytes:
+        raise UploadRejected(413, f"upload of {int(declared):,} bytes is more than this server's limit of "
+                                  f"{limits.max_upload_bytes:,} bytes")
+    kind = request.headers.get("content-type", "")
+    if not kind.lower().startswith("multipart/form-data"):
+        raise UploadRejected(415, f"send images as multipart/form-data in the field '{FIELD}' "
+                                  f"(curl -F {FIELD}=@scan.png ...); got {kind or 'no content type'}")
+    limited = Request(request.scope, _bounded(request.receive, limits.max_upload_bytes))
+    form = await limited.form(max_files=float("inf"), max_fields=16)
+    try:
+        parts = form.getlist(FIELD)
+        files = [p for p in parts if hasattr(p, "read")]
+        others = sorted({k for k, v in form.multi_items() if k != FIELD and hasattr(v, "read")})
+        if others:
+            raise UploadRejected(422, f"files sent in field(s) {others}; send images in the field '{FIELD}'")
+        if len(files) != len(parts):
+            raise UploadRejected(422, f"the field '{FIELD}' must hold files, not text")
+        if not files:
+            raise UploadRejected(422, f"no images: send them in the multipart field '{FIELD}' "
+                                      f"(curl -F {FIELD}=@scan.png ...)")
+        if len(files) > limits.max_files:
+            raise UploadRejected(413, f"{len(files)} files in one request; this server takes at most "
+                                      f"{limits.max_files}")
+        return [(f.filename or f"file {i + 1}", f.content_type, await f.read()) for i, f in enumerate(files)]
+    finally:
+        await form.close()
+
+
+def _bounded(receive, limit: int):
+    """``receive`` that refuses a body growing past ``limit`` bytes (a client may send no Content-Length)."""
+    seen = 0
+
+    async def bounded():
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            raise UploadRejected(413, f"upload is more than this server's limit of {limit:,} bytes")
+        return message
+
+    return bounded
+
+
+def _decode_all(uploads: list[tuple[str, str | None, bytes]], served: ServedModel, limits: Limits) -> list[DecodedUpload]:
+    shape, stats = served.bundle.input_shape, served.bundle.meta["training_statistics"]
+    return [decode_upload(name, kind, data, shape, stats, limits) for name, kind, data in uploads]
+
+
+def _decision(served: ServedModel) -> dict[str, Any]:
+    return {**served.decision, "text": decision_text(served.bundle, served.model)}
+
+
+def _response(served: ServedModel, decoded: list[DecodedUpload], scores: dict) -> PredictResponse:
+    classes = served.bundle.classes
+    chosen = scores[served.model]
+    labels = apply_decision(chosen, served.decision)
+    margins = confidence(chosen, served.decision)
+
+    def named(row) -> dict[str, float]:
+        return {name: float(p) for name, p in zip(classes, row)}
+
+    return PredictResponse(
+        run_id=served.run_id, model=served.model, decision=_decision(served), classes=classes,
+        predictions=[Prediction(file=d.name, predicted=classes[int(labels[i])], probabilities=named(chosen[i]),
+                                confidence=float(margins[i]),
+                                models={m: named(scores[m][i]) for m in served.bundle.models}, warnings=d.warnings)
+                     for i, d in enumerate(decoded)])

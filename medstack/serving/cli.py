@@ -1,0 +1,117 @@
+"""``medstack serve-model``: load a bundle once, bind a loopback port, serve it with uvicorn until Ctrl-C.
+
+The socket is bound here, before uvicorn starts, so a port in use is one clear line (exit 2) and ``--port 0`` picks
+a free port; the line ``listening on http://HOST:PORT`` is printed once the model is loaded and the port bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+
+
+def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    serve = sub.add_parser("serve-model", parents=[common],
+                           help="serve a trained ensemble over HTTP (POST /predict, GET /health, GET /model)")
+    serve.add_argument("--model", required=True, help="run folder, its model.json, or <name>@<alias>")
+    serve.add_argument("--registry", help="registry file (default: $MEDSTACK_REGISTRY or runs/registry.json)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it, and "
+                            "POST /reload with it)")
+    serve.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0: any free port)")
+    serve.add_argument("--use", help="model whose label to answer with (default: the run's recommended model)")
+    serve.add_argument("--max-upload-mb", type=float, default=32.0, help="largest request body (default 32 MB)")
+    serve.add_argument("--max-files", type=int, default=256, help="most images in one request (default 256)")
+    serve.add_argument("--max-pixels", type=int, default=64_000_000,
+                       help="most pixels of one image before resizing (default 64,000,000)")
+    serve.add_argument("--max-batch", type=int, default=256,
+                       help="concurrent requests are scored together up to this many images (default 256)")
+    for action in serve._actions:  # the shared -q/-v describe `run`; say what they do here
+        if action.option_strings[:1] == ["-q"]:
+            action.help = "no access log, only the start-up lines and warnings"
+        elif action.option_strings[:1] == ["-v"]:
+            action.help = "debug logs of the HTTP server"
+    serve.set_defaults(handler=serve_model)
+
+
+def serve_model(args: argparse.Namespace) -> int:
+    import contextlib
+    import logging
+
+    from medstack.console.errors import debug_enabled
+    from medstack.console.quiet import filtered_stderr
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    with contextlib.ExitStack() as stack:
+        if not debug_enabled(args.debug):
+            stack.enter_context(filtered_stderr())  # TensorFlow's C++ start-up lines, as for `medstack run`
+        return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from medstack.console.errors import BAD_INPUT
+    from medstack.inference.bundle import BundleError
+    from medstack.inference.registry import RegistryError
+    from medstack.inference.predict import decision_text
+    from medstack.serving.app import create_app
+    from medstack.serving.model import ModelHolder
+    from medstack.serving.uploads import Limits
+
+    try:
+        limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_files=args.max_files,
+                        max_pixels=args.max_pixels)
+    except ValueError as exc:
+        print(f"medstack: {exc}", file=sys.stderr)
+        return BAD_INPUT
+    sock = _bind(args.host, args.port)
+    if sock is None:
+        return BAD_INPUT
+    try:
+        holder = ModelHolder(args.model, args.registry, args.use, max(1, args.max_batch))
+    except (BundleError, RegistryError) as exc:
+        sock.close()
+        print(f"medstack: {exc}", file=sys.stderr)
+        return BAD_INPUT
+    served = holder.current
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"model: {args.model} -> run {served.run_id} ({served.bundle.root}), loaded in {served.load_seconds:.1f} s",
+          file=sys.stderr)
+    print(f"labels from {served.model}: {decision_text(served.bundle, served.model)}", file=sys.stderr)
+    print(f"limits: {limits.max_upload_bytes / 1024 / 1024:g} MB and {limits.max_files} files a request; "
+          "POST /reload or kill -HUP re-resolves the model", file=sys.stderr)
+    print(f"listening on http://{shown}:{port}  (POST /predict, GET /health, GET /model, docs at /docs)",
+          file=sys.stderr, flush=True)
+    level = {-1: "warning", 0: "info"}.get(args.verbosity, "debug")  # -q, default (an access line a request), -v
+    config = uvicorn.Config(create_app(holder, limits), log_level=level, access_log=args.verbosity >= 0,
+                            timeout_graceful_shutdown=10)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: the normal way to stop
+        pass
+    print(f"stopped serving run {holder.current.run_id}", file=sys.stderr)
+    return 0
+
+
+def _bind(host: str, port: int) -> socket.socket | None:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        print(f"medstack: --host {host}: {exc.strerror}", file=sys.stderr)
+        return None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        print(f"medstack: cannot listen on {host}:{port}: {exc.strerror} (another server there? choose --port)",
+              file=sys.stderr)
+        return None
+    sock.set_inheritable(True)
+    return sock
