@@ -5,6 +5,7 @@ official train and val splits (`data.subset`); the test split is always the full
 gets a fresh fold cache, so every fold is trained and the wall time is a cold run's.
 
     python benchmarks/small_data.py --label after                        # this checkout, all three sizes
+    python benchmarks/small_data.py --label after --sizes 546 --keep /tmp/bench   # keep runs and fold cache
     python benchmarks/small_data.py --label before --sizes 546 \\
         --checkout /tmp/medstack-old --command "python -m flows.ensemble"  # an older checkout, its own entry point
 
@@ -95,6 +96,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "pneumoniamnist.npz"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "small_data.csv"))
+    parser.add_argument("--keep", metavar="DIR", help="keep each size's runs, cache and log under DIR/SIZE "
+                        "(e.g. for benchmarks/tta_ablation.py --cache DIR/546/cache); default: a temporary folder")
     args = parser.parse_args()
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
@@ -102,8 +105,12 @@ def main() -> None:
                             text=True).stdout.strip()
     for size in args.sizes.split(","):
         with tempfile.TemporaryDirectory(prefix=f"medstack-bench-{size}-") as tmp:
+            workdir = Path(args.keep) / size if args.keep else Path(tmp)
+            if args.keep and workdir.exists():
+                sys.exit(f"{workdir} exists; a benchmark run needs a fresh cache (choose another --keep folder)")
+            workdir.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
-            run_dir = run_one(size, args, Path(tmp))
+            run_dir = run_one(size, args, workdir)
             wall = time.perf_counter() - started
             rows = rows_of(run_dir, size, args.label, wall, commit)
         new = not results.exists()
