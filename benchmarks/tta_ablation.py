@@ -19,6 +19,9 @@ import keras
 import numpy as np
 import yaml
 
+import medstack.models.losses  # noqa: F401  registers the Keras objects the saved fold models name
+import medstack.models.network  # noqa: F401
+import medstack.models.recipe  # noqa: F401
 from medstack import pipeline
 from medstack.config import load_config
 from medstack.data import load_dataset
@@ -34,10 +37,24 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
 
 
+def _network(model: keras.Model) -> keras.Model | None:
+    """The CNN inside the saved fold model (which wraps it in the TTA views and the temperature)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            if any(isinstance(inner, keras.layers.Conv2D) for inner in layer.layers):
+                return layer
+            found = _network(layer)
+            if found is not None:
+                return found
+    return None
+
+
 def without_tta(result, prepared, calibrate: bool):
     """The fold's predictions from its inner one-view network, temperature refitted on val."""
-    model = keras.saving.load_model(result.model_path, safe_mode=True)
-    inner = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    model = keras.saving.load_model(result.model_path, safe_mode=True, compile=False)
+    inner = _network(model)
+    if inner is None:
+        raise SystemExit(f"{result.model_path}: no CNN inside (a tta: none run has nothing to ablate)")
     data = prepared.fold_data(result.fold)
     held, val, test = (predict_logits(inner, x) for x in (data.x_holdout, data.x_val, data.x_test))
     t = fit_temperature(val, data.y_val) if calibrate else 1.0
