@@ -61,7 +61,7 @@ class Server:
         raise AssertionError("server did not start:\n" + "\n".join(self.lines))
 
     def stop(self) -> int:
-        self.process.send_signal(signal.SIGINT)
+        self.process.send_signal(signal.SIGTERM)  # what systemd and docker send
         try:
             code = self.process.wait(30)
         finally:
@@ -92,7 +92,7 @@ def served(smoke_bundle, tmp_path_factory):
     yield {"server": server, "url": server.url, "registry": registry, "first": first, "second": second,
            "base": base}
     assert server.stop() == 0, "\n".join(server.lines)
-    assert server.lines[-1].startswith("stopped serving run "), "\n".join(server.lines)
+    assert any(line.startswith("stopped serving run ") for line in server.lines), "\n".join(server.lines)
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +173,21 @@ def _tiff_float() -> bytes:
     return buffer.getvalue()
 
 
+def _tiff_unknown_compression() -> bytes:
+    """A TIFF whose Compression tag names no known scheme."""
+    import struct
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(buffer, "TIFF")
+    data = bytearray(buffer.getvalue())
+    (ifd,) = struct.unpack("<I", data[4:8])
+    (entries,) = struct.unpack("<H", data[ifd : ifd + 2])
+    for entry in range(ifd + 2, ifd + 2 + 12 * entries, 12):
+        if struct.unpack("<H", data[entry : entry + 2])[0] == 259:
+            data[entry + 8 : entry + 10] = struct.pack("<H", 9999)
+    return bytes(data)
+
+
 def _big_png(width: int, height: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("L", (width, height)).save(buffer, "PNG")  # compresses to a few kB
@@ -185,6 +200,8 @@ def _big_png(width: int, height: int) -> bytes:
     ([("scan.png", b"\x89PNG\r\n\x1a\n broken", "image/png")], 422, "cannot decode"),
     ([("scan.png", b"", "image/png")], 422, "empty file"),
     ([("float.tiff", _tiff_float(), "image/tiff")], 422, "floating-point images"),
+    ([("odd.tiff", _tiff_unknown_compression(), "image/tiff")], 422, "cannot decode"),
+    ([("scan.jpg", b"\xff\xd8\xff\xe0" + bytes(100), "image/jpeg")], 422, "cannot decode"),
     ([("huge.png", _big_png(2000, 1000), "image/png")], 413, "more than this server's limit"),
     ([("big.bin", bytes(int(MAX_UPLOAD_MB * 1024 * 1024) + 10), "image/png")], 413, "limit of"),
 ])

@@ -82,12 +82,23 @@ def test_a_scoring_error_reaches_every_waiting_request():
     batcher.close(wait=True)
 
 
-def test_close_scores_what_was_submitted_first():
+def test_close_scores_what_was_submitted_first_and_refuses_more():
     scorer = RecordingScorer()
     batcher = BatchScorer(scorer)
     futures = [batcher.submit(_images([1])) for _ in range(5)]
     batcher.close(wait=True)
     assert all(f.done() and len(f.result()["m"]) == 1 for f in futures)
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(_images([1]))
+
+
+def test_scores_of_the_wrong_length_fail_the_requests_instead_of_hanging_them():
+    batcher = BatchScorer(lambda images: {"m": None})  # not an array: slicing it fails after the call
+    future = batcher.submit(_images([1]))
+    with pytest.raises(TypeError):
+        future.result(10)
+    assert batcher.submit(_images([1])).exception(10) is not None  # the thread is still alive
+    batcher.close(wait=True)
 
 
 def _png_bytes(pixels: np.ndarray) -> bytes:

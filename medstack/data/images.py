@@ -6,6 +6,7 @@ in 16 bits comes out dark rather than saturated. Palette images go through RGBA 
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -39,7 +40,8 @@ def decode_image(file: Path | BinaryIO, size: tuple[int, int], mode: str) -> np.
             return np.asarray(img, dtype=np.uint8)
     except BadImage:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError, KeyError, IndexError, TypeError, EOFError, struct.error,
+            Image.DecompressionBombError) as exc:  # what PIL's decoders raise on malformed files
         raise BadImage(f"{type(exc).__name__}: {exc}") from exc
 
 

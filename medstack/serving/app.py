@@ -1,7 +1,7 @@
 """The HTTP service: ``POST /predict``, ``GET /health``, ``GET /model``, ``POST /reload`` over a :class:`ModelHolder`.
 
 Bad input is always a 4xx with ``{"detail": message}``: 413 (upload, file count or image too large), 415 (not an
-image type, not multipart), 422 (undecodable, empty, no ``files`` field). A request's images are decoded off the
+image type, not multipart), 422 (undecodable, empty, no ``files`` field), 400 (malformed multipart, from Starlette). A request's images are decoded off the
 event loop, then scored as one batch through the fused ensemble; concurrent requests share batches
 (:class:`medstack.serving.model.BatchScorer`). SIGHUP reloads like ``POST /reload``.
 """
@@ -19,6 +19,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 import medstack
 from medstack.inference.predict import confidence, decision_text
@@ -55,8 +56,15 @@ def create_app(holder: ModelHolder, limits: Limits = Limits()) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
+
+        def on_hangup() -> None:
+            task = loop.create_task(_reload_logged())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
         try:
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_logged()))
+            loop.add_signal_handler(signal.SIGHUP, on_hangup)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests), or no SIGHUP
             pass
         yield
@@ -92,12 +100,9 @@ def create_app(holder: ModelHolder, limits: Limits = Limits()) -> FastAPI:
 
     @app.post("/reload")
     async def reload() -> dict[str, Any]:
-        from medstack.inference.bundle import BundleError
-        from medstack.inference.registry import RegistryError
-
         try:
             return await run_in_threadpool(holder.reload)
-        except (BundleError, RegistryError) as exc:
+        except Exception as exc:  # a broken registry or bundle, or a failed trace: the old model keeps serving
             raise HTTPException(409, f"cannot reload {holder.ref}: {exc}; still serving run "
                                      f"{holder.current.run_id}") from exc
 
@@ -116,6 +121,8 @@ def create_app(holder: ModelHolder, limits: Limits = Limits()) -> FastAPI:
         except UploadRejected as exc:
             counts["rejected"] += 1
             raise HTTPException(exc.status, exc.message) from exc
+        except ClientDisconnect as exc:  # the client went away mid-upload: nobody to answer, nothing to log
+            raise HTTPException(400, "client disconnected during the upload") from exc
         counts["images"] += len(decoded)
         return response
 
@@ -133,7 +140,13 @@ async def _read_uploads(request: Request, limits: Limits) -> list[tuple[str, str
         raise UploadRejected(415, f"send images as multipart/form-data in the field '{FIELD}' "
                                   f"(curl -F {FIELD}=@scan.png ...); got {kind or 'no content type'}")
     limited = Request(request.scope, _bounded(request.receive, limits.max_upload_bytes))
-    form = await limited.form(max_files=float("inf"), max_fields=16)
+    try:  # stop parsing at the first file past the limit (Starlette answers that with a 400)
+        form = await limited.form(max_files=limits.max_files, max_fields=16)
+    except HTTPException as exc:
+        if exc.status_code == 400 and "Too many files" in str(exc.detail):
+            raise UploadRejected(413, f"more than {limits.max_files} files in one request; this server takes at "
+                                      f"most {limits.max_files}") from exc
+        raise
     try:
         parts = form.getlist(FIELD)
         files = [p for p in parts if hasattr(p, "read")]

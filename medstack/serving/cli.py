@@ -7,6 +7,7 @@ a free port; the line ``listening on http://HOST:PORT`` is printed once the mode
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import sys
 
@@ -66,15 +67,21 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"medstack: {exc}", file=sys.stderr)
         return BAD_INPUT
-    sock = _bind(args.host, args.port)
+    sock = _bind(args.host, args.port)  # bound now (a port in use fails before the load), listening after it
     if sock is None:
         return BAD_INPUT
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the server's own handler: the load resolves the alias anyway
+    signal.signal(signal.SIGTERM, _stop)  # uvicorn re-raises SIGTERM after its graceful shutdown: end cleanly
     try:
         holder = ModelHolder(args.model, args.registry, args.use, max(1, args.max_batch))
-    except (BundleError, RegistryError) as exc:
+        sock.listen(128)
+    except (BundleError, RegistryError, OSError) as exc:
         sock.close()
         print(f"medstack: {exc}", file=sys.stderr)
         return BAD_INPUT
+    except _Stopped:  # SIGTERM while loading
+        sock.close()
+        return 0
     served = holder.current
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
@@ -90,10 +97,18 @@ def _serve(args: argparse.Namespace) -> int:
                             timeout_graceful_shutdown=10)
     try:
         uvicorn.Server(config).run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown: the normal way to stop
+    except (KeyboardInterrupt, _Stopped):  # uvicorn re-raises Ctrl-C / SIGTERM after its graceful shutdown
         pass
     print(f"stopped serving run {holder.current.run_id}", file=sys.stderr)
     return 0
+
+
+class _Stopped(Exception):
+    """SIGTERM, as re-raised by uvicorn once it has shut down."""
+
+
+def _stop(signum, frame) -> None:
+    raise _Stopped()
 
 
 def _bind(host: str, port: int) -> socket.socket | None:
@@ -107,7 +122,6 @@ def _bind(host: str, port: int) -> socket.socket | None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
-        sock.listen(128)
     except OSError as exc:
         sock.close()
         print(f"medstack: cannot listen on {host}:{port}: {exc.strerror} (another server there? choose --port)",

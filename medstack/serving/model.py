@@ -41,17 +41,21 @@ class BatchScorer:
         self.calls = 0
         self.images = 0
         self.largest_batch = 0
+        self._closed = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, images: np.ndarray) -> Future:
         """A future of ``{model: (n, K) probabilities}`` for these ``n`` images."""
+        if self._closed:
+            raise RuntimeError("this scorer was closed (its model was replaced or the server is stopping)")
         future: Future = Future()
         self._queue.put((np.asarray(images), future))
         return future
 
     def close(self, wait: bool = False) -> None:
         """Stop after everything already submitted is scored."""
+        self._closed = True
         self._queue.put(_STOP)
         if wait:
             self._thread.join()
@@ -82,17 +86,16 @@ class BatchScorer:
             return
         try:
             scores = self._scorer(np.concatenate([x for x, _ in live]))
-        except Exception as exc:  # a scoring failure answers every waiting request, never hangs it
+            size = sum(len(x) for x, _ in live)
+            self.calls, self.images, self.largest_batch = self.calls + 1, self.images + size, max(self.largest_batch, size)
+            start = 0
+            for x, future in live:
+                future.set_result({name: value[start : start + len(x)] for name, value in scores.items()})
+                start += len(x)
+        except Exception as exc:  # a failure answers every request still waiting, never hangs it
             for _, future in live:
-                future.set_exception(exc)
-            return
-        self.calls += 1
-        self.images += sum(len(x) for x, _ in live)
-        self.largest_batch = max(self.largest_batch, sum(len(x) for x, _ in live))
-        start = 0
-        for x, future in live:
-            future.set_result({name: value[start : start + len(x)] for name, value in scores.items()})
-            start += len(x)
+                if not future.done():
+                    future.set_exception(exc)
 
 
 @dataclass(eq=False)
@@ -191,7 +194,8 @@ class ModelHolder:
             return self._event(old, new, changed=True)
 
     def close(self) -> None:
-        self._current._retire()
+        with self._reload_lock:  # a reload finishing now must not leave its new model's thread running
+            self._current._retire()
 
     def _resolve(self) -> Path:
         from medstack.inference.registry import resolve

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medstack.data.images import IMAGE_EXTENSIONS, BadImage, decode_image
+from medstack.data.images import IMAGE_EXTENSIONS, decode_image
 from medstack.inference.inputs import probe_warnings
 from medstack.inference.stats import pixel_warnings
 
@@ -69,7 +69,9 @@ def decode_upload(name: str, content_type: str | None, data: bytes, shape: tuple
     mode = "L" if shape[-1] == 1 else "RGB"
     try:
         pixels = decode_image(io.BytesIO(data), shape[:2], mode).reshape(shape)
-    except BadImage as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # BadImage, or whatever else a decoder raises on these bytes: the client's file
         reason = "no PNG, JPEG, TIFF or BMP header" if "UnidentifiedImageError" in str(exc) else str(exc)
         raise UploadRejected(422, f"{name}: cannot decode this image for a "
                                   f"{'grayscale' if mode == 'L' else 'RGB'} model ({reason})") from exc
