@@ -19,6 +19,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 import medstack
@@ -142,7 +143,7 @@ async def _read_uploads(request: Request, limits: Limits) -> list[tuple[str, str
     limited = Request(request.scope, _bounded(request.receive, limits.max_upload_bytes))
     try:  # stop parsing at the first file past the limit (Starlette answers that with a 400)
         form = await limited.form(max_files=limits.max_files, max_fields=16)
-    except HTTPException as exc:
+    except StarletteHTTPException as exc:  # Starlette's own class: FastAPI's HTTPException is a subclass of it
         if exc.status_code == 400 and "Too many files" in str(exc.detail):
             raise UploadRejected(413, f"more than {limits.max_files} files in one request; this server takes at "
                                       f"most {limits.max_files}") from exc
