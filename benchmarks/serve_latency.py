@@ -52,7 +52,7 @@ def start_server(model: str, registry: str | None, max_batch: int) -> tuple[subp
     for line in process.stdout:
         lines.append(line)
         if line.startswith("listening on "):
-            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # keep draining
+            threading.Thread(target=process.stdout.read, daemon=True).start()  # keep draining its output
             return process, line.split()[2]
     sys.exit("server did not start:\n" + "".join(lines))
 

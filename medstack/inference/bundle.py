@@ -156,8 +156,9 @@ class Bundle:
                 "data_fingerprint": self.meta["data"]["fingerprint"]}
 
 
-def load_bundle(ref: str | Path, registry: str | Path | None = None) -> Bundle:
-    """Load a bundle from a run folder, its ``model.json``, or a registry name ``<name>@<alias>``."""
+def bundle_folder(ref: str | Path, registry: str | Path | None = None) -> Path:
+    """The run folder a reference names now: a run folder, its ``model.json``, or ``<name>@<alias>`` (resolved in
+    the registry, so the answer changes when the alias is promoted)."""
     text = str(ref)
     path = Path(text).expanduser()
     if "@" in text and not path.exists():
@@ -168,12 +169,18 @@ def load_bundle(ref: str | Path, registry: str | Path | None = None) -> Bundle:
         path = path.parent
     if not path.is_dir():
         raise BundleError(f"{path}: no such run folder (expected a folder holding {BUNDLE_FILE}, or <name>@<alias>)")
+    return path.resolve()
+
+
+def load_bundle(ref: str | Path, registry: str | Path | None = None) -> Bundle:
+    """Load a bundle from a run folder, its ``model.json``, or a registry name ``<name>@<alias>``."""
+    path = bundle_folder(ref, registry)
     meta = read_bundle_json(path / BUNDLE_FILE)
     try:
         stacking = JsonStacking.from_json(meta["stacking"])
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path / BUNDLE_FILE}: stacking meta-model is malformed: {exc}") from exc
-    return Bundle(root=path.resolve(), meta=meta, stacking=stacking, source=text)
+    return Bundle(root=path, meta=meta, stacking=stacking, source=str(ref))
 
 
 def _load_keras(root: Path, spec: dict[str, Any]) -> keras.Model:

@@ -159,9 +159,6 @@ async def _read_uploads(request: Request, limits: Limits) -> list[tuple[str, str
         if not files:
             raise UploadRejected(422, f"no images: send them in the multipart field '{FIELD}' "
                                       f"(curl -F {FIELD}=@scan.png ...)")
-        if len(files) > limits.max_files:
-            raise UploadRejected(413, f"{len(files)} files in one request; this server takes at most "
-                                      f"{limits.max_files}")
         return [(f.filename or f"file {i + 1}", f.content_type, await f.read()) for i, f in enumerate(files)]
     finally:
         await form.close()

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from medstack.inference.bundle import Bundle, load_bundle
+from medstack.inference.bundle import Bundle, bundle_folder, load_bundle
 
 Scores = dict[str, np.ndarray]
 _STOP = object()  # queued by BatchScorer.close: everything before it is scored, then the thread ends
@@ -184,8 +184,7 @@ class ModelHolder:
         serving and propagate (a BundleError or RegistryError naming the file)."""
         with self._reload_lock:
             old = self._current
-            target = self._resolve()
-            if target == old.bundle.root:
+            if bundle_folder(self.ref, self.registry) == old.bundle.root:
                 return self._event(old, old, changed=False)
             new = self._loader(self.ref, self.registry, self.use_model, self.max_batch)
             with self._lock:
@@ -196,16 +195,6 @@ class ModelHolder:
     def close(self) -> None:
         with self._reload_lock:  # a reload finishing now must not leave its new model's thread running
             self._current._retire()
-
-    def _resolve(self) -> Path:
-        from medstack.inference.registry import resolve
-
-        path = Path(self.ref).expanduser()
-        if "@" in self.ref and not path.exists():
-            path = resolve(self.ref, self.registry)
-        if path.is_file():
-            path = path.parent
-        return path.resolve()
 
     def _event(self, old: ServedModel, new: ServedModel, changed: bool) -> dict[str, Any]:
         event = {"changed": changed, "run_id": new.run_id, "previous_run_id": old.run_id if changed else None,
