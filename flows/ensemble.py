@@ -1,6 +1,6 @@
 """The medstack ensemble flow: it reads like the DAG.
 
-load_dataset -> make_splits -> make_folds -> train[strategy|fold-k] x (strategies x K, in parallel)
+load_dataset -> make_splits -> make_folds -> store_dataset -> train[strategy|fold-k] x (strategies x K, in parallel)
 -> gather_oof -> fit_ensembles (soft vote + stacking) -> evaluate_on_test -> write_report -> artifacts
 
 Run it with ``medstack run --config configs/smoke.yaml``, ``python -m medstack run --config ...``, or as a
@@ -16,11 +16,11 @@ from prefect import flow, get_run_logger
 
 from medstack import outputs, pipeline
 from medstack.config import RunConfig, apply_overrides
-from medstack.tasks.data import load_dataset, make_folds, make_splits
+from medstack.tasks.data import load_dataset, make_folds, make_splits, store_dataset
 from medstack.tasks.ensemble import evaluate_on_test, fit_ensembles, gather_oof
 from medstack.tasks.registry import promote_if_better
 from medstack.tasks.report import publish_artifacts, write_report
-from medstack.tasks.training import TrainingProgress, train_fold, training_runner
+from medstack.tasks.training import TrainingProgress, placement, train_fold, training_runner
 
 FLOW_NAME = "medstack-ensemble"
 
@@ -36,14 +36,16 @@ def ensemble_flow(config: RunConfig, overrides: dict[str, Any] | None = None) ->
     logger = get_run_logger()
     config = apply_overrides(config, overrides)
     output_dir = outputs.check_output_dir(config.runtime.output_dir)
-    outputs.check_cache_dir(config.runtime.cache_dir)
+    # Absolute, so worker processes (and cluster workers, given a shared folder) find the same cache.
+    config = apply_overrides(config, {"runtime.cache_dir": str(outputs.check_cache_dir(config.runtime.cache_dir))})
     run_id = outputs.new_run_id(config)
 
     dataset = load_dataset(config.data)
     splits = make_splits(dataset, config)
-    prepared = make_folds(dataset, splits, config)
+    prepared = store_dataset(make_folds(dataset, splits, config), config.runtime.cache_dir)
+    del dataset  # from here on every task reads the stored, memory-mapped copy; tasks receive only its path
 
-    with training_runner(config.runtime) as runner:
+    with training_runner(config.runtime) as runner, placement(runner, config.runtime):
         futures = [
             runner.submit(
                 train_fold.with_options(

@@ -156,9 +156,33 @@ class SplitConfig(Section):
         return value
 
 
+class DaskConfig(Section):
+    """Where ``task_runner: dask`` sends the fold trainings (README "Run on a cluster")."""
+
+    address: str | None = Field(
+        default=None,
+        description="Scheduler of an existing cluster (tcp://host:8786); None starts a temporary local cluster.",
+    )
+    n_workers: int = Field(default=2, ge=1, description="Worker processes of the temporary local cluster.")
+    threads_per_worker: int = Field(default=1, ge=1, description="Trainings at once per local worker process.")
+    gpus_per_training: Literal["auto"] | Annotated[int, Field(ge=0)] = Field(
+        default="auto",
+        description="Dask resource 'GPU' each training asks for; auto: 1 when the cluster's workers declare GPU "
+        "resources (dask worker --resources GPU=1), else 0.",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _scheduler_address(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"(tcp|tls|ucx|inproc)://\S+", value):
+            raise ValueError(f"runtime.dask.address must look like tcp://host:8786, got {value!r}")
+        return value
+
+
 class RuntimeConfig(Section):
-    task_runner: Literal["threads", "processes"] = "threads"
-    max_workers: int = Field(default=2, ge=1)
+    task_runner: Literal["threads", "processes", "dask"] = "threads"
+    max_workers: int = Field(default=2, ge=1, description="Parallel trainings (threads and processes runners).")
+    dask: DaskConfig = DaskConfig()
     gpu_tag: str = Field(default="gpu", description="Prefect tag on training tasks; a tag concurrency limit caps them.")
     cache_dir: str = ".medstack-cache"
     output_dir: str = "runs"

@@ -1,4 +1,4 @@
-"""Data tasks: load the dataset, split it, fold its train split."""
+"""Data tasks: load the dataset, split it, fold its train split, store the result for the trainings to read."""
 
 from __future__ import annotations
 
@@ -40,3 +40,9 @@ def make_splits(dataset: data.Dataset, cfg: RunConfig) -> Splits:
 def make_folds(dataset: data.Dataset, splits: Splits, cfg: RunConfig) -> pipeline.PreparedData:
     """K stratified folds on train, packaged with the sealed test labels."""
     return pipeline.make_folds(dataset, splits, cfg)
+
+
+@task(name="store_dataset", cache_policy=NO_CACHE)
+def store_dataset(prepared: pipeline.PreparedData, cache_dir: str) -> pipeline.PreparedData:
+    """Write the prepared dataset once under the cache, content-addressed; trainings get it by reference."""
+    return pipeline.store_prepared(prepared, cache_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
 
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -43,12 +44,27 @@ def train_fold(prepared: pipeline.PreparedData, cfg: RunConfig, strategy: str, f
 
 
 def training_runner(runtime: RuntimeConfig) -> TaskRunner:
-    """Threads (default) or processes (each training in its own TF session), ``runtime.max_workers`` wide.
+    """Threads (default) or processes (each training in its own TF session), ``runtime.max_workers`` wide, or a
+    Dask cluster (``runtime.dask``: an existing scheduler, or a temporary local cluster of worker processes).
 
     The flow enters this runner itself rather than fixing one in ``@flow``, so a deployment run honours the
     config's runtime section exactly like ``medstack run`` does."""
+    if runtime.task_runner == "dask":
+        from medstack.tasks.cluster import dask_runner
+
+        return dask_runner(runtime.dask)
     runner_cls = ProcessPoolTaskRunner if runtime.task_runner == "processes" else ThreadPoolTaskRunner
     return runner_cls(max_workers=runtime.max_workers)
+
+
+def placement(runner: TaskRunner, runtime: RuntimeConfig) -> AbstractContextManager:
+    """Where submitted trainings may run: on a Dask cluster with GPU workers, one GPU each (see
+    :func:`medstack.tasks.cluster.gpu_annotation`); elsewhere no constraint beyond the runner's width."""
+    if runtime.task_runner == "dask":
+        from medstack.tasks.cluster import gpu_annotation
+
+        return gpu_annotation(runner, runtime.dask)
+    return nullcontext()
 
 
 class TrainingProgress:

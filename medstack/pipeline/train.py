@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import socket
+import sys
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -58,6 +62,7 @@ def train_fold(
     if cached is not None:
         log.info("train[%s|fold-%d]: cache hit %s", strategy, fold + 1, key)
         return cached
+    started = time.time()
     data = prepared.fold_data(fold)
     clf = CNNClassifier(
         strategy,
@@ -80,9 +85,15 @@ def train_fold(
         val_proba=clf.predict_proba(data.x_val),
         test_proba=clf.predict_proba(data.x_test),
         history=clf.history_,
-        info=clf.info_,
+        info={**clf.info_, "worker": _worker(started)},
     )
     return cache.save(result, clf.save)
+
+
+def _worker(started: float) -> dict[str, Any]:
+    """Where and when a fold trained: host, process id, start and end (Unix seconds)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": round(started, 3),
+            "finished": round(time.time(), 3)}
 
 
 def summarise_training(results: list[FoldResult], wall_seconds: float) -> dict[str, Any]:
@@ -90,14 +101,25 @@ def summarise_training(results: list[FoldResult], wall_seconds: float) -> dict[s
     trained = [r for r in results if not r.from_cache]
     return {
         "wall_seconds": round(wall_seconds, 1),
+        "flow_peak_rss_mb": _peak_rss_mb(),
         "trained": len(trained),
         "cache_hits": len(results) - len(trained),
         "training_seconds": round(sum(r.info.get("seconds", 0.0) for r in trained), 1),
         "folds": {
             f"{r.strategy}|fold-{r.fold + 1}": {"cache_key": r.cache_key, "from_cache": r.from_cache, **{
                 k: r.info.get(k) for k in ("epochs_run", "steps_run", "best_epoch", "seconds", "n_train", "n_synthetic",
-                                           "train_inputs_sha", "temperature", "recipe", "tta_views")
+                                           "train_inputs_sha", "temperature", "recipe", "tta_views", "worker")
             }}
             for r in results
         },
     }
+
+
+def _peak_rss_mb() -> float | None:
+    """Peak resident memory of this (the flow's) process so far, in MB; trainings in worker processes excluded."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)

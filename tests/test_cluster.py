@@ -1,0 +1,163 @@
+"""runtime.task_runner: dask against a real cluster this module starts on 127.0.0.1: a `dask scheduler` and two
+`dask worker` processes (no nanny, so each worker's pid is the process we started and a killed one stays dead)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+distributed = pytest.importorskip("distributed")
+
+REPO = Path(__file__).resolve().parents[1]
+DASK = str(Path(sys.executable).with_name("dask"))
+
+
+@dataclass
+class Cluster:
+    address: str
+    workers: dict[int, subprocess.Popen]  # pid -> worker process
+
+    def client(self) -> "distributed.Client":
+        return distributed.Client(self.address, timeout=60, set_as_default=False)
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([DASK, *args], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+
+
+@pytest.fixture
+def dask_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    yield from _cluster(tmp_path, [[], []])
+
+
+def _cluster(tmp_path: Path, worker_args: list[list[str]]) -> Iterator[Cluster]:
+    """A scheduler and one single-threaded worker per entry of ``worker_args`` (extra `dask worker` options)."""
+    file = tmp_path / "scheduler.json"
+    procs = [_start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(file)],
+                    tmp_path / "scheduler.log")]
+    try:
+        deadline = time.monotonic() + 60
+        while not file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert file.is_file(), (tmp_path / "scheduler.log").read_text()[-2000:]
+        address = json.loads(file.read_text())["address"]
+        workers = {}
+        for i, extra in enumerate(worker_args):
+            proc = _start(["worker", "--scheduler-file", str(file), "--host", "127.0.0.1", "--nthreads", "1",
+                           "--no-nanny", "--no-dashboard", "--name", f"w{i}", *extra], tmp_path / f"worker{i}.log")
+            procs.append(proc)
+            workers[proc.pid] = proc
+        with distributed.Client(address, timeout=60, set_as_default=False) as client:
+            client.wait_for_workers(len(worker_args), timeout=120)
+        yield Cluster(address, workers)
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _medstack_run(config: Path, tmp_path: Path, tag: str, *sets: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "medstack", "run", "--config", str(config), "--output-dir", str(tmp_path / f"runs-{tag}"),
+            "--cache-dir", str(tmp_path / f"cache-{tag}")]
+    for value in sets:
+        args += ["--set", value]
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / f"home-{tag}"), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 900) -> Path:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return Path(out.strip().splitlines()[-1].removeprefix("run folder: "))
+
+
+def _dask(cluster: Cluster) -> tuple[str, str]:
+    return "runtime.task_runner=dask", f"runtime.dask.address={cluster.address}"
+
+
+def test_smoke_config_on_a_dask_cluster_equals_the_threads_run(dask_cluster, smoke_bundle, pneumonia_npz, tmp_path):
+    """configs/smoke.yaml through the flow on the cluster, fresh cache: every fold trained in one of the two worker
+    processes (host and pid recorded per fold), and the metrics equal those of the threads run (smoke_bundle) to
+    the last bit: CPU training here is deterministic for a given seed in any process."""
+    run = _finish(_medstack_run(REPO / "configs" / "smoke.yaml", tmp_path, "dask", f"data.path={pneumonia_npz}",
+                                *_dask(dask_cluster)))
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["trained"] == 8 and manifest["cache_hits"] == 0
+    ran_in = {fold["worker"]["pid"] for fold in manifest["folds"].values()}
+    assert ran_in <= set(dask_cluster.workers), (ran_in, set(dask_cluster.workers))
+    assert len(ran_in) == 2  # both workers trained
+    assert json.loads((run / "metrics.json").read_text()) == json.loads((smoke_bundle / "metrics.json").read_text())
+    assert yaml.safe_load((run / "config.yaml").read_text())["runtime"]["dask"]["address"] == dask_cluster.address
+
+
+def test_a_worker_killed_mid_training_does_not_fail_the_run(dask_cluster, tiny_config_dict, tmp_path):
+    """SIGKILL the worker that is training a fold: Dask moves its task to the other worker, the run completes,
+    its report equals a clean run's, and no fold is in the cache twice."""
+    tiny_config_dict["data"]["subset"] = {"train": 300, "val": 60, "test": 60}
+    tiny_config_dict["training"].update(epochs=6, min_steps=60)  # long enough to be killed in the middle
+    tiny_config_dict["strategies"] = {"class_weight": {}, "smote": {}}
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict))
+    clean = _medstack_run(config, tmp_path, "clean")  # threads, alongside
+    proc = _medstack_run(config, tmp_path, "dask", *_dask(dask_cluster))
+
+    with dask_cluster.client() as client:
+        pid_of = client.run(os.getpid)  # worker address -> its pid
+        deadline, busy = time.monotonic() + 300, None
+        while busy is None and time.monotonic() < deadline and proc.poll() is None:
+            busy = next((addr for addr, keys in client.processing().items() if keys), None)
+            time.sleep(0.2)
+        assert busy is not None, "no training reached the cluster"
+        time.sleep(2.0)  # inside the training by now (TensorFlow import and model build take longer than this)
+        victim = pid_of[busy]
+        os.kill(victim, signal.SIGKILL)
+        dask_cluster.workers[victim].wait(timeout=30)
+
+    run, clean_run = _finish(proc), _finish(clean)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["trained"] == 4
+    survivors = set(dask_cluster.workers) - {victim}
+    finished_by_victim = {k for k, f in manifest["folds"].items() if f["worker"]["pid"] == victim}
+    assert all(f["worker"]["pid"] in survivors for k, f in manifest["folds"].items() if k not in finished_by_victim)
+    assert len(finished_by_victim) < 4
+    assert json.loads((run / "metrics.json").read_text()) == json.loads((clean_run / "metrics.json").read_text())
+    entries = list((tmp_path / "cache-dask" / "folds").iterdir())
+    assert sorted(e.name for e in entries) == sorted(f["cache_key"] for f in manifest["folds"].values())
+
+
+def test_trainings_go_only_to_workers_that_declare_a_gpu(tmp_path, tiny_config_dict):
+    """gpus_per_training: auto. One worker declares `--resources GPU=1` (and has two threads), the other none: every
+    training runs on the GPU worker, one at a time, although the other worker sits idle."""
+    cluster = _cluster(tmp_path, [["--resources", "GPU=1", "--nthreads", "2"], []])
+    gpu_worker = next(cluster)
+    try:
+        tiny_config_dict["data"]["subset"] = {"train": 200, "val": 60, "test": 60}
+        tiny_config_dict["strategies"] = {"class_weight": {}, "smote": {}}
+        config = tmp_path / "tiny.yaml"
+        config.write_text(yaml.safe_dump(tiny_config_dict))
+        run = _finish(_medstack_run(config, tmp_path, "gpu", *_dask(gpu_worker)))
+    finally:
+        cluster.close()
+    spans = sorted((f["worker"]["started"], f["worker"]["finished"], f["worker"]["pid"])
+                   for f in json.loads((run / "manifest.json").read_text())["folds"].values())
+    assert {pid for _, _, pid in spans} == {next(iter(gpu_worker.workers))}
+    assert all(end <= next_start for (_, end, _), (next_start, _, _) in zip(spans, spans[1:]))  # never two at once
