@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from medstack.models.smote import smote_resample
+
 if TYPE_CHECKING:
     import keras
 
@@ -88,31 +90,6 @@ def _balanced_class_weight(y: np.ndarray, num_classes: int) -> dict[int, float]:
     classes = np.arange(num_classes)
     weights = compute_class_weight("balanced", classes=classes, y=y)
     return {int(c): float(w) for c, w in zip(classes, weights)}
-
-
-def smote_resample(x: np.ndarray, y: np.ndarray, k_neighbors: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """SMOTE on flattened pixels of the training part only; returns (x, y, source_rows, notes).
-
-    ``k_neighbors`` is lowered (and said so) when the smallest class has too few samples; a class of fewer than
-    two samples cannot be oversampled and is an error.
-    """
-    from imblearn.over_sampling import SMOTE
-
-    counts = np.bincount(y)
-    smallest = int(counts[counts > 0].min())
-    notes = []
-    if smallest < 2:
-        raise ValueError(f"SMOTE needs at least 2 samples per class, class counts are {counts.tolist()}")
-    k = min(k_neighbors, smallest - 1)
-    if k < k_neighbors:
-        notes.append(f"SMOTE k_neighbors lowered from {k_neighbors} to {k}: smallest class has {smallest} samples")
-    flat = x.reshape(len(x), -1).astype(np.float32)
-    x_res, y_res = SMOTE(k_neighbors=k, random_state=seed).fit_resample(flat, y)
-    # imbalanced-learn keeps the original rows first, in order, and appends the synthetic ones.
-    source_rows = np.concatenate([np.arange(len(x)), np.full(len(x_res) - len(x), -1)])
-    x_res = np.clip(np.rint(x_res), 0, 255).astype(np.uint8).reshape((-1,) + x.shape[1:])
-    notes.append(f"SMOTE added {len(x_res) - len(x)} synthetic samples (k_neighbors={k})")
-    return x_res, y_res.astype(np.int64), source_rows, notes
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from medstack import data as data_module
-from medstack.data import folder as folder_module
+from medstack.data import images as images_module
 from medstack import storage
 from medstack.config import BreakHisGroups, CsvGroups, DataConfig, FilenameRegexGroups
 from medstack.data import (
@@ -499,7 +499,7 @@ def test_load_image_folder_attaches_group_ids_aligned_with_sources(tmp_path: Pat
 def test_bad_group_name_fails_before_any_image_is_decoded(tmp_path: Path, monkeypatch) -> None:
     root = _breakhis_tree(tmp_path / "bh")
     _save_image(root / "malignant" / "scan.png", _gray(1))
-    monkeypatch.setattr(folder_module, "decode_image", lambda *a: pytest.fail("decoded before the names were checked"))
+    monkeypatch.setattr(images_module, "decode_image", lambda *a: pytest.fail("decoded before the names were checked"))
     with pytest.raises(DataError, match=r"scan\.png: no group id"):
         load_dataset(DataConfig(source="folder", path=str(root), image_size=(4, 4), group_by={"kind": "breakhis"}))
 

@@ -1,4 +1,4 @@
-"""The data stage: loading image datasets into one in-memory :class:`Dataset`, the I/O edge of a run.
+"""The data stage: loading image datasets into one :class:`Dataset`, the I/O edge of a run.
 
 Everything downstream (splits, models, ensembles) works on the arrays of a ``Dataset`` and never opens files. Bad
 input fails here with a :class:`DataError` naming the file, key or class, so a broken dataset stops a run before
@@ -8,6 +8,8 @@ any training starts. One module per job:
 |---|---|
 | ``dataset`` | the ``Dataset`` type, its checks and fingerprint, ``DataError`` |
 | ``images`` | decoding one image file (the function training and prediction share) |
+| ``parallel`` | decoding many files on threads, each into its row of one preallocated array |
+| ``scratch`` | arrays backed by an unnamed temporary file, so the OS can page a large dataset |
 | ``npz`` | MedMNIST-style and plain npz files |
 | ``folder`` | image folders, one sub-folder per class |
 | ``groups`` | patient/group ids from file names, a regex or a CSV |

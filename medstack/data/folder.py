@@ -6,6 +6,10 @@
   without an image extension are ignored.
 * Group ids (``data.group_by``) are computed from the file list before any image is decoded, so a bad name fails
   fast.
+* Images are decoded in parallel (``medstack.data.parallel``) straight into one uint8 array backed by an unnamed
+  temporary file (``medstack.data.scratch``): one copy of the pixels, which the OS may page, never a list of
+  per-image arrays stacked into a second copy. Unreadable files skipped under ``on_bad_image: skip`` are closed up
+  in place.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import numpy as np
 
 from medstack.data.dataset import DataError, Dataset
 from medstack.data.groups import assign_groups, check_breakhis_classes, log_mixed_groups
-from medstack.data.images import IMAGE_EXTENSIONS, BadImage, decode_image
+from medstack.data.images import IMAGE_EXTENSIONS
+from medstack.data.parallel import decode_into
+from medstack.data.scratch import scratch_array
 
 if TYPE_CHECKING:
     from medstack.config import GroupBy
@@ -36,11 +42,14 @@ def load_image_folder(
     *,
     class_names: tuple[str, ...] | list[str] | None = None,
     group_by: GroupBy | None = None,
+    workers: int | None = None,
 ) -> Dataset:
     """Load ``path/<class>/**/<image>``, resized to ``image_size`` (height, width) with ``channels`` (None = 3).
 
     Class names are the sorted top-level folder names; ``class_names`` may reorder them (same set required).
     ``group_by`` (a ``data.group_by`` spec) gives every image a group id, checked before any image is decoded.
+    ``workers`` threads decode (default: the CPUs available, at most 8); the result does not depend on it.
+    The images are a read-only view of one array backed by an unnamed temporary file (``$TMPDIR``).
     """
     root = Path(path)
     if on_bad_image not in ("error", "skip"):
@@ -50,43 +59,51 @@ def load_image_folder(
     if mode is None:
         raise DataError(f"channels must be 1, 3 or None, got {channels!r}")
     files_by_class = _list_class_files(root, class_names)
-    group_of, grouped_by = {}, None
+    all_files = [file for files in files_by_class.values() for file in files]
+    group_ids, grouped_by = None, None
     if group_by is not None:
-        all_files = [file for files in files_by_class.values() for file in files]
-        ids, grouped_by = assign_groups(group_by, all_files, root)
-        group_of = dict(zip(all_files, ids))
+        group_ids, grouped_by = assign_groups(group_by, all_files, root)
         if group_by.kind == "breakhis":
             check_breakhis_classes(files_by_class)
 
-    n_files = sum(len(files) for files in files_by_class.values())
-    images = np.empty((n_files, height, width, 1 if mode == "L" else 3), dtype=np.uint8)
-    labels, sources, skipped = [], [], []
-    for label, (class_name, files) in enumerate(files_by_class.items()):
-        for file in files:
-            try:
-                pixels = decode_image(file, (height, width), mode)
-            except BadImage as exc:
-                if on_bad_image == "error":
-                    raise DataError(f"{file}: unreadable image ({exc}); set data.on_bad_image: skip "
-                                    "to leave such files out") from exc
-                skipped.append((str(file), str(exc)))
-                continue
-            images[len(labels)] = pixels.reshape(images.shape[1:])
-            labels.append(label)
-            sources.append(str(file))
+    file_labels = np.repeat(np.arange(len(files_by_class), dtype=np.int64),
+                            [len(files) for files in files_by_class.values()])
+    # One uint8 array for the whole folder, file-backed so the OS may page it; decoded into in place, never stacked.
+    images = scratch_array((len(all_files), height, width, 1 if mode == "L" else 3))
+    bad = decode_into(images, all_files, (height, width), mode, workers=workers,
+                      stop_at_first_bad=on_bad_image == "error")
+    if bad and on_bad_image == "error":
+        row, exc = bad[0]
+        raise DataError(f"{all_files[row]}: unreadable image ({exc}); set data.on_bad_image: skip "
+                        "to leave such files out") from exc
+    kept = _drop_rows(images, [row for row, _ in bad])
+    labels = file_labels[kept]
+    sources = [str(all_files[row]) for row in kept]
+    skipped = [(str(all_files[row]), str(exc)) for row, exc in bad]
 
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(files_by_class))
+    counts = np.bincount(labels, minlength=len(files_by_class))
     for class_name, count in zip(files_by_class, counts):
         if count == 0:
             raise DataError(f"{root / class_name}: every image of class {class_name!r} was skipped as unreadable")
     if skipped:
         log.warning("%s: skipped %d unreadable image(s), first: %s", root, len(skipped), skipped[0][0])
-    groups = tuple(group_of[Path(src)] for src in sources) if group_by is not None else None
+    groups = tuple(group_ids[row] for row in kept) if group_ids is not None else None
     if groups is not None:
-        log_mixed_groups(root, groups, np.asarray(labels, np.int64), tuple(files_by_class))
-    return Dataset(name=name or root.name, images=images[: len(labels)], labels=np.asarray(labels, np.int64),
+        log_mixed_groups(root, groups, labels, tuple(files_by_class))
+    return Dataset(name=name or root.name, images=images[: len(labels)], labels=labels,
                    class_names=tuple(files_by_class), official_split=None, sources=tuple(sources),
                    skipped=tuple(skipped), groups=groups, grouped_by=grouped_by)
+
+
+def _drop_rows(images: np.ndarray, rows: list[int]) -> np.ndarray:
+    """Move the rows not listed down over the listed ones, in place and in order; returns the kept row numbers."""
+    keep = np.ones(len(images), dtype=bool)
+    keep[rows] = False
+    kept = np.flatnonzero(keep)
+    for new, old in enumerate(kept.tolist()):
+        if new != old:  # new < old, so every source row is read before anything overwrites it
+            images[new] = images[old]
+    return kept
 
 
 def _check_image_size(image_size: tuple[int, int] | None) -> tuple[int, int]:
