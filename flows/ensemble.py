@@ -20,7 +20,7 @@ from medstack.tasks.data import load_dataset, make_folds, make_splits, store_dat
 from medstack.tasks.ensemble import evaluate_on_test, fit_ensembles, gather_oof
 from medstack.tasks.registry import promote_if_better
 from medstack.tasks.report import publish_artifacts, write_report
-from medstack.tasks.training import TrainingProgress, placement, train_fold, training_runner
+from medstack.tasks.training import TrainingProgress, placement, shared_api, train_fold, training_runner
 
 FLOW_NAME = "medstack-ensemble"
 
@@ -45,7 +45,7 @@ def ensemble_flow(config: RunConfig, overrides: dict[str, Any] | None = None) ->
     prepared = store_dataset(make_folds(dataset, splits, config), config.runtime.cache_dir)
     del dataset  # from here on every task reads the stored, memory-mapped copy; tasks receive only its path
 
-    with training_runner(config.runtime) as runner, placement(runner, config.runtime):
+    with shared_api(config.runtime), training_runner(config.runtime) as runner, placement(runner, config.runtime):
         futures = [
             runner.submit(
                 train_fold.with_options(

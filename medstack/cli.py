@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     cfg = load_run_config(args)
-    from medstack.console.progress import RunProgress
+    from medstack.console.progress import RunProgress, parallelism
     from medstack.console.quiet import filtered_stderr, silence_prefect_console_at_exit, terminal_logging
     from medstack.console.runs import leaderboard_lines
     from medstack.flows.ensemble import ensemble_flow
@@ -130,13 +131,17 @@ def run_command(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         if args.verbosity < VERBOSE:
             stack.callback(silence_prefect_console_at_exit)  # registered after the server's own exit hook
+            # Worker processes (processes and local Dask runners) configure Prefect's logging from the environment:
+            # their console shows what ours would (warnings; -q: errors); their task runs still log in full to the API.
+            os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING" if args.verbosity == NORMAL else "ERROR")
         # TensorFlow is imported by the first training, from a worker thread: its C++ start-up lines are filtered
         # out of file descriptor 2 for the whole run (not with --debug).
         terminal = sys.stderr if debug else stack.enter_context(filtered_stderr())
         progress = None
         if args.verbosity == NORMAL:
             live = sys.stdout.isatty() and terminal.isatty()
-            progress = RunProgress(cfg.runtime.max_workers, live=live, stream=terminal)
+            workers, where = parallelism(cfg.runtime)
+            progress = RunProgress(workers, live=live, stream=terminal, where=where)
         stack.enter_context(terminal_logging(args.verbosity, debug=debug, stream=terminal,
                                              on_line=progress.print_line if progress else None))
         if progress is not None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -55,6 +56,26 @@ def training_runner(runtime: RuntimeConfig) -> TaskRunner:
         return dask_runner(runtime.dask)
     runner_cls = ProcessPoolTaskRunner if runtime.task_runner == "processes" else ThreadPoolTaskRunner
     return runner_cls(max_workers=runtime.max_workers)
+
+
+@contextmanager
+def shared_api(runtime: RuntimeConfig) -> Iterator[None]:
+    """Worker processes report their task runs to the flow's own Prefect API.
+
+    Without ``PREFECT_API_URL`` the flow talks to a temporary server it started, whose address is in no setting:
+    worker processes would each start a temporary server of their own (seconds and a few hundred MB apiece, all on
+    one database). Inside this block the setting names the flow's server, and the runners hand it to workers."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if runtime.task_runner == "threads" or PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url).rstrip("/")
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield
 
 
 def placement(runner: TaskRunner, runtime: RuntimeConfig) -> AbstractContextManager:

@@ -95,3 +95,16 @@ def test_group_by_npz_key_on_an_npz_dataset_and_breakhis_by_default_in_its_confi
     assert RunConfig(data={"source": "npz", "group_by": {"kind": "npz_key"}}).data.group_by.key == "groups"
     assert load_config(CONFIGS / "breakhis.yaml").data.group_by.kind == "breakhis"
     assert load_config(CONFIGS / "smoke.yaml").data.group_by is None
+
+
+def test_the_dask_runtime_section_is_validated():
+    from medstack.config import ConfigError, RunConfig, apply_overrides
+
+    cfg = apply_overrides(RunConfig(), {"runtime.task_runner": "dask", "runtime.dask.address": "tcp://10.0.0.5:8786",
+                                        "runtime.dask.gpus_per_training": 1})
+    assert (cfg.runtime.dask.address, cfg.runtime.dask.gpus_per_training) == ("tcp://10.0.0.5:8786", 1)
+    assert RunConfig().runtime.dask.gpus_per_training == "auto"
+    for bad in ({"runtime.dask.address": "10.0.0.5:8786"}, {"runtime.dask.gpus_per_training": -1},
+                {"runtime.dask.n_workers": 0}, {"runtime.task_runner": "ray"}):
+        with pytest.raises(ConfigError, match=next(iter(bad)).split(".")[-1]):
+            apply_overrides(RunConfig(), bad)

@@ -121,3 +121,23 @@ def test_data_flag_refuses_a_grouping_the_new_source_cannot_give(tmp_path):
     overrides, notes = fit_data_path(config, str(tmp_path / "imgs"), {"data.group_by": "none"})
     assert overrides["data.source"] == "folder" and len(notes) == 1
     assert Path(overrides["data.path"]).name == "imgs"
+
+
+def test_the_plan_line_says_where_the_trainings_run():
+    from medstack.config import RuntimeConfig
+
+    cases = {
+        "threads": ({"task_runner": "threads", "max_workers": 3}, 3, "3 at a time"),
+        "processes": ({"task_runner": "processes"}, 2, "2 at a time, one process each"),
+        "local dask": ({"task_runner": "dask", "dask": {"n_workers": 3, "threads_per_worker": 2}}, 6,
+                       "6 at a time, on a temporary local Dask cluster"),
+        "cluster": ({"task_runner": "dask", "dask": {"address": "tcp://sched.lab:8786"}}, None,
+                    "on the Dask cluster at tcp://sched.lab:8786"),
+    }
+    for name, (runtime, width, where) in cases.items():
+        assert progress.parallelism(RuntimeConfig.model_validate(runtime)) == (width, where), name
+    shown = progress.RunProgress(None, live=False, stream=io.StringIO(), where="on the Dask cluster at tcp://x:1")
+    assert shown._fold({"event": "planned", "total": 20}) == "training 20 fold models (on the Dask cluster at tcp://x:1)"
+    shown._fold({"event": "finished", "strategy": "ldam", "fold": 0, "from_cache": False, "seconds": 10.0})
+    # Width unknown: estimated from the folds in flight, at least one at a time (19 folds left x 10 s).
+    assert shown.state.seconds_left(now=shown.state.started) == pytest.approx(190.0)

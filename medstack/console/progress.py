@@ -14,9 +14,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from medstack.console.quiet import write_line
+
+if TYPE_CHECKING:
+    from medstack.config import RuntimeConfig
 
 FOLD_LOGGER = "medstack.tasks.training"
 EPOCH_LOGGER = "medstack.models.training"
@@ -33,7 +36,7 @@ class _Fold:
 class ProgressState:
     """What the display shows; fed by :meth:`RunProgress.emit`, read by the renderers."""
 
-    workers: int
+    workers: int | None  # trainings at once; None: unknown (a Dask cluster's workers come and go)
     started: float = field(default_factory=time.monotonic)
     total: int | None = None
     trained: int = 0
@@ -61,7 +64,8 @@ class ProgressState:
             return None
         waiting = max(0, self.total - self.done - len(self.running))
         in_flight = sum(max(0.0, per_fold - (now - f.started)) for f in self.running.values())
-        return (waiting * per_fold + in_flight) / max(1, min(self.workers, self.total - self.done or 1))
+        width = self.workers or max(1, len(self.running))
+        return (waiting * per_fold + in_flight) / max(1, min(width, self.total - self.done or 1))
 
 
 def clock(seconds: float) -> str:
@@ -89,12 +93,25 @@ def fold_lines(state: ProgressState, now: float) -> list[str]:
     return lines
 
 
+def parallelism(runtime: RuntimeConfig) -> tuple[int | None, str]:
+    """How many trainings run at once under ``runtime`` (None: up to the cluster) and how to say it."""
+    if runtime.task_runner == "dask":
+        if runtime.dask.address:
+            return None, f"on the Dask cluster at {runtime.dask.address}"
+        width = runtime.dask.n_workers * runtime.dask.threads_per_worker
+        return width, f"{width} at a time, on a temporary local Dask cluster"
+    if runtime.task_runner == "processes":
+        return runtime.max_workers, f"{runtime.max_workers} at a time, one process each"
+    return runtime.max_workers, f"{runtime.max_workers} at a time"
+
+
 class RunProgress(logging.Handler):
     """A logging handler that keeps :class:`ProgressState` and shows it: live (rich) or as plain lines."""
 
-    def __init__(self, workers: int, *, live: bool, stream: TextIO | None = None):
+    def __init__(self, workers: int | None, *, live: bool, stream: TextIO | None = None, where: str | None = None):
         super().__init__(logging.DEBUG)
         self.state = ProgressState(workers=workers)
+        self.where = where or f"{workers} at a time"
         self.stream = stream or sys.stderr
         self._lock = threading.Lock()
         self._live = None
@@ -163,7 +180,7 @@ class RunProgress(logging.Handler):
         now, state, kind = time.monotonic(), self.state, event.get("event")
         if kind == "planned":
             state.total = int(event["total"])
-            return f"training {state.total} fold models ({state.workers} at a time)"
+            return f"training {state.total} fold models ({self.where})"
         key = (str(event.get("strategy")), int(event.get("fold", -1)))
         if kind == "started":
             state.running.setdefault(key, _Fold(started=now))
