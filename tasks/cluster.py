@@ -5,6 +5,7 @@ Imported only when ``runtime.task_runner`` is ``dask``, so the other runners nev
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,7 +27,16 @@ def dask_runner(cfg: DaskConfig) -> DaskTaskRunner:
         "processes": True,
         "host": "127.0.0.1",
         "dashboard_address": None,
+        # Dask's nannies set OMP_NUM_THREADS=1 in every worker, and TensorFlow's oneDNN kernels honour it: each
+        # training would use one core. Let each use all of them, as in the processes runner: the smoke config's 8
+        # trainings on 2 workers took 130 s of flow wall time that way against 161 s with one core each (2 cores).
+        "env": {"OMP_NUM_THREADS": str(usable_cores())},
     })
+
+
+def usable_cores() -> int:
+    """This machine's cores that this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def gpus_per_training(runner: DaskTaskRunner, cfg: DaskConfig) -> int:
