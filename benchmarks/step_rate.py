@@ -1,13 +1,35 @@
-"""Optimiser steps per second of the default network, one training in one process, no Prefect: what one step costs
-with the old recipe's compile (accuracy, constant learning rate), the new one's (plus the SoftmaxAUC metric and the
-warm-up + cosine schedule), and the new one fed by medstack's seeded ``_ShuffledBatches`` (a Keras PyDataset)
-instead of in-memory arrays. Random 28x28x1 images, batch 64, 3 epochs of 20 steps timed after one untimed epoch.
+"""Optimiser steps per second of the default network fed by each training-input option, one process, no Prefect.
 
-    python benchmarks/step_rate.py
+Every case trains its own copy of the default network (configs/pneumoniamnist.yaml) with the compile medstack uses
+(accuracy + SoftmaxAUC, warm-up + cosine LR) on the same random 28x28x1 uint8 images, batch 64, ``--steps`` steps an
+epoch. After one untimed ``fit`` per case (traces the graph), the cases are timed in rounds, A, B, C, A, B, C, ...
+(each round starting one case later), each time a ``fit`` of ``--epochs`` epochs; a case's rate is the median over
+rounds and its ratio is the median of per-round ratios to ``arrays`` from the same round, so a neighbour's load on a
+shared machine hits every case alike. Wall time and this process's CPU time are both reported: on a shared machine
+the CPU seconds (the work the input pipeline adds) are far steadier than wall seconds.
+
+Cases (``--cases`` picks some):
+  arrays            bare ``fit(x, y, batch_size=64)``: Keras' own (unseeded) shuffle, the target of issue 15
+  medstack          what ``CNNClassifier.fit`` feeds (``training_input``): the seeded ``_ShuffledBatches``, a
+                    ``keras.utils.PyDataset`` (on TensorFlow read through ``tf.data.Dataset.from_generator``)
+  pydataset_threads the same PyDataset with ``workers=2`` threads and a queue of 10 batches
+  tfdata            the same seeded batches as a ``tf.data`` gather pipeline (TensorFlow only)
+  old_compile       ``arrays`` with the old recipe's compile (accuracy only, constant LR)
+
+Measured on 2 CPU cores shared with other jobs (load 4-8), ``--steps 10 --rounds 5``: arrays 1.11 steps/s, medstack
+1.07 (time x1.04, CPU x0.998 of arrays), pydataset_threads 1.29 (x0.86, CPU x1.001). An earlier 4-round run with 15
+steps had the PyDataset at x0.66 of arrays' time and tfdata at x1.03: wall ratios swing +-35% with the neighbours,
+CPU seconds per step do not. The 2.86 vs 3.91 steps/s this script once reported came from cases run one after the
+other, not interleaved. Data alone (no training): about 1 ms a batch from the PyDataset, 0.6 ms from arrays.
+
+    python benchmarks/step_rate.py                       # all cases, 5 rounds
+    python benchmarks/step_rate.py --rounds 7 --steps 10 --cases arrays medstack
 """
 
 from __future__ import annotations
 
+import argparse
+import statistics
 import time
 from pathlib import Path
 
@@ -17,38 +39,107 @@ import numpy as np
 from medstack.config import load_config
 from medstack.models.network import build_model
 from medstack.models.recipe import SoftmaxAUC
-from medstack.models.training import _ShuffledBatches
+from medstack.models.training import _ShuffledBatches, training_input
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS, BATCH = 20, 64
+BATCH = 64
+CASES = ("arrays", "medstack", "pydataset_threads", "tfdata", "old_compile")
 
 
-def timed(net: keras.Model, data, **fit) -> float:
-    """Steps per second over 3 epochs, after one epoch that traces the graph."""
-    net.fit(data, epochs=1, verbose=0, **fit)
-    started = time.perf_counter()
-    net.fit(data, epochs=3, verbose=0, **fit)
-    return 3 * STEPS / (time.perf_counter() - started)
+def _tf_dataset(x: np.ndarray, y: np.ndarray, batches: _ShuffledBatches, epochs: int):
+    """The seeded batches of ``epochs`` epochs as a tf.data pipeline that gathers rows in the graph."""
+    import tensorflow as tf
+
+    rows = list(batches._batches)
+    for _ in range(epochs - 1):
+        batches.on_epoch_end()
+        rows += list(batches._batches)
+    flat = np.concatenate(rows).astype(np.int64)
+    ends = np.cumsum([len(r) for r in rows])
+    starts = ends - np.array([len(r) for r in rows])
+    xs, ys, index = tf.constant(x), tf.constant(y), tf.constant(flat)
+
+    def gather(start, end):
+        picked = index[start:end]
+        return tf.gather(xs, picked), tf.gather(ys, picked)
+
+    ds = tf.data.Dataset.from_tensor_slices((starts, ends)).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _fit_args(case: str, x: np.ndarray, y: np.ndarray, steps: int, epochs: int, seed: int) -> tuple[object, dict]:
+    """(data, fit keyword arguments) of one timed fit of ``case``: fresh each time, as every training's input is."""
+    if case in ("arrays", "old_compile"):
+        return x, {"y": y, "batch_size": BATCH}
+    if case == "pydataset_threads":
+        data = _ShuffledBatches(x, y, BATCH, seed, steps)
+        data.workers, data.max_queue_size = 2, 10
+        return data, {"shuffle": False}
+    if case == "tfdata":
+        return _tf_dataset(x, y, _ShuffledBatches(x, y, BATCH, seed, steps), epochs), {"steps_per_epoch": steps}
+    if case == "medstack":
+        return training_input(x, y, BATCH, seed, steps)
+    raise ValueError(f"unknown case {case!r}")
+
+
+def _compiled(case: str, cfg, total_steps: int) -> keras.Model:
+    net = build_model((28, 28, 1), 2, cfg.model, cfg.augmentation, None, seed=0, name="cnn")
+    if case == "old_compile":
+        net.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
+        return net
+    cosine = keras.optimizers.schedules.CosineDecay(0.0, total_steps, alpha=0.01, warmup_target=1e-3,
+                                                    warmup_steps=max(1, total_steps // 20))
+    net.compile(optimizer=keras.optimizers.Adam(cosine), loss="categorical_crossentropy",
+                metrics=["accuracy", SoftmaxAUC(positive_class=1)])
+    return net
+
+
+def measure(cases: list[str], steps: int, epochs: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Per case: median steps per wall second and per CPU second of this process (less sensitive to neighbours'
+    load than wall time), and the median per-round ratios of its time to ``arrays``' (when ``arrays`` is a case)."""
+    cfg = load_config(REPO / "configs" / "pneumoniamnist.yaml", {})
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (BATCH * steps, 28, 28, 1)).astype(np.uint8)
+    y = keras.utils.to_categorical(rng.integers(0, 2, len(x)), 2).astype(np.float32)
+    nets = {case: _compiled(case, cfg, (rounds + 1) * epochs * steps) for case in cases}
+    for case in cases:  # trace every graph before anything is timed
+        data, fit = _fit_args(case, x, y, steps, 1, seed=0)
+        nets[case].fit(data, epochs=1, verbose=0, **fit)
+    wall: dict[str, list[float]] = {case: [] for case in cases}
+    cpu: dict[str, list[float]] = {case: [] for case in cases}
+    for r in range(rounds):
+        for case in cases[r % len(cases):] + cases[: r % len(cases)]:
+            data, fit = _fit_args(case, x, y, steps, epochs, seed=r + 1)
+            started, started_cpu = time.perf_counter(), time.process_time()
+            nets[case].fit(data, epochs=epochs, verbose=0, **fit)
+            wall[case].append(time.perf_counter() - started)
+            cpu[case].append(time.process_time() - started_cpu)
+        print(f"round {r + 1}, steps/s (per CPU s): "
+              + ", ".join(f"{c} {epochs * steps / wall[c][-1]:.2f} ({epochs * steps / cpu[c][-1]:.2f})" for c in cases),
+              flush=True)
+    out = {}
+    for case in cases:
+        out[case] = {"steps_per_s": epochs * steps / statistics.median(wall[case]),
+                     "steps_per_cpu_s": epochs * steps / statistics.median(cpu[case])}
+        if "arrays" in cases:
+            out[case]["time_vs_arrays"] = statistics.median(b / a for a, b in zip(wall["arrays"], wall[case]))
+            out[case]["cpu_vs_arrays"] = statistics.median(b / a for a, b in zip(cpu["arrays"], cpu[case]))
+    return out
 
 
 def main() -> None:
-    cfg = load_config(REPO / "configs" / "pneumoniamnist.yaml", {})
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (BATCH * STEPS, 28, 28, 1)).astype(np.uint8)
-    y = keras.utils.to_categorical(rng.integers(0, 2, len(x)), 2)
-    cosine = keras.optimizers.schedules.CosineDecay(0.0, 500, alpha=0.01, warmup_target=1e-3, warmup_steps=25)
-    cases = [("old compile (accuracy, constant LR), arrays", ["accuracy"], 1e-3, False),
-             ("new compile (accuracy + SoftmaxAUC, warm-up + cosine LR), arrays", None, cosine, False),
-             ("new compile, _ShuffledBatches (PyDataset)", None, cosine, True)]
-    for name, metrics, lr, pydataset in cases:
-        net = build_model((28, 28, 1), 2, cfg.model, cfg.augmentation, None, seed=0, name="cnn")
-        net.compile(optimizer=keras.optimizers.Adam(lr), loss="categorical_crossentropy",
-                    metrics=metrics or ["accuracy", SoftmaxAUC(positive_class=1)])
-        if pydataset:
-            rate = timed(net, _ShuffledBatches(x, y, BATCH, 0, STEPS), shuffle=False)
-        else:
-            rate = timed(net, x, y=y, batch_size=BATCH)
-        print(f"{name}: {rate:.2f} steps/s ({rate * BATCH:.0f} images/s)", flush=True)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--steps", type=int, default=20, help="steps an epoch")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of each timed fit")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    results = measure(args.cases, args.steps, args.epochs, args.rounds)
+    for case, r in results.items():
+        ratio = (f"; time x{r['time_vs_arrays']:.3f}, CPU x{r['cpu_vs_arrays']:.3f} of arrays"
+                 if "time_vs_arrays" in r else "")
+        print(f"{case}: {r['steps_per_s']:.2f} steps/s, {r['steps_per_cpu_s']:.2f} steps per CPU second{ratio}",
+              flush=True)
 
 
 if __name__ == "__main__":

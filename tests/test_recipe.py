@@ -61,6 +61,36 @@ def test_an_epoch_spans_several_passes_each_a_full_permutation():
     assert [again[i][0].ravel().tolist() for i in range(7)] == seen[:7]  # same seed, same batches
 
 
+def test_training_input_is_seeded_whatever_the_global_random_state_and_thread():
+    """What ``CNNClassifier.fit`` feeds: the batch order depends on the seed alone, not on numpy's, Python's or the
+    backend's global RNG, nor on other trainings building their input at the same time in other threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medstack.models.training import training_input
+
+    x = np.arange(20).reshape(20, 1, 1, 1)
+
+    def batch_rows(seed: int) -> list[list[int]]:
+        data, fit = training_input(x, np.zeros((20, 2)), batch_size=6, seed=seed, steps_per_epoch=8)
+        assert fit == {"shuffle": False}  # Keras must not reorder the seeded batches
+        rows = []
+        for _ in range(2):  # two epochs of 8 steps: four passes of 6 + 6 + 6 + 2 rows
+            rows += [data[i][0].ravel().tolist() for i in range(len(data))]
+            data.on_epoch_end()
+        return rows
+
+    keras.utils.set_random_seed(0)  # seeds Python's, numpy's and the backend's global generators
+    first = batch_rows(5)
+    keras.utils.set_random_seed(1)
+    np.random.rand(7)
+    assert batch_rows(5) == first
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(batch_rows, [5, 6, 5, 6])) == [first, batch_rows(6), first, batch_rows(6)]
+    assert batch_rows(6) != first
+    assert [len(b) for b in first] == [6, 6, 6, 2] * 4
+    assert all(sorted(sum(first[4 * p : 4 * p + 4], [])) == list(range(20)) for p in range(4))
+
+
 def test_warmup_is_a_share_of_the_planned_steps():
     cosine = resolve_recipe(437, TrainingConfig(epochs=20, min_steps=500))
     assert cosine.warmup_steps == round(0.05 * cosine.planned_steps) and cosine.lr_schedule == "cosine"
