@@ -39,6 +39,7 @@ def run(config: Path, sets: list[str], runner: str, workers: int, root: Path) ->
         args += ["--set", value]
     env = {**os.environ, "PREFECT_HOME": str(root / tag / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "DO_NOT_TRACK": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    (root / tag / "home").mkdir(parents=True)
     started = time.perf_counter()
     done = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True)
     if done.returncode:
