@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,15 @@ class SealedLabels:
 
     def reveal(self) -> np.ndarray:
         return self._values
+
+    def save(self, path: str | Path) -> None:
+        """Write the values to ``path`` (``.npy``) for the prepared-data store, without revealing them to anyone."""
+        np.save(path, self._values, allow_pickle=False)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SealedLabels":
+        """Labels written by :meth:`save`, sealed again."""
+        return cls(np.load(path, allow_pickle=False))
 
     def __len__(self) -> int:
         return len(self._values)

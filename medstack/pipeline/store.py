@@ -57,7 +57,7 @@ def store_prepared(prepared: PreparedData, cache_dir: str | Path) -> StoredData:
         with atomic_directory(folder) as tmp:
             for name in _ARRAYS:
                 np.save(tmp / f"{name}.npy", np.asarray(getattr(prepared, name)), allow_pickle=False)
-            np.save(tmp / "test_labels.npy", prepared.test_labels.reveal(), allow_pickle=False)
+            prepared.test_labels.save(tmp / "test_labels.npy")  # from seal to seal: no code here sees the values
             meta: dict[str, Any] = {name: getattr(prepared, name) for name in _META}
             atomic_write_json(tmp / "meta.json", {"format": STORE_FORMAT, **meta})
     return open_prepared(folder)
@@ -76,13 +76,13 @@ def open_prepared(folder: str | Path) -> StoredData:
                          f"{meta.get('fingerprint')!r} does not match its folder (format {STORE_FORMAT})")
     try:
         arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in _ARRAYS}
-        test_labels = np.load(folder / "test_labels.npy", allow_pickle=False)
+        test_labels = SealedLabels.load(folder / "test_labels.npy")
     except (OSError, ValueError) as exc:
         raise StoreError(f"{folder}: stored dataset is unreadable: {exc}") from exc
     return StoredData(
         name=meta["name"],
         class_names=tuple(meta["class_names"]),
-        test_labels=SealedLabels(test_labels),
+        test_labels=test_labels,
         counts=meta["counts"],
         fingerprint=meta["fingerprint"],
         positive_class=meta["positive_class"],
