@@ -5,7 +5,6 @@ Imported only when ``runtime.task_runner`` is ``dask``, so the other runners nev
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,6 +13,7 @@ from prefect import get_run_logger
 from prefect_dask import DaskTaskRunner
 
 from medstack.config import DaskConfig
+from medstack.data.parallel import usable_cores
 
 
 def dask_runner(cfg: DaskConfig) -> DaskTaskRunner:
@@ -34,16 +34,11 @@ def dask_runner(cfg: DaskConfig) -> DaskTaskRunner:
     })
 
 
-def usable_cores() -> int:
-    """This machine's cores that this process may run on (its affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def gpus_per_training(runner: DaskTaskRunner, cfg: DaskConfig) -> int:
-    """``cfg.gpus_per_training``; for ``auto``, 1 when any worker connected now declares a ``GPU`` resource."""
+def gpus_per_training(workers: dict[str, dict], cfg: DaskConfig) -> int:
+    """``cfg.gpus_per_training``; for ``auto``, 1 when any of ``workers`` (the scheduler's worker info) declares a
+    ``GPU`` resource."""
     if cfg.gpus_per_training != "auto":
         return cfg.gpus_per_training
-    workers = runner.client.scheduler_info(n_workers=-1)["workers"]
     return int(any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers.values()))
 
 
@@ -52,8 +47,8 @@ def gpu_annotation(runner: DaskTaskRunner, cfg: DaskConfig) -> Iterator[int]:
     """Tasks submitted inside ask the scheduler for ``gpus_per_training`` units of the workers' ``GPU`` resource,
     so Dask runs one training per GPU (workers started with ``dask worker ... --resources GPU=1``). This adds
     to, and does not replace, the Prefect concurrency limit on the training tasks' tag."""
-    gpus = gpus_per_training(runner, cfg)
     workers = runner.client.scheduler_info(n_workers=-1)["workers"]
+    gpus = gpus_per_training(workers, cfg)
     get_run_logger().info(
         "Dask: %d worker(s) at %s; each training asks for %s", len(workers), runner.client.scheduler.address,
         f"{gpus} GPU (worker resource 'GPU')" if gpus else "no GPU resource (no worker declares one)",

@@ -26,10 +26,14 @@ BATCH = 16  # files per task: amortises the hand-off; small enough that a stop a
 MAX_WORKERS = 8
 
 
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_workers() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one), capped at :data:`MAX_WORKERS`."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(available, MAX_WORKERS))
+    """:func:`usable_cores`, capped at :data:`MAX_WORKERS`."""
+    return max(1, min(usable_cores(), MAX_WORKERS))
 
 
 def decode_into(out: np.ndarray, files: Sequence[Path], size: tuple[int, int], mode: str, *,

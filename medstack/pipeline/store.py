@@ -3,9 +3,9 @@
 ``make_folds`` builds a :class:`PreparedData` in memory; :func:`store_prepared` writes it once under
 ``<cache_dir>/data/<fingerprint>/`` (content-addressed: the fingerprint covers the pixels, labels, splits and folds)
 as ``.npy`` files plus ``meta.json``, and returns the same data opened from there (:class:`StoredData`) with every
-array a read-only memory map. Pickling such an object (the processes and Dask task runners pickle every task's parameters) carries
-only the folder path; unpickling reopens the memory maps, so each training process pages in the rows it reads and
-the operating system shares those pages between processes on one machine.
+array a read-only memory map. Pickling such an object (the processes and Dask task runners pickle every task's
+parameters) carries only the folder path; unpickling reopens the memory maps, so each training process pages in the
+rows it reads and the operating system shares those pages between processes on one machine.
 
 On a cluster ``runtime.cache_dir`` must be a folder every worker sees at the same absolute path (NFS, a shared
 volume): the path, not the data, travels with each task.
