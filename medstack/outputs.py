@@ -194,7 +194,7 @@ def write_run(
         _copy_models(tmp / "models", preds.model_paths)
         ensembles.meta_model.save(tmp / "models" / "meta_model.joblib")
         write_bundle(tmp, run_id, cfg, prepared, ensembles, metrics)  # model.json: the run folder as a model bundle
-        diagnoses = diagnose_all(preds.histories)
+        diagnoses = diagnose_all(preds.histories, preds.fold_info)
         notes = list(prepared.notes) + [
             f"{strategy} fold {fold + 1}: {note}"
             for strategy, per_fold in preds.fold_info.items()

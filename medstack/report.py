@@ -30,8 +30,12 @@ History = Mapping[str, list[float]]
 # --------------------------------------------------------------------------------------------------- fit diagnosis
 
 
-def diagnose_fit(history: History) -> tuple[str, str]:
+def diagnose_fit(history: History, kept: Mapping[str, Any] | None = None) -> tuple[str, str]:
     """Heuristic verdict on one training: ``(verdict, reason with the numbers)``.
+
+    ``kept`` is the fold's info (``best_epoch``, 0-based, and ``recipe.monitor``): when given, an overfitting
+    verdict names the epoch whose weights early stopping really kept, which is the monitor's best (val ROC AUC by
+    default) and need not be the val-loss minimum the verdict is judged on.
 
     Only the epochs of the last ``loss_phase`` are compared (LDAM-DRW switches loss mid-training, so losses before
     and after the switch are on different scales; early stopping also acts on that phase only). Epochs with a
@@ -67,8 +71,8 @@ def diagnose_fit(history: History) -> tuple[str, str]:
     if rose_clearly and train[-1] < train[best]:
         return "overfitting", (
             f"val loss rose from {val[best]:.3f} (epoch {best_epoch}) to {val[-1]:.3f} (epoch {last_epoch}, "
-            f"+{rise / abs(val[best]):.0%}) while train loss fell from {train[best]:.3f} to {train[-1]:.3f}; "
-            f"restore-best early stopping keeps the epoch-{best_epoch} weights{note}"
+            f"+{rise / abs(val[best]):.0%}) while train loss fell from {train[best]:.3f} to {train[-1]:.3f}"
+            f"{_kept_weights(kept)}{note}"
         )
     flat_train = train[-1] > UNDERFIT_FLAT * train[0]
     val_gain = val[0] - min(val)
@@ -98,9 +102,21 @@ def _first_phase_drop(history: History, loss: list[float], phase: list, n: int) 
     return (first[0], first[-1]) if len(first) >= 2 else None
 
 
-def diagnose_all(histories: Mapping[str, Mapping[int, History]]) -> dict[str, dict[int, tuple[str, str]]]:
-    """:func:`diagnose_fit` for every strategy and fold, folds in order."""
-    return {s: {fold: diagnose_fit(h) for fold, h in sorted(per.items())} for s, per in histories.items()}
+def _kept_weights(kept: Mapping[str, Any] | None) -> str:
+    """'; early stopping kept the epoch-N weights (best MONITOR)' from a fold's info, or '' when it is unknown."""
+    if not kept or kept.get("best_epoch") is None:
+        return ""
+    monitor = (kept.get("recipe") or {}).get("monitor")
+    return f"; early stopping kept the epoch-{int(kept['best_epoch']) + 1} weights" + (f" (best {monitor})" if monitor else "")
+
+
+def diagnose_all(
+    histories: Mapping[str, Mapping[int, History]], fold_info: Mapping[str, Mapping[int, Mapping]] | None = None,
+) -> dict[str, dict[int, tuple[str, str]]]:
+    """:func:`diagnose_fit` for every strategy and fold, folds in order, each with its fold info when given."""
+    info = fold_info or {}
+    return {s: {fold: diagnose_fit(h, info.get(s, {}).get(fold)) for fold, h in sorted(per.items())}
+            for s, per in histories.items()}
 
 
 

@@ -64,8 +64,16 @@ def test_phases_matter_for_the_drw_curve():
 
 def test_overfit_reason_names_the_epochs_and_numbers():
     _, why = diagnose_fit({"loss": [1.0, 0.6, 0.4, 0.3, 0.2], "val_loss": [1.0, 0.5, 0.6, 0.7, 0.9]})
-    assert "from 0.500 (epoch 2) to 0.900 (epoch 5" in why and "epoch-2 weights" in why
-    assert "0.600 to 0.200" in why
+    assert "from 0.500 (epoch 2) to 0.900 (epoch 5" in why and "0.600 to 0.200" in why
+    assert "weights" not in why  # which weights early stopping kept is not known from the curves alone
+
+
+def test_overfit_reason_names_the_epoch_early_stopping_kept_not_the_val_loss_minimum():
+    history = {"loss": [1.0, 0.6, 0.4, 0.3, 0.2], "val_loss": [1.0, 0.5, 0.6, 0.7, 0.9]}
+    info = {"best_epoch": 3, "recipe": {"monitor": "val_auc"}}  # 0-based: val ROC AUC peaked at epoch 4
+    _, why = diagnose_fit(history, info)
+    assert why.endswith("early stopping kept the epoch-4 weights (best val_auc)")
+    assert diagnose_all({"ldam": {0: history}}, {"ldam": {0: info}})["ldam"][0][1] == why
 
 
 def test_overfit_epochs_are_counted_over_the_whole_history():
