@@ -9,7 +9,11 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="medstack-prefect-home-"))
+# One throwaway Prefect home per test process. pytest-xdist workers inherit the controller's environment, so a
+# worker replaces a home this file made in the controller (a home the caller set is left alone).
+if "PREFECT_HOME" not in os.environ or os.environ.get("MEDSTACK_TEST_OWN_PREFECT_HOME") == "1":
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="medstack-prefect-home-")
+    os.environ["MEDSTACK_TEST_OWN_PREFECT_HOME"] = "1"
 os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
 
 import logging
@@ -60,17 +64,28 @@ def smoke_bundle(pneumonia_npz, tmp_path_factory) -> Path:
     """One real run of configs/smoke.yaml (4 strategies x 2 folds), trained once per session through the CLI, used
     as a model bundle by the prediction, export, registry and flow tests. ``MEDSTACK_TEST_CACHE_DIR`` (unset in
     CI) points the run at a fold cache kept between sessions, so iterating on these tests does not retrain."""
+    import fcntl
     import subprocess
     import sys
 
-    base = tmp_path_factory.mktemp("smoke-bundle")
-    cache = os.environ.get("MEDSTACK_TEST_CACHE_DIR") or str(base / "cache")
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("medstack")), "run", "--config", str(REPO / "configs" / "smoke.yaml"),
-         "--data", str(pneumonia_npz), "--output-dir", str(base / "runs"), "--cache-dir", cache],
-        cwd=base, capture_output=True, text=True, timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    run = Path(done.stdout.strip().splitlines()[-1].removeprefix("run folder: "))  # the CLI ends with that line
-    assert (run / "model.json").is_file(), done.stdout[-2000:]
-    return run
+    # Under pytest-xdist every worker process asks for this fixture: the first trains the bundle in the folder all
+    # workers of this session share, the others wait on the lock and use it.
+    shared = tmp_path_factory.getbasetemp().parent if os.environ.get("PYTEST_XDIST_WORKER") else \
+        tmp_path_factory.getbasetemp()
+    base, done_marker = shared / "smoke-bundle", shared / "smoke-bundle.done"
+    with open(shared / "smoke-bundle.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done_marker.is_file():
+            return Path(done_marker.read_text())
+        base.mkdir(exist_ok=True)
+        cache = os.environ.get("MEDSTACK_TEST_CACHE_DIR") or str(base / "cache")
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("medstack")), "run", "--config", str(REPO / "configs" / "smoke.yaml"),
+             "--data", str(pneumonia_npz), "--output-dir", str(base / "runs"), "--cache-dir", cache],
+            cwd=base, capture_output=True, text=True, timeout=900,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        run = Path(done.stdout.strip().splitlines()[-1].removeprefix("run folder: "))  # the CLI ends with that line
+        assert (run / "model.json").is_file(), done.stdout[-2000:]
+        done_marker.write_text(str(run))
+        return run
