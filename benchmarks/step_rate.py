@@ -10,17 +10,19 @@ the CPU seconds (the work the input pipeline adds) are far steadier than wall se
 
 Cases (``--cases`` picks some):
   arrays            bare ``fit(x, y, batch_size=64)``: Keras' own (unseeded) shuffle, the target of issue 15
-  medstack          what ``CNNClassifier.fit`` feeds (``training_input``): the seeded ``_ShuffledBatches``, a
-                    ``keras.utils.PyDataset`` (on TensorFlow read through ``tf.data.Dataset.from_generator``)
+  medstack          what ``CNNClassifier.fit`` feeds (``training_input``): the seeded ``_ShuffledBatches``, under
+                    TensorFlow as a ``tf.data`` pipeline of row ranges gathered by ``tf.numpy_function``
   pydataset_threads the same PyDataset with ``workers=2`` threads and a queue of 10 batches
   tfdata            the same seeded batches as a ``tf.data`` gather pipeline (TensorFlow only)
   old_compile       ``arrays`` with the old recipe's compile (accuracy only, constant LR)
 
-Measured on 2 CPU cores shared with other jobs (load 4-8), ``--steps 10 --rounds 5``: arrays 1.11 steps/s, medstack
-1.07 (time x1.04, CPU x0.998 of arrays), pydataset_threads 1.29 (x0.86, CPU x1.001). An earlier 4-round run with 15
-steps had the PyDataset at x0.66 of arrays' time and tfdata at x1.03: wall ratios swing +-35% with the neighbours,
-CPU seconds per step do not. The 2.86 vs 3.91 steps/s this script once reported came from cases run one after the
-other, not interleaved. Data alone (no training): about 1 ms a batch from the PyDataset, 0.6 ms from arrays.
+Interleaved in one process, the cases look alike: on 2 shared CPU cores (load 4-8), ``--steps 10 --rounds 5``, arrays
+1.11 steps/s and the PyDataset fed as is 1.07 (CPU x0.998 of arrays). Each training runs in a fresh process (or
+thread), though, and there the PyDataset fed as is cost twice the time per step: one fresh process per case, 240
+steps after one traced epoch, 2 cores otherwise idle: PyDataset 1.60 steps/s against arrays 3.40 (seven shorter
+runs: 1.46-2.33 against 2.92-4.53); two trainings in two threads of one process, 120 steps each: 1.46 steps/s
+combined. Fed as the ``tf.data`` pipeline (the ``medstack`` case now): 2.93 steps/s alone (arrays 3.46 in the same
+minutes) and 2.93 combined for two threads. So compare cases by fresh runs, not only by this script's rounds.
 
     python benchmarks/step_rate.py                       # all cases, 5 rounds
     python benchmarks/step_rate.py --rounds 7 --steps 10 --cases arrays medstack
@@ -78,7 +80,7 @@ def _fit_args(case: str, x: np.ndarray, y: np.ndarray, steps: int, epochs: int, 
     if case == "tfdata":
         return _tf_dataset(x, y, _ShuffledBatches(x, y, BATCH, seed, steps), epochs), {"steps_per_epoch": steps}
     if case == "medstack":
-        return training_input(x, y, BATCH, seed, steps)
+        return training_input(x, y, BATCH, seed, steps).next_epochs(epochs)
     raise ValueError(f"unknown case {case!r}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -71,8 +72,8 @@ class CNNClassifier:
             name=f"cnn_{self.strategy}",
         )
         optimizer = keras.optimizers.Adam(learning_rate=learning_rate(cfg, recipe))
-        train_batches, train_fit = training_input(plan.x, _one_hot(plan.y, self.num_classes), cfg.batch_size,
-                                                  self.seed, recipe.steps_per_epoch)
+        feed = training_input(plan.x, _one_hot(plan.y, self.num_classes), cfg.batch_size, self.seed,
+                              recipe.steps_per_epoch)
         val_data = (x_val, _one_hot(y_val, self.num_classes))
         auc = SoftmaxAUC(positive_class=self.positive_class if self.num_classes == 2 else None, name="auc")
         lr_callbacks, early_stopping = callbacks(cfg, recipe)
@@ -85,8 +86,9 @@ class CNNClassifier:
             # Same optimizer object across phases: Adam moments and the LR schedule carry over the DRW switch.
             net.compile(optimizer=optimizer, loss=loss, metrics=["accuracy", auc])
             last_phase_start = len(history.get("loss", []))
+            train_data, train_fit = feed.next_epochs(end - start)
             fitted = net.fit(
-                train_batches,
+                train_data,
                 validation_data=val_data,
                 # Keras would validate in batches of 32 (fit sees no batch_size with a PyDataset); the training batch
                 # halves the calls at a training batch's memory (on 2 CPU cores a val pass took 2% less CPU; the
@@ -203,17 +205,63 @@ class _ShuffledBatches(keras.utils.PyDataset):
         self._batches = self._next_epoch()
 
 
-def training_input(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
-                   steps_per_epoch: int | None = None) -> tuple[keras.utils.PyDataset, dict]:
-    """What ``fit`` is fed: the seeded batches and the ``fit`` arguments they need (``benchmarks/step_rate.py``
-    times exactly this against bare ``fit`` on arrays).
+class TrainingFeed:
+    """What ``fit`` is fed: the seeded batches of :class:`_ShuffledBatches`, handed over a few epochs at a time (one
+    ``fit`` per loss phase), continuing the same seeded order from one ``fit`` to the next.
 
-    A plain PyDataset (one worker, no queue) costs what arrays cost: on 2 shared CPU cores the default network took
-    0.998x the CPU seconds per step of ``fit(x, y, batch_size=64)`` (median of 5 interleaved rounds; wall time within
-    noise). TensorFlow reads it through ``tf.data.Dataset.from_generator`` with prefetching, about 1 ms a batch
-    against 0.6 ms for Keras' array pipeline, next to hundreds of ms a step. Two worker threads measured no cheaper
-    (1.001x), and a ``tf.data`` gather pipeline would tie the models package to TensorFlow."""
-    return _ShuffledBatches(x, y, batch_size, seed, steps_per_epoch), {"shuffle": False}  # it shuffles itself, seeded
+    Under TensorFlow the batches go in as a ``tf.data`` pipeline of row ranges, each batch gathered from the arrays
+    by ``tf.numpy_function`` (the arrays, memory maps included, are neither copied nor converted); ``fit`` gets
+    ``steps_per_epoch``, so Keras keeps one iterator across the epochs. Fed the PyDataset itself, TensorFlow trained
+    the default network at about half the steps per second (fresh processes, 2 CPU cores, 240 steps: 1.60 against
+    3.40 for arrays; ``benchmarks/step_rate.py``). Other backends (JAX) are fed the PyDataset, which keeps this
+    module free of TensorFlow there.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, steps_per_epoch: int | None = None):
+        self.batches = _ShuffledBatches(x, y, batch_size, seed, steps_per_epoch)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.batches.steps_per_epoch
+
+    def next_epochs(self, epochs: int) -> tuple[Any, dict]:
+        """(data, ``fit`` keyword arguments) for the next ``epochs`` epochs of seeded batches."""
+        if keras.backend.backend() != "tensorflow":
+            return self.batches, {"shuffle": False}  # Keras calls its on_epoch_end: it advances itself
+        rows = []
+        for _ in range(epochs):
+            rows += self.batches._batches
+            self.batches.on_epoch_end()
+        fit = {"steps_per_epoch": self.steps_per_epoch, "shuffle": False}
+        return _gathered(self.batches.x, self.batches.y, rows), fit
+
+
+def _gathered(x: np.ndarray, y: np.ndarray, rows: list[np.ndarray]) -> Any:
+    """A ``tf.data.Dataset`` of the batches ``x[r], y[r]`` for ``r`` in ``rows``, in order."""
+    import tensorflow as tf
+
+    flat = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
+    ends = np.cumsum([len(r) for r in rows], dtype=np.int64)
+    starts = ends - np.array([len(r) for r in rows], dtype=np.int64)
+
+    def gather(start: np.int64, end: np.int64) -> tuple[np.ndarray, np.ndarray]:
+        picked = flat[start:end]
+        return np.asarray(x[picked]), np.asarray(y[picked])
+
+    def batch(start: Any, end: Any) -> tuple[Any, Any]:
+        xb, yb = tf.numpy_function(gather, [start, end], [tf.as_dtype(x.dtype), tf.as_dtype(y.dtype)], stateful=False)
+        xb.set_shape((None, *x.shape[1:]))
+        yb.set_shape((None, *y.shape[1:]))
+        return xb, yb
+
+    return tf.data.Dataset.from_tensor_slices((starts, ends)).map(batch).prefetch(2)
+
+
+def training_input(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
+                   steps_per_epoch: int | None = None) -> TrainingFeed:
+    """The seeded training input of one fold (``benchmarks/step_rate.py`` times exactly this against bare ``fit`` on
+    arrays)."""
+    return TrainingFeed(x, y, batch_size, seed, steps_per_epoch)
 
 
 def predict_logits(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

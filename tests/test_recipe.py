@@ -71,13 +71,10 @@ def test_training_input_is_seeded_whatever_the_global_random_state_and_thread():
     x = np.arange(20).reshape(20, 1, 1, 1)
 
     def batch_rows(seed: int) -> list[list[int]]:
-        data, fit = training_input(x, np.zeros((20, 2)), batch_size=6, seed=seed, steps_per_epoch=8)
-        assert fit == {"shuffle": False}  # Keras must not reorder the seeded batches
-        rows = []
-        for _ in range(2):  # two epochs of 8 steps: four passes of 6 + 6 + 6 + 2 rows
-            rows += [data[i][0].ravel().tolist() for i in range(len(data))]
-            data.on_epoch_end()
-        return rows
+        feed = training_input(x, np.zeros((20, 2)), batch_size=6, seed=seed, steps_per_epoch=8)
+        data, fit = feed.next_epochs(2)  # two epochs of 8 steps: four passes of 6 + 6 + 6 + 2 rows
+        assert fit == {"steps_per_epoch": 8, "shuffle": False}  # one iterator across the epochs, in seeded order
+        return [np.asarray(xb).ravel().tolist() for xb, _ in data]
 
     keras.utils.set_random_seed(0)  # seeds Python's, numpy's and the backend's global generators
     first = batch_rows(5)
@@ -178,3 +175,33 @@ def test_tta_setting_reaches_the_predicting_model(rng, tta, views):
     assert clf.info_["tta_views"] == max(views, 1)
     plain = keras.ops.convert_to_numpy(keras.ops.softmax(clf.network_(x, training=False)))
     assert np.allclose(clf.predict_proba(x), plain, atol=1e-6) == (tta == "none")
+
+
+def test_fit_trains_on_exactly_the_seeded_batches_across_epochs_and_phases():
+    """Keras must neither restart the batch order at each epoch nor at the next loss phase's ``fit``: a model that
+    records its training inputs sees the PyDataset's seeded batches, epoch after epoch, across two ``fit`` calls."""
+    from medstack.models.training import _ShuffledBatches, training_input
+
+    x = np.arange(10, dtype=np.float32).reshape(10, 1)
+    y = np.eye(2, dtype=np.float32)[np.arange(10) % 2]
+    seen: list[list[int]] = []
+
+    class Record(keras.layers.Layer):
+        def call(self, inputs, training=None):
+            if training:
+                seen.append(np.asarray(inputs).ravel().astype(int).tolist())
+            return inputs
+
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(Record()(inputs)))
+    model.compile(optimizer="sgd", loss=keras.losses.CategoricalCrossentropy(from_logits=True), run_eagerly=True)
+    feed = training_input(x, y, batch_size=4, seed=3, steps_per_epoch=5)
+    for start, end in ((0, 2), (2, 3)):  # two loss phases: epochs 0-1, then epoch 2
+        data, fit = feed.next_epochs(end - start)
+        model.fit(data, epochs=end, initial_epoch=start, verbose=0, **fit)
+    expected = _ShuffledBatches(x, y, batch_size=4, seed=3, steps_per_epoch=5)
+    wanted = []
+    for _ in range(3):
+        wanted += [np.sort(b).tolist() for b in expected._batches]
+        expected.on_epoch_end()
+    assert seen == wanted and len(seen) == 15
