@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import logging
 import os
@@ -20,14 +21,43 @@ log = logging.getLogger(__name__)
 
 
 def code_version() -> str:
-    """Hash of the sources of ``medstack.models`` (the ``models/`` folder): a change to how models train invalidates
-    cached folds."""
+    """Hash of the ``medstack.models`` sources a fold's training runs (:func:`training_modules`): a change to how
+    models train invalidates cached folds; a change to the ensembles, decisions or metrics, which are recomputed
+    from the cached predictions on every run, does not."""
     import medstack.models  # the package only (a docstring): no TensorFlow import
 
+    folder = Path(medstack.models.__file__).resolve().parent
     digest = hashlib.sha256()
-    for path in sorted(Path(medstack.models.__file__).resolve().parent.glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
+    for name in sorted(training_modules()):
+        digest.update(f"{name}.py".encode() + (folder / f"{name}.py").read_bytes())
     return digest.hexdigest()[:16]
+
+
+def training_modules() -> set[str]:
+    """``models/training.py`` and every module of ``medstack.models`` it imports, directly or through another one,
+    at module level or inside a function, found by reading the sources (nothing is imported)."""
+    import medstack.models
+
+    folder = Path(medstack.models.__file__).resolve().parent
+    found: set[str] = set()
+    todo = ["training"]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        for node in ast.walk(ast.parse((folder / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                base = module if node.level == 0 else f"medstack.models.{module}".rstrip(".")  # from .x / from . import x
+                targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                continue
+            todo += [t.split(".")[2] for t in targets
+                     if t.startswith("medstack.models.") and (folder / f"{t.split('.')[2]}.py").is_file()]
+    return found
 
 
 def fold_cache_key(prepared: PreparedData, cfg: RunConfig, strategy: str, fold: int, version: str) -> str:
