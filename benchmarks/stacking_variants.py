@@ -3,8 +3,10 @@
 Reads `oof_predictions.csv` of a binary run folder (the base models' OOF probabilities and the labels; test is never
 read) and scores, by repeated stratified K-fold over those rows, each way of combining the members:
 
-- `stacking (medstack)`: the shipped meta-model, logistic regression on the probabilities, C chosen by inner CV;
-- `stacking on logits`: the same on log-odds (a probability of 0.999 and 0.9999 differ there, not on probabilities);
+- `stacking on probabilities`: logistic regression on the probabilities, C chosen by inner CV (medstack's
+  meta-model with `ensemble.meta_features: probabilities`, its default before this comparison);
+- `stacking on logits`: the same on log-odds (a probability of 0.999 and 0.9999 differ there, not on probabilities;
+  medstack's default, `ensemble.meta_features: log_odds`);
 - `stacking, weights >= 0`: logistic regression on log-odds whose member weights are bounded at zero (a member can
   be ignored, never used upside down); L2 penalty 1/(2C), C chosen by the same inner CV;
 - `soft voting`: the plain mean, nothing fitted;
@@ -85,12 +87,12 @@ def score(p: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, var
     if variant == "best member":
         aucs = [roc_auc_score(y[train], p[train, j]) for j in range(p.shape[1])]
         return p[test, int(np.argmax(aucs))]
-    x = {"stacking (medstack)": p, "stacking on logits": logit(clipped), "stacking, weights >= 0": logit(clipped)}[variant]
+    x = {"stacking on probabilities": p, "stacking on logits": logit(clipped), "stacking, weights >= 0": logit(clipped)}[variant]
     model = NonNegativeLogistic() if variant == "stacking, weights >= 0" else LogisticRegression(max_iter=2000)
     return searched(model, seed).fit(x[train], y[train]).predict_proba(x[test])[:, 1]
 
 
-VARIANTS = ("stacking (medstack)", "stacking on logits", "stacking, weights >= 0", "soft voting", "best member")
+VARIANTS = ("stacking on probabilities", "stacking on logits", "stacking, weights >= 0", "soft voting", "best member")
 
 
 def main() -> None:

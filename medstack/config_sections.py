@@ -120,6 +120,11 @@ class EnsembleConfig(Section):
         description="Multi-class tasks: class name -> minimum recall on OOF predictions (e.g. {melanoma: 0.8}); "
                     "that class's offset is raised until its OOF recall reaches the target.",
     )
+    meta_features: Literal["log_odds", "probabilities"] = Field(
+        default="log_odds",
+        description="What the stacking logistic regression reads of each member: log-odds (binary log(p/(1-p)), "
+                    "multi-class log p of every class) or the probabilities themselves.",
+    )
     meta_Cs: list[float] = Field(default=[0.001, 0.01, 0.1, 1.0, 10.0, 100.0], min_length=1)
     inner_folds: int = Field(default=5, ge=2)
 

@@ -208,6 +208,7 @@ def write_run(
                                 f"multi-class: {cfg.ensemble.multiclass_policy}"
                                 + (f", critical classes {cfg.ensemble.critical_classes}" if cfg.ensemble.critical_classes
                                    else "")) + ", chosen on OOF predictions",
+            "meta-model inputs": ensembles.meta_model.features,
             "meta-model C": ensembles.meta_model.best_C_,
             "meta-model coefficients": ensembles.meta_model.coefficients,
             **{k: v for k, v in extra.items() if k != "folds"},

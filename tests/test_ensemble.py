@@ -24,6 +24,33 @@ def test_stack_features_drops_collinear_column_only_for_binary():
         stack_features(binary, ["a", "c"])
 
 
+def test_log_odds_features_are_the_clipped_log_odds():
+    binary = {"a": np.array([[0.2, 0.8], [1.0, 0.0]]), "b": np.array([[0.9, 0.1], [0.5, 0.5]])}
+    got = stack_features(binary, ["a", "b"], "log_odds")
+    eps = 1e-6  # a saturated probability gives a finite feature, log((1 - eps) / eps)
+    np.testing.assert_allclose(got, [[np.log(4.0), np.log(1 / 9)], [np.log(eps / (1 - eps)), 0.0]], rtol=1e-12)
+    three = {"a": np.array([[0.2, 0.3, 0.5]]), "b": np.array([[0.0, 0.0, 1.0]])}
+    np.testing.assert_allclose(stack_features(three, ["b", "a"], "log_odds"),
+                               [[np.log(eps), np.log(eps), np.log(1 - eps), np.log(0.2), np.log(0.3), np.log(0.5)]])
+    with pytest.raises(ValueError, match="one of"):
+        stack_features(binary, ["a"], "logits")
+    with pytest.raises(ValueError, match="one of"):
+        StackingMetaModel([1.0], features="logits")
+
+
+def test_meta_model_reads_the_features_it_was_built_for(rng):
+    y = rng.integers(0, 2, 300)
+    oof = {"a": _binary_probas(rng, y, 0.8), "b": _binary_probas(rng, y, 0.3)}
+    on_odds = StackingMetaModel([1.0], inner_folds=3).fit(oof, y)
+    on_probas = StackingMetaModel([1.0], inner_folds=3, features="probabilities").fit(oof, y)
+    assert on_odds.features == "log_odds"  # the default
+    np.testing.assert_array_equal(on_odds.features_of(oof), stack_features(oof, ["a", "b"], "log_odds"))
+    np.testing.assert_array_equal(on_probas.features_of(oof), stack_features(oof, ["a", "b"]))
+    assert not np.allclose(on_odds.predict_proba(oof), on_probas.predict_proba(oof))
+    del on_probas.__dict__["features"]  # a meta-model pickled before the option existed stacked probabilities
+    np.testing.assert_array_equal(on_probas.features_of(oof), stack_features(oof, ["a", "b"]))
+
+
 def test_meta_model_prefers_the_informative_base_model(rng, tmp_path):
     y = rng.integers(0, 2, 400)
     oof = {"good": _binary_probas(rng, y, 0.8), "noise": _binary_probas(rng, np.zeros_like(y), 0.0)}

@@ -55,7 +55,8 @@ def _probability_columns(frame: pd.DataFrame) -> list[str]:
 def test_model_json_describes_the_run(smoke_bundle):
     meta = json.loads((smoke_bundle / "model.json").read_text())
     metrics = json.loads((smoke_bundle / "metrics.json").read_text())
-    assert meta["schema_version"] == 1 and meta["run_id"] == smoke_bundle.name
+    assert meta["schema_version"] == 2 and meta["run_id"] == smoke_bundle.name
+    assert meta["stacking"]["inputs"] == "log_odds"
     assert meta["classes"] == metrics["dataset"]["classes"] and meta["positive_class"]["name"] == "pneumonia"
     assert meta["input"]["shape"] == [28, 28, 1] and meta["input"]["color_mode"] == "L"
     assert meta["models"] == ["ldam", "class_weight", "smote", "custom_loss", "soft_voting", "stacking"]
@@ -180,11 +181,23 @@ def _broken_copy(smoke_bundle: Path, tmp_path: Path, how: str) -> Path:
         data[len(data) // 2] ^= 0xFF
         path.unlink()  # the run's file may be a hard link into the fold cache: never write through it
         path.write_bytes(bytes(data))
+    elif how == "no_inputs":
+        del meta["stacking"]["inputs"]
     elif how == "not_json":
         (copy / "model.json").write_text("{ not json")
         return copy
     (copy / "model.json").write_text(json.dumps(meta))
     return copy
+
+
+def test_schema_1_bundles_still_load_and_stack_probabilities(smoke_bundle, tmp_path):
+    copy = tmp_path / "v1"
+    shutil.copytree(smoke_bundle, copy)
+    meta = json.loads((copy / "model.json").read_text())
+    meta["schema_version"] = 1
+    del meta["stacking"]["inputs"]  # version 1 stacked probabilities and did not say so
+    (copy / "model.json").write_text(json.dumps(meta))
+    assert load_bundle(copy).stacking.inputs == "probabilities"
 
 
 @pytest.mark.parametrize("how, message", [
@@ -193,6 +206,7 @@ def _broken_copy(smoke_bundle: Path, tmp_path: Path, how: str) -> Path:
     ("missing", r"smote/fold-2\.keras: member model file is missing"),
     ("corrupt", r"ldam/fold-1\.keras: member model file is corrupt"),
     ("not_json", r"model\.json: not readable JSON"),
+    ("no_inputs", r"model\.json: stacking meta-model is malformed: schema version 2 names the meta-model's inputs"),
 ])
 def test_bad_bundles_fail_naming_the_file(smoke_bundle, tmp_path, how, message):
     with pytest.raises(BundleError, match=message):

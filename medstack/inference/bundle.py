@@ -177,6 +177,8 @@ def load_bundle(ref: str | Path, registry: str | Path | None = None) -> Bundle:
     path = bundle_folder(ref, registry)
     meta = read_bundle_json(path / BUNDLE_FILE)
     try:
+        if meta["schema_version"] >= 2 and "inputs" not in meta["stacking"]:
+            raise ValueError("schema version 2 names the meta-model's inputs ('inputs'), and this one does not")
         stacking = JsonStacking.from_json(meta["stacking"])
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path / BUNDLE_FILE}: stacking meta-model is malformed: {exc}") from exc

@@ -19,22 +19,33 @@ import medstack.models.losses  # noqa: F401  registered Keras objects the fold m
 import medstack.models.network  # noqa: F401  exported ensemble loads in safe mode after importing this module
 import medstack.models.recipe  # noqa: F401
 from medstack.inference.bundle import Bundle, softmax
+from medstack.models.ensemble import PROBA_CLIP
 
 Scores = dict[str, np.ndarray]
 
 
 @keras.saving.register_keras_serializable(package="medstack")
 class StackingHead(layers.Layer):
-    """The stacking logistic regression on the fold-k probabilities of every member (inputs in feature order)."""
+    """The stacking logistic regression on the fold-k probabilities of every member (inputs in feature order), read
+    as ``features`` says: their log-odds or the probabilities (:func:`medstack.models.ensemble.stack_features`)."""
 
-    def __init__(self, coef: list, intercept: list, num_classes: int, **kwargs):
+    def __init__(self, coef: list, intercept: list, num_classes: int, features: str = "probabilities", **kwargs):
         super().__init__(**kwargs)
         self.coef = [[float(v) for v in row] for row in coef]
         self.intercept = [float(v) for v in intercept]
         self.num_classes = int(num_classes)
+        self.features = features
 
     def call(self, inputs):
-        columns = [p[:, 1:] for p in inputs] if self.num_classes == 2 else list(inputs)
+        columns = list(inputs)
+        if self.features == "log_odds":
+            # log of the probability clipped to [PROBA_CLIP, 1 - PROBA_CLIP], as the log clipped to the bounds' logs
+            low, high = float(np.log(PROBA_CLIP)), float(np.log1p(-PROBA_CLIP))
+            columns = [ops.clip(ops.log(ops.maximum(p, 1e-30)), low, high) for p in columns]
+            if self.num_classes == 2:
+                columns = [p[:, 1:] - p[:, :1] for p in columns]
+        elif self.num_classes == 2:
+            columns = [p[:, 1:] for p in columns]
         features = ops.concatenate(columns, axis=-1)
         coef = ops.convert_to_tensor(np.asarray(self.coef, np.float32))
         z = ops.matmul(features, ops.transpose(coef)) + ops.convert_to_tensor(np.asarray(self.intercept, np.float32))
@@ -47,7 +58,8 @@ class StackingHead(layers.Layer):
         return (input_shape[0][0], self.num_classes)
 
     def get_config(self):
-        return {**super().get_config(), "coef": self.coef, "intercept": self.intercept, "num_classes": self.num_classes}
+        return {**super().get_config(), "coef": self.coef, "intercept": self.intercept, "num_classes": self.num_classes,
+                "features": self.features}
 
 
 def fused_model(bundle: Bundle) -> keras.Model:
@@ -67,8 +79,9 @@ def fused_model(bundle: Bundle) -> keras.Model:
     outputs["soft_voting"] = _mean(list(outputs.values()), "soft_voting")
     stack = bundle.stacking
     n_folds = len(next(iter(fold_probas.values())))
-    heads = [StackingHead(stack.coef.tolist(), stack.intercept.tolist(), stack.num_classes, name=f"stacking_fold{k + 1}")(
-        [fold_probas[name][k] for name in stack.features]) for k in range(n_folds)]
+    heads = [StackingHead(stack.coef.tolist(), stack.intercept.tolist(), stack.num_classes, stack.inputs,
+                          name=f"stacking_fold{k + 1}")([fold_probas[name][k] for name in stack.features])
+             for k in range(n_folds)]
     outputs["stacking"] = _mean(heads, "stacking")
     return keras.Model(inputs, {name: outputs[name] for name in bundle.models}, name=f"medstack_{bundle.run_id}")
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import medstack
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the stacking meta-model says which inputs it reads ("inputs": log_odds | probabilities)
+READABLE_VERSIONS = (1, 2)  # 1: stacking on probabilities, no "inputs" key
 BUNDLE_FILE = "model.json"
 
 
@@ -31,9 +32,9 @@ def read_bundle_json(file: Path) -> dict[str, Any]:
         raise BundleError(f"{file}: not readable JSON: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != "medstack-bundle":
         raise BundleError(f"{file}: not a medstack model bundle (no 'format: medstack-bundle')")
-    if meta.get("schema_version") != SCHEMA_VERSION:
+    if meta.get("schema_version") not in READABLE_VERSIONS:
         raise BundleError(f"{file}: bundle schema version {meta.get('schema_version')!r}; this medstack "
-                          f"({medstack.__version__}) reads version {SCHEMA_VERSION}")
+                          f"({medstack.__version__}) reads versions {', '.join(map(str, READABLE_VERSIONS))}")
     theirs, ours = str(meta.get("medstack_version", "?")).split(".")[0], medstack.__version__.split(".")[0]
     if theirs != ours:
         raise BundleError(f"{file}: written by medstack {meta.get('medstack_version')}, major version {theirs}; "

@@ -1,9 +1,11 @@
 """The stacking meta-model as plain numbers: rebuilt from ``model.json`` without pickle, applied per fold.
 
 It reproduces :meth:`medstack.models.ensemble.StackingMetaModel.predict_proba_per_fold` exactly: features are the
-fold-k models' probabilities of every member side by side in ``features`` order (binary: only P(class 1) per member,
-as :func:`medstack.models.ensemble.stack_features`), the logistic regression gives binary ``sigmoid(f . w + b)`` or
-multi-class ``softmax(f @ W.T + b)``, and the K fold outputs are averaged.
+fold-k models' predictions of every member side by side in ``features`` order, as ``inputs`` says
+(:func:`medstack.models.ensemble.stack_features`: binary log-odds or P(class 1) per member, multi-class the log or
+the value of every class probability), the logistic regression gives binary ``sigmoid(f . w + b)`` or multi-class
+``softmax(f @ W.T + b)``, and the K fold outputs are averaged. Bundles of schema version 1 stacked probabilities
+and carry no ``inputs``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from medstack.models.ensemble import META_FEATURES, stack_features
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,7 @@ class JsonStacking:
     classes: list[int]
     num_classes: int
     C: float | None = None
+    inputs: str = "probabilities"  # or "log_odds" (META_FEATURES)
 
     @property
     def binary(self) -> bool:
@@ -32,14 +37,14 @@ class JsonStacking:
         est = meta.estimator_
         classes = [int(c) for c in est.classes_]
         return cls(list(meta.model_names_), np.asarray(est.coef_, np.float64), np.asarray(est.intercept_, np.float64),
-                   classes, max(len(classes), 2), float(meta.best_C_))
+                   classes, max(len(classes), 2), float(meta.best_C_), meta.features)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": "logistic_regression",
             "features": self.features,
-            "feature_columns": ("P(class 1) of each member" if self.binary
-                                else "every class probability of each member"),
+            "inputs": self.inputs,
+            "feature_columns": _columns_in_words(self.inputs, self.binary),
             "coef": self.coef.tolist(),
             "intercept": self.intercept.tolist(),
             "classes": self.classes,
@@ -61,13 +66,13 @@ class JsonStacking:
                              f"members and {k} classes")
         if classes != list(range(k)):
             raise ValueError(f"classes must be 0..{k - 1}, got {classes}")
-        return cls(list(spec["features"]), coef, intercept, classes, k, spec.get("C"))
+        inputs = spec.get("inputs", "probabilities")
+        if inputs not in META_FEATURES:
+            raise ValueError(f"inputs must be one of {META_FEATURES}, got {inputs!r}")
+        return cls(list(spec["features"]), coef, intercept, classes, k, spec.get("C"), inputs)
 
     def feature_matrix(self, probas: Mapping[str, np.ndarray]) -> np.ndarray:
-        columns = [np.asarray(probas[name], np.float64) for name in self.features]
-        if self.binary:
-            columns = [p[:, 1:] for p in columns]
-        return np.hstack(columns)
+        return stack_features(probas, self.features, self.inputs)
 
     def predict_proba(self, probas: Mapping[str, np.ndarray]) -> np.ndarray:
         z = self.feature_matrix(probas) @ self.coef.T + self.intercept
@@ -85,3 +90,9 @@ class JsonStacking:
         n_folds = next(iter(counts.values()))
         return np.mean([self.predict_proba({n: probas_by_fold[n][k] for n in self.features}) for k in range(n_folds)],
                        axis=0)
+
+
+def _columns_in_words(inputs: str, binary: bool) -> str:
+    if inputs == "log_odds":
+        return "log(P(class 1) / P(class 0)) of each member" if binary else "log of every class probability of each member"
+    return "P(class 1) of each member" if binary else "every class probability of each member"

@@ -89,7 +89,8 @@ def fit_ensembles(prepared: PreparedData, preds: Predictions, cfg: RunConfig) ->
 
     base = [s for s in cfg.strategies if s in preds.oof]
     base_oof = {s: preds.oof[s] for s in base}
-    meta = StackingMetaModel(cfg.ensemble.meta_Cs, cfg.ensemble.inner_folds, cfg.seed).fit(base_oof, prepared.y_train)
+    meta = StackingMetaModel(cfg.ensemble.meta_Cs, cfg.ensemble.inner_folds, cfg.seed,
+                             features=cfg.ensemble.meta_features).fit(base_oof, prepared.y_train)
     out = replace(preds, oof=dict(preds.oof), val=dict(preds.val), test=dict(preds.test))
     for split in ("oof", "val", "test"):
         getattr(out, split)["soft_voting"] = soft_vote({s: getattr(preds, split)[s] for s in base})
@@ -150,8 +151,6 @@ def determinism_record(cfg: RunConfig, prepared: PreparedData, ensembles: Ensemb
     bitwise reproducible on CPU, but GPU kernels and other CPUs/library versions may round differently, so only
     runs that share the fold cache are guaranteed the same value.
     """
-    from medstack.models.ensemble import stack_features
-
     preds = ensembles.predictions
     base = list(ensembles.meta_model.model_names_)
     per_fold = [preds.fold_info[s][k].get("train_inputs_sha") for s in base for k in sorted(preds.fold_info[s])]
@@ -161,5 +160,5 @@ def determinism_record(cfg: RunConfig, prepared: PreparedData, ensembles: Ensemb
         "splits": array_sha(prepared.train_idx, prepared.val_idx, prepared.test_idx),
         "folds": array_sha(prepared.train_idx, prepared.fold_of),
         "train_inputs": None if None in per_fold else hashlib.sha256(",".join(per_fold).encode()).hexdigest(),
-        "meta_inputs": array_sha(stack_features({s: preds.oof[s] for s in base}, base), prepared.y_train),
+        "meta_inputs": array_sha(ensembles.meta_model.features_of({s: preds.oof[s] for s in base}), prepared.y_train),
     }
