@@ -35,13 +35,10 @@ def main() -> None:
     cfg = load_config(args.run / "config.yaml")
     dataset = load_dataset(cfg.data)
     prepared = pipeline.make_folds(dataset, pipeline.make_splits(dataset, cfg), cfg)
-    cache, results = FoldCache(args.cache), []
-    for strategy in cfg.strategies:
-        for fold in range(cfg.split.folds):
-            found = cache.load(pipeline.fold_cache_key(prepared, cfg, strategy, fold, version))
-            if found is None:
-                raise SystemExit(f"{strategy} fold {fold + 1}: not in {args.cache} (is it this run's fold cache?)")
-            results.append(found)
+    try:
+        results = pipeline.cached_folds(prepared, cfg, FoldCache(args.cache), version)
+    except LookupError as exc:
+        raise SystemExit(str(exc)) from None
     preds = pipeline.gather_predictions(prepared, results)
     scores, recommended = {}, {}
     for setting in SETTINGS:

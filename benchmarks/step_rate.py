@@ -12,6 +12,7 @@ Cases (``--cases`` picks some):
   arrays            bare ``fit(x, y, batch_size=64)``: Keras' own (unseeded) shuffle, the target of issue 15
   medstack          what ``CNNClassifier.fit`` feeds (``training_input``): the seeded ``_ShuffledBatches``, under
                     TensorFlow as a ``tf.data`` pipeline of row ranges gathered by ``tf.numpy_function``
+  pydataset         the seeded ``_ShuffledBatches`` PyDataset fed to ``fit`` as is (what medstack fed before)
   pydataset_threads the same PyDataset with ``workers=2`` threads and a queue of 10 batches
   tfdata            the same seeded batches as a ``tf.data`` gather pipeline (TensorFlow only)
   old_compile       ``arrays`` with the old recipe's compile (accuracy only, constant LR)
@@ -22,16 +23,21 @@ thread), though, and there the PyDataset fed as is cost twice the time per step:
 steps after one traced epoch, 2 cores otherwise idle: PyDataset 1.60 steps/s against arrays 3.40 (seven shorter
 runs: 1.46-2.33 against 2.92-4.53); two trainings in two threads of one process, 120 steps each: 1.46 steps/s
 combined. Fed as the ``tf.data`` pipeline (the ``medstack`` case now): 2.93 steps/s alone (arrays 3.46 in the same
-minutes) and 2.93 combined for two threads. So compare cases by fresh runs, not only by this script's rounds.
+minutes) and 2.93 combined for two threads. So compare cases in fresh processes (``--fresh``), as trainings run.
 
     python benchmarks/step_rate.py                       # all cases, 5 rounds
     python benchmarks/step_rate.py --rounds 7 --steps 10 --cases arrays medstack
+    python benchmarks/step_rate.py --fresh --steps 60 --rounds 3 --cases arrays medstack pydataset
+    python benchmarks/step_rate.py --fresh --trainings 2 --steps 60 --rounds 3 --cases medstack pydataset
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -45,7 +51,7 @@ from medstack.models.training import _ShuffledBatches, training_input
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 64
-CASES = ("arrays", "medstack", "pydataset_threads", "tfdata", "old_compile")
+CASES = ("arrays", "medstack", "pydataset", "pydataset_threads", "tfdata", "old_compile")
 
 
 def _tf_dataset(x: np.ndarray, y: np.ndarray, batches: _ShuffledBatches, epochs: int):
@@ -73,6 +79,8 @@ def _fit_args(case: str, x: np.ndarray, y: np.ndarray, steps: int, epochs: int, 
     """(data, fit keyword arguments) of one timed fit of ``case``: fresh each time, as every training's input is."""
     if case in ("arrays", "old_compile"):
         return x, {"y": y, "batch_size": BATCH}
+    if case == "pydataset":
+        return _ShuffledBatches(x, y, BATCH, seed, steps), {"shuffle": False}
     if case == "pydataset_threads":
         data = _ShuffledBatches(x, y, BATCH, seed, steps)
         data.workers, data.max_queue_size = 2, 10
@@ -129,13 +137,58 @@ def measure(cases: list[str], steps: int, epochs: int, rounds: int) -> dict[str,
     return out
 
 
+def fresh_once(case: str, steps: int, epochs: int, trainings: int) -> float:
+    """Steps per second of ``trainings`` fits of ``case`` running at once in threads of this (fresh) process, each on
+    its own network after one untimed epoch: what a flow's training tasks see."""
+    cfg = load_config(REPO / "configs" / "pneumoniamnist.yaml", {})
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (BATCH * steps, 28, 28, 1)).astype(np.uint8)
+    y = keras.utils.to_categorical(rng.integers(0, 2, len(x)), 2).astype(np.float32)
+    nets = [_compiled(case, cfg, (epochs + 1) * steps) for _ in range(trainings)]
+    for net in nets:
+        data, fit = _fit_args(case, x, y, steps, 1, seed=0)
+        net.fit(data, epochs=1, verbose=0, **fit)
+    runs = [_fit_args(case, x, y, steps, epochs, seed=i + 1) for i in range(trainings)]
+    threads = [threading.Thread(target=net.fit, args=(data,), kwargs={"epochs": epochs, "verbose": 0, **fit})
+               for net, (data, fit) in zip(nets, runs)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return trainings * epochs * steps / (time.perf_counter() - started)
+
+
+def measure_fresh(cases: list[str], steps: int, epochs: int, rounds: int, trainings: int) -> dict[str, list[float]]:
+    """Every (round, case) in its own fresh Python process, cases interleaved as in :func:`measure`."""
+    rates: dict[str, list[float]] = {case: [] for case in cases}
+    for r in range(rounds):
+        for case in cases[r % len(cases):] + cases[: r % len(cases)]:
+            out = subprocess.run([sys.executable, __file__, "--once", case, "--steps", str(steps), "--epochs",
+                                  str(epochs), "--trainings", str(trainings)], capture_output=True, text=True, check=True)
+            rates[case].append(float(out.stdout.split()[-1]))
+        print(f"round {r + 1}, steps/s: " + ", ".join(f"{c} {rates[c][-1]:.2f}" for c in cases), flush=True)
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--steps", type=int, default=20, help="steps an epoch")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of each timed fit")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--fresh", action="store_true", help="time every case in its own fresh process")
+    parser.add_argument("--trainings", type=int, default=1, help="with --fresh: trainings at once, in threads")
+    parser.add_argument("--once", choices=CASES, help=argparse.SUPPRESS)  # one fresh measurement (--fresh runs it)
     args = parser.parse_args()
+    if args.once:
+        print(f"{fresh_once(args.once, args.steps, args.epochs, args.trainings):.4f}")
+        return
+    if args.fresh:
+        for case, rates in measure_fresh(args.cases, args.steps, args.epochs, args.rounds, args.trainings).items():
+            print(f"{case}: median {statistics.median(rates):.2f} steps/s over {len(rates)} fresh processes "
+                  f"({args.trainings} training(s) at once; range {min(rates):.2f}-{max(rates):.2f})", flush=True)
+        return
     results = measure(args.cases, args.steps, args.epochs, args.rounds)
     for case, r in results.items():
         ratio = (f"; time x{r['time_vs_arrays']:.3f}, CPU x{r['cpu_vs_arrays']:.3f} of arrays"

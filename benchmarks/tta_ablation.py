@@ -80,14 +80,10 @@ def main() -> None:
     cfg = load_config(args.config, overrides)
     dataset = load_dataset(cfg.data)
     prepared = pipeline.make_folds(dataset, pipeline.make_splits(dataset, cfg), cfg)
-    cache, version = FoldCache(args.cache), pipeline.code_version()
-    results = []
-    for strategy in cfg.strategies:
-        for fold in range(cfg.split.folds):
-            found = cache.load(pipeline.fold_cache_key(prepared, cfg, strategy, fold, version))
-            if found is None:
-                raise SystemExit(f"{strategy} fold {fold + 1}: not in {args.cache} (trained with this code and config?)")
-            results.append(found)
+    try:
+        results = pipeline.cached_folds(prepared, cfg, FoldCache(args.cache), pipeline.code_version())
+    except LookupError as exc:
+        raise SystemExit(str(exc)) from None
     on = score(prepared, results, cfg)
     off = score(prepared, [without_tta(r, prepared, cfg.training.calibration == "temperature") for r in results], cfg)
     print("| model | test ROC AUC, TTA off | TTA on | test bal. acc., TTA off | TTA on | OOF ROC AUC, TTA off | TTA on |")

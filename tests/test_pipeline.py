@@ -111,6 +111,12 @@ def test_cache_hit_retrains_nothing_and_one_changed_strategy_retrains_only_itsel
     assert len(training_counter) == 8
 
     changed_smote = cfg.model_copy(update={"strategies": {**cfg.strategies, "smote": {"k_neighbors": 2}}})
+    version = pipeline.code_version()
+    # Re-scoring a finished run reads its folds without training; a fold this config never trained is an error.
+    assert [r.cache_key for r in pipeline.cached_folds(prepared, cfg, cache, version)] == [r.cache_key for r in first]
+    with pytest.raises(LookupError, match="smote fold 1: not in the fold cache"):
+        pipeline.cached_folds(prepared, changed_smote, cache, version)
+    assert len(training_counter) == 8
     _train_all(prepared, changed_smote, cache)
     assert training_counter[8:] == ["smote", "smote"]
 

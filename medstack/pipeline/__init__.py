@@ -18,10 +18,10 @@ from medstack.pipeline.combine import (
 from medstack.pipeline.evaluate import evaluate_on_test
 from medstack.pipeline.prepare import FoldData, PreparedData, SealedLabels, make_folds, make_splits
 from medstack.pipeline.store import StoredData, StoreError, open_prepared, store_prepared
-from medstack.pipeline.train import code_version, fold_cache_key, fold_seed, summarise_training, train_fold
+from medstack.pipeline.train import cached_folds, code_version, fold_cache_key, fold_seed, summarise_training, train_fold
 
 __all__ = [
     "ENSEMBLES", "EnsembleFit", "FoldData", "Predictions", "PreparedData", "SealedLabels", "code_version",
-    "determinism_record", "evaluate_on_test", "fit_ensembles", "fold_cache_key", "fold_seed", "gather_predictions",
+    "cached_folds", "determinism_record", "evaluate_on_test", "fit_ensembles", "fold_cache_key", "fold_seed", "gather_predictions",
     "make_folds", "make_splits", "open_prepared", "store_prepared", "StoredData", "StoreError", "summarise_training", "train_fold",
 ]

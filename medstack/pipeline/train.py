@@ -76,6 +76,20 @@ def fold_cache_key(prepared: PreparedData, cfg: RunConfig, strategy: str, fold: 
     )
 
 
+def cached_folds(prepared: PreparedData, cfg: RunConfig, cache: FoldCache, version: str) -> list[FoldResult]:
+    """Every (strategy, fold) of this config from the fold cache, training nothing (benchmarks re-score a finished
+    run this way); a missing entry is an error naming it."""
+    results = []
+    for strategy in cfg.strategies:
+        for fold in range(cfg.split.folds):
+            found = cache.load(fold_cache_key(prepared, cfg, strategy, fold, version))
+            if found is None:
+                raise LookupError(f"{strategy} fold {fold + 1}: not in the fold cache {cache.root} (trained with this "
+                                  f"code version {version} and config?)")
+            results.append(found)
+    return results
+
+
 def fold_seed(seed: int, strategy: str, fold: int) -> int:
     """A distinct, reproducible seed per (strategy, fold)."""
     return (seed * 7919 + fold * 131 + zlib.crc32(strategy.encode())) % 1_000_000
