@@ -104,13 +104,19 @@ def _compiled(case: str, cfg, total_steps: int) -> keras.Model:
     return net
 
 
-def measure(cases: list[str], steps: int, epochs: int, rounds: int) -> dict[str, dict[str, float]]:
-    """Per case: median steps per wall second and per CPU second of this process (less sensitive to neighbours'
-    load than wall time), and the median per-round ratios of its time to ``arrays``' (when ``arrays`` is a case)."""
+def _setup(steps: int) -> tuple[object, np.ndarray, np.ndarray]:
+    """The default config and one epoch of random 28x28x1 images with one-hot labels."""
     cfg = load_config(REPO / "configs" / "pneumoniamnist.yaml", {})
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (BATCH * steps, 28, 28, 1)).astype(np.uint8)
     y = keras.utils.to_categorical(rng.integers(0, 2, len(x)), 2).astype(np.float32)
+    return cfg, x, y
+
+
+def measure(cases: list[str], steps: int, epochs: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Per case: median steps per wall second and per CPU second of this process (less sensitive to neighbours'
+    load than wall time), and the median per-round ratios of its time to ``arrays``' (when ``arrays`` is a case)."""
+    cfg, x, y = _setup(steps)
     nets = {case: _compiled(case, cfg, (rounds + 1) * epochs * steps) for case in cases}
     for case in cases:  # trace every graph before anything is timed
         data, fit = _fit_args(case, x, y, steps, 1, seed=0)
@@ -140,10 +146,7 @@ def measure(cases: list[str], steps: int, epochs: int, rounds: int) -> dict[str,
 def fresh_once(case: str, steps: int, epochs: int, trainings: int) -> float:
     """Steps per second of ``trainings`` fits of ``case`` running at once in threads of this (fresh) process, each on
     its own network after one untimed epoch: what a flow's training tasks see."""
-    cfg = load_config(REPO / "configs" / "pneumoniamnist.yaml", {})
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (BATCH * steps, 28, 28, 1)).astype(np.uint8)
-    y = keras.utils.to_categorical(rng.integers(0, 2, len(x)), 2).astype(np.float32)
+    cfg, x, y = _setup(steps)
     nets = [_compiled(case, cfg, (epochs + 1) * steps) for _ in range(trainings)]
     for net in nets:
         data, fit = _fit_args(case, x, y, steps, 1, seed=0)

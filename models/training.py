@@ -90,7 +90,7 @@ class CNNClassifier:
             fitted = net.fit(
                 train_data,
                 validation_data=val_data,
-                # Keras would validate in batches of 32 (fit sees no batch_size with a PyDataset); the training batch
+                # Keras would validate in batches of 32 (fit sees no batch_size with a dataset); the training batch
                 # halves the calls at a training batch's memory (on 2 CPU cores a val pass took 2% less CPU; the
                 # calls matter more on a GPU).
                 validation_batch_size=cfg.batch_size,

@@ -21,7 +21,8 @@ from medstack.pipeline.store import StoredData, StoreError, open_prepared, store
 from medstack.pipeline.train import cached_folds, code_version, fold_cache_key, fold_seed, summarise_training, train_fold
 
 __all__ = [
-    "ENSEMBLES", "EnsembleFit", "FoldData", "Predictions", "PreparedData", "SealedLabels", "code_version",
-    "cached_folds", "determinism_record", "evaluate_on_test", "fit_ensembles", "fold_cache_key", "fold_seed", "gather_predictions",
-    "make_folds", "make_splits", "open_prepared", "store_prepared", "StoredData", "StoreError", "summarise_training", "train_fold",
+    "ENSEMBLES", "EnsembleFit", "FoldData", "Predictions", "PreparedData", "SealedLabels", "cached_folds",
+    "code_version", "determinism_record", "evaluate_on_test", "fit_ensembles", "fold_cache_key", "fold_seed",
+    "gather_predictions", "make_folds", "make_splits", "open_prepared", "store_prepared", "StoredData", "StoreError",
+    "summarise_training", "train_fold",
 ]
