@@ -2,9 +2,11 @@ import math
 
 import numpy as np
 import pytest
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, roc_auc_score
 
-from medstack.models.metrics import METRIC_KEYS, bootstrap_ci, choose_threshold, compute_metrics, metrics_table, predict_labels
+from medstack.models.metrics import (
+    METRIC_KEYS, bootstrap_ci, choose_threshold, compute_metrics, metrics_table, paired_auc_difference, predict_labels,
+)
 
 # 10 samples, positive class 1. Scores and labels:
 Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
@@ -93,3 +95,28 @@ def test_metrics_table_orders_by_roc_auc():
     }
     table = metrics_table(results)
     assert list(table.index) == ["strong", "weak"] and "confusion_matrix" not in table.columns
+
+
+def test_paired_auc_difference_cancels_what_both_models_share(rng):
+    y = rng.integers(0, 2, 400)
+    s = np.clip(0.3 * y + 0.7 * rng.random(400), 0, 1)
+    a = np.column_stack([1 - s, s])
+    same = paired_auc_difference(y, a, a.copy(), n_boot=200)
+    assert same["difference"] == 0 and same["ci"] == (0.0, 0.0) and same["b_not_better"] == 1.0
+    # B ranks every positive a little higher: better on every resample, by exactly the AUC difference on the rows.
+    t = np.clip(s + 0.05 * y, 0, 1)
+    b = np.column_stack([1 - t, t])
+    out = paired_auc_difference(y, a, b, n_boot=200, seed=3)
+    assert out["difference"] == pytest.approx(roc_auc_score(y, t) - roc_auc_score(y, s))
+    assert 0 < out["ci"][0] <= out["difference"] <= out["ci"][1] and out["b_not_better"] == 0.0
+    # The paired interval of the difference is far narrower than either model's own interval.
+    own = bootstrap_ci(y, b, 0.5, n_boot=200, seed=3, keys=("roc_auc",))["roc_auc"]
+    assert out["ci"][1] - out["ci"][0] < (own[1] - own[0]) / 3
+    assert paired_auc_difference(y, a, b, n_boot=200, seed=3) == out
+
+
+def test_paired_auc_difference_rejects_unpaired_predictions(rng):
+    y = rng.integers(0, 2, 50)
+    p = np.tile([0.4, 0.6], (50, 1))
+    with pytest.raises(ValueError, match="cannot pair"):
+        paired_auc_difference(y, p, p[:49])
