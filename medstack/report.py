@@ -243,15 +243,48 @@ def _chosen_on_oof(models: Mapping, order: list[str], recommended: Mapping) -> l
              f"On the untouched test split it scores ROC AUC {_with_ci(models[name], 'roc_auc')}."]
     best = order[0]
     if best != name and not _is_nan(models[best]["test"].get("roc_auc", math.nan)):
-        best_ci, mine = _ci(models[best], "roc_auc"), models[name]["test"].get("roc_auc")
-        if best_ci is not None and mine is not None and not _is_nan(mine) and mine >= best_ci[0]:
-            lines.append(f"**{best}** scores higher on test ({_with_ci(models[best], 'roc_auc')}), within test-set "
-                         "noise of the recommended model: the test split cannot tell them apart.")
+        paired = _paired(models[best], name)
+        if paired is not None:
+            within = paired[1] <= 0
+            lines.append(f"**{best}** scores higher on test ({_with_ci(models[best], 'roc_auc')}); paired with it on "
+                         f"the same test images the difference is {_signed(paired[0])} (95% interval "
+                         f"{_signed(paired[1])} to {_signed(paired[2])}), "
+                         + ("within test-set noise: the test split cannot tell them apart." if within else
+                            "beyond test-set noise; switching to it would be choosing on the test split, so confirm "
+                            "on new data first."))
         else:
-            lines.append(f"**{best}** scores higher on test ({_with_ci(models[best], 'roc_auc')}), beyond what the "
-                         "bootstrap interval explains; switching to it would be choosing on the test split, so "
-                         "confirm on new data first.")
-    return lines + _optimism(models[name])
+            best_ci, mine = _ci(models[best], "roc_auc"), models[name]["test"].get("roc_auc")
+            if best_ci is not None and mine is not None and not _is_nan(mine) and mine >= best_ci[0]:
+                lines.append(f"**{best}** scores higher on test ({_with_ci(models[best], 'roc_auc')}), within "
+                             "test-set noise of the recommended model: the test split cannot tell them apart.")
+            else:
+                lines.append(f"**{best}** scores higher on test ({_with_ci(models[best], 'roc_auc')}), beyond what "
+                             "the bootstrap interval explains; switching to it would be choosing on the test split, "
+                             "so confirm on new data first.")
+    return lines + _optimism(models[name]) + _paired_table(models, order, name)
+
+
+def _paired(result: Mapping, recommended: str) -> tuple[float, float, float] | None:
+    """(difference, low, high) of this model's test ROC AUC minus the recommended one's, paired; None if absent."""
+    paired = result.get("test_vs_recommended")
+    if not paired or paired.get("model") != recommended:
+        return None
+    low, high = paired["ci"]
+    return paired["roc_auc_difference"], low, high
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.4f}"
+
+
+def _paired_table(models: Mapping, order: list[str], recommended: str) -> list[str]:
+    rows = [[n, _signed(p[0]), f"{_signed(p[1])} to {_signed(p[2])}"]
+            for n in order if n != recommended and (p := _paired(models[n], recommended)) is not None]
+    if not rows:
+        return []
+    return ["", f"Every other model's test ROC AUC minus {recommended}'s, each pair scored on the same resampled "
+                "test images (paired bootstrap); an interval that holds 0 is a difference the test split cannot "
+                "show:", "", *_table(["model", f"minus {recommended}", "95% interval"], rows)]
 
 
 def _optimism(result: Mapping) -> list[str]:

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 METRIC_KEYS = (
@@ -207,9 +208,10 @@ def bootstrap_ci(
         values["brier"] = np.mean((proba[idx, positive_class] - (y_true[idx] == positive_class)) ** 2, axis=1)
     else:
         values["brier"] = np.mean(np.sum((proba[idx] - onehot[idx]) ** 2, axis=2), axis=1)
-    for key in ("roc_auc", "pr_auc"):
-        if key in keys:
-            values[key] = np.array([_auc_of_resample(key, y_true[i], proba[i], positive_class) for i in idx])
+    if "roc_auc" in keys:
+        values["roc_auc"] = roc_auc_of_resamples(y_true[idx], proba[idx], positive_class)
+    if "pr_auc" in keys:
+        values["pr_auc"] = np.array([_pr_auc_of_resample(y_true[i], proba[i], positive_class) for i in idx])
     alpha = (1 - ci) / 2
     out = {}
     for key in keys:
@@ -237,21 +239,36 @@ def paired_auc_difference(
     if proba_a.shape != proba_b.shape or proba_a.shape[0] != y_true.shape[0]:
         raise ValueError(f"cannot pair predictions of shapes {proba_a.shape} and {proba_b.shape} "
                          f"for {y_true.shape[0]} labels")
-
-    def auc(y: np.ndarray, proba: np.ndarray) -> float:
-        return _auc_of_resample("roc_auc", y, proba, positive_class)
-
-    rng = np.random.default_rng(seed)
-    diffs = np.array([auc(y_true[i], proba_b[i]) - auc(y_true[i], proba_a[i])
-                      for i in rng.integers(0, len(y_true), size=(n_boot, len(y_true)))])
+    idx = np.random.default_rng(seed).integers(0, len(y_true), size=(n_boot, len(y_true)))
+    diffs = (roc_auc_of_resamples(y_true[idx], proba_b[idx], positive_class)
+             - roc_auc_of_resamples(y_true[idx], proba_a[idx], positive_class))
     diffs = diffs[np.isfinite(diffs)]
     if not len(diffs):
         raise ValueError("no resample holds every class: ROC AUC is undefined on these labels")
     alpha = (1 - ci) / 2
-    a, b = auc(y_true, proba_a), auc(y_true, proba_b)
+    a, b = (float(roc_auc_of_resamples(y_true[None], p[None], positive_class)[0]) for p in (proba_a, proba_b))
     return {"a": a, "b": b, "difference": b - a,
             "ci": (float(np.quantile(diffs, alpha)), float(np.quantile(diffs, 1 - alpha))),
             "b_not_better": float(np.mean(diffs <= 0))}
+
+
+def roc_auc_of_resamples(y: np.ndarray, proba: np.ndarray, positive_class: int = 1) -> np.ndarray:
+    """ROC AUC of every resample at once: ``y`` (B, N) labels, ``proba`` (B, N, K). The same figure as scikit-learn's
+    ``roc_auc_score`` (binary: the positive class's column; K > 2: the macro one-vs-rest average), NaN for a resample
+    lacking a class it needs."""
+    if proba.shape[-1] == 2:
+        return _binary_auc_rows(y == positive_class, proba[..., positive_class])
+    return np.mean([_binary_auc_rows(y == c, proba[..., c]) for c in range(proba.shape[-1])], axis=0)
+
+
+def _binary_auc_rows(positive: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Mann-Whitney U over each row, ties at their average rank (the same as ranking ties half right)."""
+    ranks = rankdata(score, axis=1)
+    n_pos = positive.sum(axis=1).astype(float)
+    n_neg = positive.shape[1] - n_pos
+    u = np.where(positive, ranks, 0.0).sum(axis=1) - n_pos * (n_pos + 1) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
 
 
 def _batched_count_metrics(cms: np.ndarray, positive_class: int) -> dict[str, np.ndarray]:
@@ -283,17 +300,12 @@ def _batched_count_metrics(cms: np.ndarray, positive_class: int) -> dict[str, np
     }
 
 
-def _auc_of_resample(key: str, y: np.ndarray, proba: np.ndarray, positive_class: int) -> float:
+def _pr_auc_of_resample(y: np.ndarray, proba: np.ndarray, positive_class: int) -> float:
     if len(np.unique(y)) < 2:
         return math.nan
     if proba.shape[1] == 2:
-        fn = roc_auc_score if key == "roc_auc" else average_precision_score
-        return float(fn(y == positive_class, proba[:, positive_class]))
-    if key == "pr_auc":
-        return _macro_average_precision(y, proba)
-    if len(np.unique(y)) < proba.shape[1]:
-        return math.nan
-    return float(roc_auc_score(y, proba, multi_class="ovr", average="macro"))
+        return float(average_precision_score(y == positive_class, proba[:, positive_class]))
+    return _macro_average_precision(y, proba)
 
 
 def metrics_table(results: dict[str, dict], split: str = "test") -> pd.DataFrame:

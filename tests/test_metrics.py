@@ -6,6 +6,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 from medstack.models.metrics import (
     METRIC_KEYS, bootstrap_ci, choose_threshold, compute_metrics, metrics_table, paired_auc_difference, predict_labels,
+    roc_auc_of_resamples,
 )
 
 # 10 samples, positive class 1. Scores and labels:
@@ -120,3 +121,23 @@ def test_paired_auc_difference_rejects_unpaired_predictions(rng):
     p = np.tile([0.4, 0.6], (50, 1))
     with pytest.raises(ValueError, match="cannot pair"):
         paired_auc_difference(y, p, p[:49])
+
+
+def test_resampled_roc_auc_is_scikit_learns_on_every_resample(rng):
+    # Binary, with tied scores (rounded) and one resample that holds a single class.
+    y = rng.integers(0, 2, (6, 40))
+    y[5] = 1
+    s = np.round(np.clip(0.3 * y + 0.7 * rng.random((6, 40)), 0, 1), 1)
+    got = roc_auc_of_resamples(y, np.stack([1 - s, s], axis=-1), positive_class=1)
+    assert got[:5] == pytest.approx([roc_auc_score(y[i], s[i]) for i in range(5)]) and np.isnan(got[5])
+    assert roc_auc_of_resamples(y[:5], np.stack([1 - s, s], axis=-1)[:5], positive_class=0) == pytest.approx(
+        [roc_auc_score(y[i] == 0, 1 - s[i]) for i in range(5)])
+    # Three classes: the macro one-vs-rest average; NaN where a class is missing.
+    y3 = rng.integers(0, 3, (4, 60))
+    y3[3][y3[3] == 2] = 0
+    p3 = rng.dirichlet([1, 1, 1], (4, 60))
+    p3[np.arange(4)[:, None], np.arange(60), y3] += 0.4
+    p3 /= p3.sum(axis=-1, keepdims=True)
+    got3 = roc_auc_of_resamples(y3, p3)
+    assert got3[:3] == pytest.approx([roc_auc_score(y3[i], p3[i], multi_class="ovr", average="macro") for i in range(3)])
+    assert np.isnan(got3[3])

@@ -180,6 +180,14 @@ def test_ensembles_thresholds_and_the_sealed_test_labels(imbalanced_digits, cfg,
     assert stacking["test"]["threshold"] == ensembles.thresholds["stacking"]
     assert sum(map(sum, stacking["test"]["confusion_matrix"])) == len(prepared.test_idx)
     assert metrics["dataset"]["counts"]["test"] == dict(zip(("zero", "other"), np.bincount(imbalanced_digits.labels[prepared.test_idx]).tolist()))
+    chosen = metrics["recommended"]["model"]
+    assert "test_vs_recommended" not in metrics["models"][chosen]
+    for name, result in metrics["models"].items():
+        if name != chosen:  # every other model paired with the recommended one on the same test rows
+            paired = result["test_vs_recommended"]
+            gap = result["test"]["roc_auc"] - metrics["models"][chosen]["test"]["roc_auc"]
+            assert paired["model"] == chosen and paired["roc_auc_difference"] == pytest.approx(gap)
+            assert paired["ci"][0] <= gap <= paired["ci"][1] and 0 <= paired["share_not_above"] <= 1
 
 
 def test_drw_switch_happens_at_the_configured_epoch(imbalanced_digits, cfg):
@@ -269,7 +277,11 @@ def test_multiclass_decisions_are_offsets_chosen_on_oof(cfg, tmp_path):
         recall_four = np.mean(apply_decision(proba, ensembles.decisions[name])[prepared.y_train == 1] == 1)
         assert recall_four >= 0.9, name
     metrics = pipeline.evaluate_on_test(prepared, ensembles, cfg3)
-    assert metrics["recommended"]["model"] in metrics["models"]
+    chosen = metrics["recommended"]["model"]
+    assert chosen in metrics["models"]
+    for name in set(metrics["models"]) - {chosen}:  # paired on the macro ROC AUC
+        gap = metrics["models"][name]["test"]["roc_auc"] - metrics["models"][chosen]["test"]["roc_auc"]
+        assert metrics["models"][name]["test_vs_recommended"]["roc_auc_difference"] == pytest.approx(gap)
     stacking = metrics["models"]["stacking"]
     y_test = prepared.test_labels.reveal()
     expected = np.zeros((3, 3), dtype=int)

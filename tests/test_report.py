@@ -201,6 +201,36 @@ def test_recommendation_says_when_the_lead_is_clear():
     assert "lies above the runner-up **d**'s" in advice and "overlaps" not in advice
 
 
+def _recommend_d(metrics, paired_b):
+    """'d' chosen on OOF; 'b' scores higher on test, paired with 'd' as ``paired_b`` (difference, low, high)."""
+    metrics["recommended"] = {"model": "d", "reason": "best OOF ROC AUC"}
+    difference, low, high = paired_b
+    metrics["models"]["b"]["test_vs_recommended"] = {"model": "d", "roc_auc_difference": difference,
+                                                     "ci": [low, high], "share_not_above": 0.2}
+    metrics["models"]["a"]["test_vs_recommended"] = {"model": "d", "roc_auc_difference": -0.1,
+                                                     "ci": [-0.14, -0.06], "share_not_above": 1.0}
+    return _section(_render(metrics), "## Which model to trust", "## Out-of-fold")
+
+
+def test_recommendation_chosen_on_oof_judges_the_test_leader_by_the_paired_difference():
+    # d's 0.90 lies below b's own interval [0.91, 0.98], which the unpaired rule calls beyond noise; the paired
+    # interval of the gap holds 0, and it decides.
+    advice = _recommend_d(_metrics(), (0.05, -0.002, 0.09))
+    assert "**d** is recommended, chosen on out-of-fold predictions only" in advice
+    assert "the difference is +0.0500 (95% interval -0.0020 to +0.0900), within test-set noise" in advice
+    rows = [line for line in advice.splitlines() if line.startswith("| ") and "model" not in line]
+    assert rows == ["| b | +0.0500 | -0.0020 to +0.0900 |", "| a | -0.1000 | -0.1400 to -0.0600 |"]
+    beyond = _recommend_d(_metrics(), (0.05, 0.01, 0.09))
+    assert "(95% interval +0.0100 to +0.0900), beyond test-set noise; switching to it" in beyond
+
+
+def test_recommendation_chosen_on_oof_without_paired_figures_falls_back_to_the_intervals():
+    metrics = _metrics()
+    metrics["recommended"] = {"model": "d", "reason": "best OOF ROC AUC"}
+    advice = _section(_render(metrics), "## Which model to trust", "## Out-of-fold")
+    assert "beyond what the bootstrap interval explains" in advice and "paired" not in advice
+
+
 @pytest.mark.parametrize("oof, phrase", [(0.96, "agree"), (1.0, "optimistic"), (0.85, "luck")])
 def test_recommendation_compares_oof_with_test(oof, phrase):
     metrics = _metrics()

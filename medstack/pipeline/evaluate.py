@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from medstack.config import RunConfig
 from medstack.pipeline.combine import EnsembleFit
 from medstack.pipeline.prepare import PreparedData
@@ -30,6 +32,7 @@ def evaluate_on_test(prepared: PreparedData, ensembles: EnsembleFit, cfg: RunCon
                 ).items()
             },
         }
+    _pair_with_recommended(models, y_test, preds.test, ensembles.recommended.get("model"), prepared.positive_class, cfg)
     return {
         "dataset": {
             "name": prepared.name,
@@ -41,3 +44,24 @@ def evaluate_on_test(prepared: PreparedData, ensembles: EnsembleFit, cfg: RunCon
         "models": models,
         "recommended": {k: v for k, v in ensembles.recommended.items() if k != "oof_roc_auc"},
     }
+
+
+def _pair_with_recommended(models: dict, y_test: np.ndarray, test_probas: dict[str, np.ndarray], recommended: str | None,
+                           positive_class: int, cfg: RunConfig) -> None:
+    """Every other model's test ROC AUC minus the recommended model's, with a paired bootstrap interval (both scored
+    on the same resampled test images), as ``models[name]["test_vs_recommended"]``. Nothing when there is no
+    recommendation, bootstrapping is off, or no resample holds every class."""
+    from medstack.models.metrics import paired_auc_difference
+
+    if recommended not in test_probas or cfg.report.bootstrap <= 0:
+        return
+    for name, proba in test_probas.items():
+        if name == recommended:
+            continue
+        try:
+            out = paired_auc_difference(y_test, test_probas[recommended], proba, positive_class,
+                                        n_boot=cfg.report.bootstrap, ci=cfg.report.ci, seed=cfg.seed)
+        except ValueError:
+            return
+        models[name]["test_vs_recommended"] = {"model": recommended, "roc_auc_difference": out["difference"],
+                                               "ci": list(out["ci"]), "share_not_above": out["b_not_better"]}
