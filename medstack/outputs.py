@@ -77,6 +77,18 @@ def predictions_frame(rows: np.ndarray, labels: np.ndarray, probas: dict[str, np
     return frame
 
 
+def read_test_predictions(run_dir: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """What :func:`predictions_frame` wrote to a run's ``test_predictions.csv``: its (row, label) columns sorted by
+    row, and {model: (N, K) class probabilities} from the ``model:p(class)`` columns."""
+    frame = pd.read_csv(Path(run_dir) / "test_predictions.csv").sort_values("row", kind="stable").reset_index(drop=True)
+    columns: dict[str, list[str]] = {}
+    for column in frame.columns:
+        model, sep, _ = column.partition(":p(")
+        if sep:
+            columns.setdefault(model, []).append(column)
+    return frame[["row", "label"]], {m: frame[cols].to_numpy(dtype=np.float64) for m, cols in columns.items()}
+
+
 def manifest(
     cfg: RunConfig, prepared: PreparedData, run_id: str, extra: dict[str, Any], determinism: dict[str, Any] | None = None
 ) -> dict[str, Any]:

@@ -245,7 +245,7 @@ def _chosen_on_oof(models: Mapping, order: list[str], recommended: Mapping) -> l
     if best != name and not _is_nan(models[best]["test"].get("roc_auc", math.nan)):
         paired = _paired(models[best], name)
         if paired is not None:
-            within = paired[1] <= 0
+            within = paired[1] <= 0 <= paired[2]
             lines.append(f"**{best}** scores higher on test ({_with_ci(models[best], 'roc_auc')}); paired with it on "
                          f"the same test images the difference is {_signed(paired[0])} (95% interval "
                          f"{_signed(paired[1])} to {_signed(paired[2])}), "
@@ -278,6 +278,7 @@ def _signed(value: float) -> str:
 
 
 def _paired_table(models: Mapping, order: list[str], recommended: str) -> list[str]:
+    """Every other model's paired test ROC AUC difference from the recommended one, in leaderboard order."""
     rows = [[n, _signed(p[0]), f"{_signed(p[1])} to {_signed(p[2])}"]
             for n in order if n != recommended and (p := _paired(models[n], recommended)) is not None]
     if not rows:

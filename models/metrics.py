@@ -20,6 +20,7 @@ METRIC_KEYS = (
 )
 SCALAR_KEYS = tuple(k for k in METRIC_KEYS if k not in ("threshold", "confusion_matrix"))
 POLICIES = ("f1", "youden", "sensitivity")
+PAIRED_RESAMPLES = 1000  # paired_auc_difference's default: run-to-run comparisons (medstack compare, auto-promotion)
 
 
 def predict_labels(
@@ -189,8 +190,8 @@ def bootstrap_ci(
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap intervals over resampled rows, at the fixed threshold.
 
-    Confusion-count metrics are vectorised over all resamples at once; AUC-type metrics are computed per resample
-    and resamples lacking a class are skipped for them."""
+    Confusion-count metrics and ROC AUC are vectorised over all resamples at once; PR AUC is computed per resample.
+    Resamples lacking a class are skipped for the AUCs; non-finite probabilities give no ROC AUC interval."""
     if n_boot <= 0:
         return {}
     y_true = np.asarray(y_true, dtype=np.int64)
@@ -209,7 +210,7 @@ def bootstrap_ci(
     else:
         values["brier"] = np.mean(np.sum((proba[idx] - onehot[idx]) ** 2, axis=2), axis=1)
     if "roc_auc" in keys:
-        values["roc_auc"] = roc_auc_of_resamples(y_true[idx], proba[idx], positive_class)
+        values["roc_auc"] = roc_auc_of_resamples(y_true, proba, idx, positive_class)
     if "pr_auc" in keys:
         values["pr_auc"] = np.array([_pr_auc_of_resample(y_true[i], proba[i], positive_class) for i in idx])
     alpha = (1 - ci) / 2
@@ -225,7 +226,7 @@ def paired_auc_difference(
     proba_a: np.ndarray,
     proba_b: np.ndarray,
     positive_class: int = 1,
-    n_boot: int = 2000,
+    n_boot: int = PAIRED_RESAMPLES,
     ci: float = 0.95,
     seed: int = 0,
 ) -> dict[str, float | tuple[float, float]]:
@@ -239,26 +240,36 @@ def paired_auc_difference(
     if proba_a.shape != proba_b.shape or proba_a.shape[0] != y_true.shape[0]:
         raise ValueError(f"cannot pair predictions of shapes {proba_a.shape} and {proba_b.shape} "
                          f"for {y_true.shape[0]} labels")
+    if n_boot < 1 or not 0 < ci < 1:
+        raise ValueError(f"a paired bootstrap needs n_boot >= 1 and 0 < ci < 1, got n_boot={n_boot}, ci={ci}")
+    if not (np.isfinite(proba_a).all() and np.isfinite(proba_b).all()):
+        raise ValueError("non-finite probabilities (a diverged model?): ROC AUC is undefined")
     idx = np.random.default_rng(seed).integers(0, len(y_true), size=(n_boot, len(y_true)))
-    diffs = (roc_auc_of_resamples(y_true[idx], proba_b[idx], positive_class)
-             - roc_auc_of_resamples(y_true[idx], proba_a[idx], positive_class))
+    diffs = (roc_auc_of_resamples(y_true, proba_b, idx, positive_class)
+             - roc_auc_of_resamples(y_true, proba_a, idx, positive_class))
     diffs = diffs[np.isfinite(diffs)]
     if not len(diffs):
         raise ValueError("no resample holds every class: ROC AUC is undefined on these labels")
     alpha = (1 - ci) / 2
-    a, b = (float(roc_auc_of_resamples(y_true[None], p[None], positive_class)[0]) for p in (proba_a, proba_b))
+    every_row = np.arange(len(y_true))[None]
+    a, b = (float(roc_auc_of_resamples(y_true, p, every_row, positive_class)[0]) for p in (proba_a, proba_b))
     return {"a": a, "b": b, "difference": b - a,
             "ci": (float(np.quantile(diffs, alpha)), float(np.quantile(diffs, 1 - alpha))),
             "b_not_better": float(np.mean(diffs <= 0))}
 
 
-def roc_auc_of_resamples(y: np.ndarray, proba: np.ndarray, positive_class: int = 1) -> np.ndarray:
-    """ROC AUC of every resample at once: ``y`` (B, N) labels, ``proba`` (B, N, K). The same figure as scikit-learn's
-    ``roc_auc_score`` (binary: the positive class's column; K > 2: the macro one-vs-rest average), NaN for a resample
-    lacking a class it needs."""
-    if proba.shape[-1] == 2:
-        return _binary_auc_rows(y == positive_class, proba[..., positive_class])
-    return np.mean([_binary_auc_rows(y == c, proba[..., c]) for c in range(proba.shape[-1])], axis=0)
+def roc_auc_of_resamples(y_true: np.ndarray, proba: np.ndarray, idx: np.ndarray, positive_class: int = 1) -> np.ndarray:
+    """ROC AUC of every resample ``idx`` (B, N row indices) of ``y_true`` (N,) and ``proba`` (N, K), at once.
+
+    The figure scikit-learn's ``roc_auc_score`` gives wherever it gives one (binary: the positive class's column;
+    K > 2: the macro one-vs-rest average); NaN for a resample lacking a class it needs, and for every resample when
+    a probability is not finite. One class column is gathered at a time: (B, N) arrays, never (B, N, K)."""
+    y_true, proba, idx = np.asarray(y_true), np.asarray(proba, dtype=np.float64), np.asarray(idx)
+    if not np.isfinite(proba).all():
+        return np.full(len(idx), np.nan)
+    labels = y_true[idx]
+    columns = [positive_class] if proba.shape[1] == 2 else range(proba.shape[1])
+    return np.mean([_binary_auc_rows(labels == c, proba[:, c][idx]) for c in columns], axis=0)
 
 
 def _binary_auc_rows(positive: np.ndarray, score: np.ndarray) -> np.ndarray:

@@ -201,6 +201,8 @@ def test_runs_lists_and_compare_diffs_past_runs(folder_runs):
     auc_a = json.loads((run_a / "metrics.json").read_text())["models"]["stacking"]["test"]["roc_auc"]
     auc_b = json.loads((run_b / "metrics.json").read_text())["models"]["stacking"]["test"]["roc_auc"]
     [row] = [line.split() for line in compared.stdout.splitlines() if line.split()[:2] == ["stacking", "roc_auc"]]
-    assert row[2:] == [f"{auc_a:.3f}", f"{auc_b:.3f}", f"{auc_b - auc_a:+.3f}"]
+    # The second run reused every fold: the same test probabilities, so the paired interval is exactly zero.
+    assert row[2:] == [f"{auc_a:.3f}", f"{auc_b:.3f}", f"{auc_b - auc_a:+.3f}", "+0.000", "to", "+0.000"]
+    assert "paired: each ROC AUC difference bootstrapped over the same resampled test images" in compared.stdout
     missing = medstack("compare", run_a.name, "nope", "--output-dir", tmp / "runs")
     assert missing.returncode == 2 and "run 'nope' not found" in missing.stderr

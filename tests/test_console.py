@@ -141,3 +141,43 @@ def test_the_plan_line_says_where_the_trainings_run():
     shown._fold({"event": "finished", "strategy": "ldam", "fold": 0, "from_cache": False, "seconds": 10.0})
     # Width unknown: estimated from the folds in flight, at least one at a time (19 folds left x 10 s).
     assert shown.state.seconds_left(now=shown.state.started) == pytest.approx(190.0)
+
+
+def _run_with_predictions(run: Path, rows, labels, probas) -> Path:
+    """A run folder holding only what the paired comparison reads: test_predictions.csv and config.yaml."""
+    import numpy as np
+
+    from medstack.outputs import predictions_frame
+
+    run.mkdir(parents=True)
+    predictions_frame(np.asarray(rows), np.asarray(labels), probas, ["normal", "pneumonia"]).to_csv(
+        run / "test_predictions.csv", index=False)
+    (run / "config.yaml").write_text("data: {positive_class: 1}\n")
+    return run
+
+
+def test_compare_pairs_roc_auc_on_the_same_test_images_only(tmp_path):
+    import numpy as np
+
+    from medstack.console.runs import compare_rows, paired_roc_auc
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 80)
+    noisy = np.clip(0.3 * labels + 0.7 * rng.random(80), 0, 1)
+
+    def as_proba(score):
+        return np.column_stack([1 - score, score])
+
+    rows = np.arange(100, 180)
+    a = _run_with_predictions(tmp_path / "a", rows, labels, {"m": as_proba(noisy), "same": as_proba(noisy)})
+    # B lists its rows in another order: pairing follows the dataset row, not the line.
+    order = rng.permutation(80)
+    b = _run_with_predictions(tmp_path / "b", rows[order], labels[order],
+                              {"m": as_proba(labels[order] * 0.9 + 0.05), "same": as_proba(noisy[order])})
+    paired = paired_roc_auc(a, b, ["m", "same"])
+    assert paired["same"] == (0.0, 0.0) and paired["m"][0] > 0  # B's m is perfect: better on every resample
+    metrics = {"models": {"m": {"test": {"roc_auc": 0.8}}}}
+    _, [row] = compare_rows(metrics, {"models": {"m": {"test": {"roc_auc": 1.0}}}}, paired)
+    assert row == ["m", "roc_auc", "0.800", "1.000", "+0.200", f"{paired['m'][0]:+.3f} to {paired['m'][1]:+.3f}"]
+    other = _run_with_predictions(tmp_path / "c", rows + 1, labels, {"m": as_proba(noisy)})
+    assert paired_roc_auc(a, other, ["m"]) == {}  # other test images: nothing to pair

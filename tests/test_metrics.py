@@ -124,20 +124,35 @@ def test_paired_auc_difference_rejects_unpaired_predictions(rng):
 
 
 def test_resampled_roc_auc_is_scikit_learns_on_every_resample(rng):
-    # Binary, with tied scores (rounded) and one resample that holds a single class.
-    y = rng.integers(0, 2, (6, 40))
-    y[5] = 1
-    s = np.round(np.clip(0.3 * y + 0.7 * rng.random((6, 40)), 0, 1), 1)
-    got = roc_auc_of_resamples(y, np.stack([1 - s, s], axis=-1), positive_class=1)
-    assert got[:5] == pytest.approx([roc_auc_score(y[i], s[i]) for i in range(5)]) and np.isnan(got[5])
-    assert roc_auc_of_resamples(y[:5], np.stack([1 - s, s], axis=-1)[:5], positive_class=0) == pytest.approx(
-        [roc_auc_score(y[i] == 0, 1 - s[i]) for i in range(5)])
-    # Three classes: the macro one-vs-rest average; NaN where a class is missing.
-    y3 = rng.integers(0, 3, (4, 60))
-    y3[3][y3[3] == 2] = 0
-    p3 = rng.dirichlet([1, 1, 1], (4, 60))
-    p3[np.arange(4)[:, None], np.arange(60), y3] += 0.4
-    p3 /= p3.sum(axis=-1, keepdims=True)
-    got3 = roc_auc_of_resamples(y3, p3)
-    assert got3[:3] == pytest.approx([roc_auc_score(y3[i], p3[i], multi_class="ovr", average="macro") for i in range(3)])
+    # Binary, tied scores (rounded), a column 0 that is not 1 - column 1, and a resample holding one class only.
+    y = rng.integers(0, 2, 40)
+    s = np.round(np.clip(0.3 * y + 0.7 * rng.random(40), 0, 1), 1)
+    p = np.column_stack([np.round(rng.random(40), 1), s])
+    idx = rng.integers(0, 40, (6, 40))
+    idx[5] = np.flatnonzero(y == 1)[0]
+    for positive in (0, 1):
+        got = roc_auc_of_resamples(y, p, idx, positive)
+        assert got[:5] == pytest.approx([roc_auc_score(y[i] == positive, p[i, positive]) for i in idx[:5]])
+        assert np.isnan(got[5])
+    # Three classes: the macro one-vs-rest average; NaN where a class is missing; NaN throughout for a NaN input.
+    y3 = rng.integers(0, 3, 60)
+    p3 = rng.dirichlet([1, 1, 1], 60)
+    p3[np.arange(60), y3] += 0.4
+    p3 /= p3.sum(axis=1, keepdims=True)
+    idx3 = rng.integers(0, 60, (4, 60))
+    idx3[3] = np.flatnonzero(y3 != 2)[rng.integers(0, np.sum(y3 != 2), 60)]
+    got3 = roc_auc_of_resamples(y3, p3, idx3)
+    assert got3[:3] == pytest.approx([roc_auc_score(y3[i], p3[i], multi_class="ovr", average="macro") for i in idx3[:3]])
     assert np.isnan(got3[3])
+    p3[7, 1] = np.nan
+    assert np.isnan(roc_auc_of_resamples(y3, p3, idx3)).all()
+
+
+@pytest.mark.parametrize("labels, a, n_boot, message", [
+    (np.ones(20, int), np.full((20, 2), 0.5), 100, "no resample holds every class"),
+    (np.arange(20) % 2, np.full((20, 2), np.nan), 100, "non-finite probabilities"),
+    (np.arange(20) % 2, np.full((20, 2), 0.5), 0, "n_boot >= 1"),
+])
+def test_paired_auc_difference_says_why_it_cannot(labels, a, n_boot, message):
+    with pytest.raises(ValueError, match=message):
+        paired_auc_difference(labels, a, np.full((20, 2), 0.5), n_boot=n_boot)

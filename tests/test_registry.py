@@ -101,10 +101,13 @@ def test_auto_promotion_rule(smoke_bundle, tmp_path):
     worse = auto_promote(_copy(smoke_bundle, runs, "worse-run", predictions="reversed"), registry=registry)
     assert worse["outcome"] == "kept" and worse["evidence"]["candidate_roc_auc"] < worse["evidence"]["champion_roc_auc"]
     assert "selection" in worse["evidence"]["basis"]  # says that the test split now chose between runs
+    assert worse["evidence"]["difference_ci"][1] < 0 and "excludes 0" in worse["reason"]  # reversed: surely worse
 
     better = auto_promote(_copy(smoke_bundle, runs, "better-run", predictions="perfect"), registry=registry,
                           min_improvement=0.001)
     assert better["event"] == "promote" and better["evidence"]["candidate_roc_auc"] == 1.0
+    low, high = better["evidence"]["difference_ci"]
+    assert 0 < low <= 1.0 - better["evidence"]["champion_roc_auc"] <= high and "paired interval" in better["reason"]
     assert better["previous_run_id"] == "champion-run"
     assert resolve("pneumoniamnist-smoke@champion", registry).name == "better-run"
 

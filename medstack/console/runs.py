@@ -1,4 +1,5 @@
-"""``medstack runs`` (past run folders) and ``medstack compare RUN_A RUN_B`` (metric differences), read-only.
+"""``medstack runs`` (past run folders) and ``medstack compare RUN_A RUN_B`` (metric differences, with a paired
+bootstrap interval for ROC AUC when both runs scored the same test images), read-only.
 
 A run folder is listed from its ``manifest.json``, ``metrics.json`` and ``config.yaml``; folders still being
 written (temporary names) and folders without a manifest are not runs. The recommended model is
@@ -137,29 +138,69 @@ def resolve_run(ref: str, output_dir: Path) -> Path:
     raise _bad_input(f"run {ref!r} not found: neither a run folder nor a run id in {output_dir}")
 
 
-def compare_rows(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """One row per model the two runs share and metric: A, B, B - A."""
+def compare_rows(a: dict[str, Any], b: dict[str, Any], paired: dict[str, tuple[float, float]] | None = None
+                 ) -> tuple[list[str], list[list[str]]]:
+    """One row per model the two runs share and metric: A, B, B - A, and for ROC AUC the paired interval of B - A
+    when ``paired`` has one for the model."""
     models_a, models_b = a.get("models", {}), b.get("models", {})
     shared = [m for m in models_a if m in models_b]
+    paired = paired or {}
     rows = []
     for model in shared:
         for metric in COMPARED:
             va, vb = models_a[model].get("test", {}).get(metric), models_b[model].get("test", {}).get(metric)
             if isinstance(va, (int, float)) and isinstance(vb, (int, float)):
-                rows.append([model, metric, f"{va:.3f}", f"{vb:.3f}", f"{vb - va:+.3f}"])
+                interval = paired.get(model) if metric == "roc_auc" else None
+                rows.append([model, metric, f"{va:.3f}", f"{vb:.3f}", f"{vb - va:+.3f}",
+                             f"{interval[0]:+.3f} to {interval[1]:+.3f}" if interval else ""])
     return shared, rows
+
+
+def paired_roc_auc(dir_a: Path, dir_b: Path, models: list[str]) -> dict[str, tuple[float, float]]:
+    """{model: 95% paired bootstrap interval of B's test ROC AUC minus A's}, both scored on the same resampled test
+    images; empty when the runs did not score the same test rows with the same labels."""
+    import yaml
+
+    from medstack.models.metrics import paired_auc_difference
+    from medstack.outputs import read_test_predictions
+
+    try:
+        (rows_a, probas_a), (rows_b, probas_b) = read_test_predictions(dir_a), read_test_predictions(dir_b)
+    except (OSError, ValueError, KeyError):
+        return {}
+    if not rows_a.equals(rows_b):
+        return {}
+    positive = (yaml.safe_load((dir_b / "config.yaml").read_text()) or {}).get("data", {}).get("positive_class")
+    out = {}
+    for model in (m for m in models if m in probas_a and m in probas_b):
+        try:
+            pair = paired_auc_difference(rows_a["label"].to_numpy(), probas_a[model], probas_b[model],
+                                         1 if positive is None else positive)
+        except ValueError:
+            continue
+        out[model] = pair["ci"]
+    return out
 
 
 def compare_command(args: argparse.Namespace) -> int:
     dir_a, dir_b = resolve_run(args.run_a, args.output_dir), resolve_run(args.run_b, args.output_dir)
     a, b = _read_json(dir_a / "metrics.json"), _read_json(dir_b / "metrics.json")
-    shared, rows = compare_rows(a, b)
+    fp_a, fp_b = (_read_json(d / "manifest.json").get("data_fingerprint") for d in (dir_a, dir_b))
+    shared = [m for m in a.get("models", {}) if m in b.get("models", {})]
     if not shared:
         raise _bad_input(f"{dir_a.name} and {dir_b.name} share no model; nothing to compare")
+    paired = paired_roc_auc(dir_a, dir_b, shared) if fp_a == fp_b else {}
+    _, rows = compare_rows(a, b, paired)
     only = sorted(set(a.get("models", {})) ^ set(b.get("models", {})))
-    fp_a, fp_b = (_read_json(d / "manifest.json").get("data_fingerprint") for d in (dir_a, dir_b))
     title = f"test metrics, A = {dir_a.name}, B = {dir_b.name}"
-    _print_table(["model", "metric", "A", "B", "B - A"], rows, title=title)
+    _print_table(["model", "metric", "A", "B", "B - A", "B - A, 95% paired"], rows, title=title)
+    if paired:
+        from medstack.models.metrics import PAIRED_RESAMPLES
+
+        print(f"paired: each ROC AUC difference bootstrapped over the same resampled test images ({PAIRED_RESAMPLES} "
+              "resamples); an interval that holds 0 is a difference these test images cannot show")
+    elif fp_a == fp_b:
+        print("note: no paired interval: the runs' test predictions are missing or are not of the same test images")
     if fp_a != fp_b:
         print("note: the two runs saw different data (data fingerprints differ); differences mix data and model")
     if only:

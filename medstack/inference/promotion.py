@@ -54,25 +54,42 @@ def auto_promote(run_dir: str | Path, *, alias: str = "champion", min_improvemen
         return promote(run_dir, alias, name=name, registry=path, by="medstack auto-promotion", evidence=evidence,
                        reason=(f"test ROC AUC {evidence['candidate_roc_auc']:.4f} ({evidence['candidate_model']}) beats "
                                f"the champion's {evidence['champion_roc_auc']:.4f} ({evidence['champion_model']}) "
-                               f"by more than {min_improvement}"))
+                               f"by more than {min_improvement}{_interval(evidence)}"))
     return record_decision(name, {**base, "outcome": "kept", "evidence": evidence, "reason": (
         f"candidate test ROC AUC {evidence['candidate_roc_auc']:.4f} does not beat the champion's "
-        f"{evidence['champion_roc_auc']:.4f} by more than {min_improvement}")}, path)
+        f"{evidence['champion_roc_auc']:.4f} by more than {min_improvement}{_interval(evidence)}")}, path)
+
+
+def _interval(evidence: dict[str, Any]) -> str:
+    """The paired interval of the difference, and whether it holds 0 (a gain or loss the test split cannot show)."""
+    if "difference_ci" not in evidence:
+        return ""
+    low, high = evidence["difference_ci"]
+    noise = "holds 0: within test-set noise" if low <= 0 <= high else "excludes 0"
+    return f" (difference 95% paired interval {low:+.4f} to {high:+.4f}, {noise})"
 
 
 def compare_on_test(champ_dir: Path, champ: dict, cand_dir: Path, cand: dict) -> dict[str, Any]:
-    """Both runs' recommended models scored on their (identical) test rows, from test_predictions.csv."""
-    from medstack.models.metrics import compute_metrics
+    """Both runs' recommended models scored on their (identical) test rows, from test_predictions.csv, with the
+    paired bootstrap interval of the candidate's ROC AUC minus the champion's (whether the gain is test-set noise)."""
+    from medstack.models.metrics import PAIRED_RESAMPLES, compute_metrics, paired_auc_difference
+    from medstack.outputs import read_test_predictions
 
-    champ_frame = pd.read_csv(champ_dir / "test_predictions.csv")
-    cand_frame = pd.read_csv(cand_dir / "test_predictions.csv")
-    if not (np.array_equal(champ_frame["row"], cand_frame["row"]) and np.array_equal(champ_frame["label"], cand_frame["label"])):
+    (champ_rows, champ_probas), (cand_rows, cand_probas) = read_test_predictions(champ_dir), read_test_predictions(cand_dir)
+    if not champ_rows.equals(cand_rows):
         raise ValueError(f"{champ_dir} and {cand_dir} share a data fingerprint but not their test rows")
     positive = (cand.get("positive_class") or {}).get("index", 1)
-    out: dict[str, Any] = {"test_rows": int(len(cand_frame))}
-    for role, meta, frame in (("champion", champ, champ_frame), ("candidate", cand, cand_frame)):
+    labels, chosen = cand_rows["label"].to_numpy(), {}
+    out: dict[str, Any] = {"test_rows": int(len(labels))}
+    for role, meta, probas in (("champion", champ, champ_probas), ("candidate", cand, cand_probas)):
         model = meta["recommended"].get("model") or "stacking"
-        proba = frame[[f"{model}:p({c})" for c in meta["classes"]]].to_numpy()
-        auc = compute_metrics(frame["label"].to_numpy(), proba, None, positive)["roc_auc"]
+        chosen[role] = probas[model]
+        auc = compute_metrics(labels, chosen[role], None, positive)["roc_auc"]
         out[f"{role}_model"], out[f"{role}_roc_auc"] = model, round(float(auc), 6)
+    try:
+        paired = paired_auc_difference(labels, chosen["champion"], chosen["candidate"], positive)
+    except ValueError:  # no resample holds every class, or non-finite probabilities: the point figures stand alone
+        return out
+    out["difference_ci"] = [round(v, 6) for v in paired["ci"]]
+    out["difference_ci_method"] = f"paired percentile bootstrap over the shared test rows, {PAIRED_RESAMPLES} resamples, 95%"
     return out

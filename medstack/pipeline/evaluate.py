@@ -32,7 +32,9 @@ def evaluate_on_test(prepared: PreparedData, ensembles: EnsembleFit, cfg: RunCon
                 ).items()
             },
         }
-    _pair_with_recommended(models, y_test, preds.test, ensembles.recommended.get("model"), prepared.positive_class, cfg)
+    paired = _pair_with_recommended(y_test, preds.test, ensembles.recommended.get("model"), prepared.positive_class, cfg)
+    for name, pairing in paired.items():
+        models[name]["test_vs_recommended"] = pairing
     return {
         "dataset": {
             "name": prepared.name,
@@ -46,22 +48,25 @@ def evaluate_on_test(prepared: PreparedData, ensembles: EnsembleFit, cfg: RunCon
     }
 
 
-def _pair_with_recommended(models: dict, y_test: np.ndarray, test_probas: dict[str, np.ndarray], recommended: str | None,
-                           positive_class: int, cfg: RunConfig) -> None:
-    """Every other model's test ROC AUC minus the recommended model's, with a paired bootstrap interval (both scored
-    on the same resampled test images), as ``models[name]["test_vs_recommended"]``. Nothing when there is no
-    recommendation, bootstrapping is off, or no resample holds every class."""
+def _pair_with_recommended(y_test: np.ndarray, test_probas: dict[str, np.ndarray], recommended: str | None,
+                           positive_class: int, cfg: RunConfig) -> dict[str, dict]:
+    """{model: its test ROC AUC minus the recommended model's, with a paired bootstrap interval (both scored on the
+    same resampled test images)} for every other model. Empty when there is no recommendation or bootstrapping is
+    off; a model is left out when its difference is undefined (no resample holds every class, or it predicted
+    non-finite probabilities)."""
     from medstack.models.metrics import paired_auc_difference
 
     if recommended not in test_probas or cfg.report.bootstrap <= 0:
-        return
+        return {}
+    out = {}
     for name, proba in test_probas.items():
         if name == recommended:
             continue
         try:
-            out = paired_auc_difference(y_test, test_probas[recommended], proba, positive_class,
-                                        n_boot=cfg.report.bootstrap, ci=cfg.report.ci, seed=cfg.seed)
+            pair = paired_auc_difference(y_test, test_probas[recommended], proba, positive_class,
+                                         n_boot=cfg.report.bootstrap, ci=cfg.report.ci, seed=cfg.seed)
         except ValueError:
-            return
-        models[name]["test_vs_recommended"] = {"model": recommended, "roc_auc_difference": out["difference"],
-                                               "ci": list(out["ci"]), "share_not_above": out["b_not_better"]}
+            continue
+        out[name] = {"model": recommended, "roc_auc_difference": pair["difference"], "ci": list(pair["ci"]),
+                     "share_not_above": pair["b_not_better"]}
+    return out
