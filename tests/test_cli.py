@@ -184,6 +184,19 @@ def test_quiet_prints_only_the_run_folder(folder_runs):
 
 
 @pytest.mark.slow
+def test_predict_output_has_no_start_up_noise(folder_runs):
+    tmp, first, _ = folder_runs
+    run = Path(first.stdout.splitlines()[-1].removeprefix("run folder: "))
+    done = medstack("predict", "--model", run, "--input", tmp / "images", "--output", tmp / "scored.csv")
+    assert done.returncode == 0, done.stderr
+    for noise in TF_STARTUP_NOISE + ("Traceback",):
+        assert noise not in done.stdout + done.stderr, (noise, done.stderr)
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith(f"model: {run} -> run {run.name}") and any(
+        line.startswith("scored 32 image(s)") for line in lines), done.stderr
+
+
+@pytest.mark.slow
 def test_runs_lists_and_compare_diffs_past_runs(folder_runs):
     tmp, first, second = folder_runs
     run_a = Path(first.stdout.splitlines()[-1].removeprefix("run folder: "))

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TextIO
 
 COMMANDS = ("predict", "promote", "export", "models")
 
@@ -45,22 +46,31 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
     import logging
+
+    from medstack.console.errors import debug_enabled
+    from medstack.console.quiet import filtered_stderr
 
     # Each fold model is traced once; TensorFlow's "retracing" warning about that says nothing useful here.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    from medstack.inference.bundle import BundleError
-    from medstack.inference.inputs import InputError
-    from medstack.inference.registry import RegistryError
+    with contextlib.ExitStack() as stack:
+        # TensorFlow's C++ start-up lines are dropped, as for `medstack run`; the progress bar goes to the terminal.
+        terminal = sys.stderr if debug_enabled(args.debug) else stack.enter_context(filtered_stderr())
+        from medstack.inference.bundle import BundleError
+        from medstack.inference.inputs import InputError
+        from medstack.inference.registry import RegistryError
 
-    try:
-        return {"predict": _predict, "promote": _promote, "export": _export, "models": _models}[args.command](args)
-    except (BundleError, InputError, RegistryError) as exc:
-        print(f"medstack: {exc}", file=sys.stderr)
-        return 2
+        try:
+            if args.command == "predict":
+                return _predict(args, progress=terminal if terminal.isatty() else None)
+            return {"promote": _promote, "export": _export, "models": _models}[args.command](args)
+        except (BundleError, InputError, RegistryError) as exc:
+            print(f"medstack: {exc}", file=sys.stderr)
+            return 2
 
 
-def _predict(args: argparse.Namespace) -> int:
+def _predict(args: argparse.Namespace, progress: TextIO | None = None) -> int:
     from medstack.inference.bundle import load_bundle
     from medstack.inference.fused import make_scorer
     from medstack.inference.predict import decision_text, predict, skipped_path
@@ -75,7 +85,7 @@ def _predict(args: argparse.Namespace) -> int:
 
         on_batch = OverlayWriter(bundle, model, args.explain, limit=args.explain_limit)
     summary = predict(bundle, args.input, args.output, scorer=make_scorer(bundle, args.engine), use=args.use,
-                      batch_size=args.batch_size, on_bad_image=args.on_bad_image, progress=sys.stderr.isatty(),
+                      batch_size=args.batch_size, on_bad_image=args.on_bad_image, progress=progress,
                       on_batch=on_batch)
     rate = summary.images_per_second
     print(f"scored {summary.scored:,} image(s) in {summary.seconds:.1f} s ({rate:,.0f}/s" if rate >= 10 else

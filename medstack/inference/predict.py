@@ -9,12 +9,11 @@ CSV, or Parquet when the output ends in ``.parquet``. Skipped images go to ``<ou
 from __future__ import annotations
 
 import heapq
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 import numpy as np
 import pandas as pd
@@ -70,9 +69,10 @@ def decision_text(bundle: Bundle, model: str) -> str:
 
 def predict(bundle: Bundle, source: str | Path, output: str | Path, *, scorer: Callable | None = None,
             use: str | None = None, batch_size: int = 256, on_bad_image: str = "error", least_confident: int = 10,
-            progress: bool = False, on_batch: Callable[[Any, dict[str, np.ndarray], np.ndarray], None] | None = None,
+            progress: TextIO | None = None, on_batch: Callable[[Any, dict[str, np.ndarray], np.ndarray], None] | None = None,
             ) -> PredictSummary:
-    """Score every image under ``source`` and write ``output``; returns what happened (for the CLI and the flow)."""
+    """Score every image under ``source`` and write ``output``; returns what happened (for the CLI and the flow).
+    ``progress``: a terminal stream to draw a progress bar on."""
     from medstack.inference.fused import make_scorer
     from medstack.storage import atomic_file, atomic_write_text
 
@@ -106,13 +106,13 @@ def predict(bundle: Bundle, source: str | Path, output: str | Path, *, scorer: C
             if on_batch is not None:
                 on_batch(batch, scores, labels)
             summary.scored += len(batch.ids)
-            if progress:
-                _show_progress(summary.scored + len(summary.skipped), total, started)
+            if progress is not None:
+                _show_progress(progress, summary.scored + len(summary.skipped), total, started)
         if summary.scored == 0:
             raise InputError(f"{source}: no image could be scored ({len(summary.skipped)} skipped); "
                              f"first: {summary.skipped[0] if summary.skipped else 'none'}")
-    if progress:
-        print(file=sys.stderr)
+    if progress is not None:
+        print(file=progress)
     if summary.skipped:
         rows = pd.DataFrame(summary.skipped, columns=["input", "reason"])
         atomic_write_text(skipped_path(output), rows.to_csv(index=False))
@@ -172,9 +172,9 @@ class _Writer:
             self._parquet.close()
 
 
-def _show_progress(done: int, total: int, started: float) -> None:
+def _show_progress(stream: TextIO, done: int, total: int, started: float) -> None:
     rate = done / max(time.perf_counter() - started, 1e-9)
     width = 30
     filled = int(width * done / max(total, 1))
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,} images  {rate:,.0f}/s")
-    sys.stderr.flush()
+    stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done:,}/{total:,} images  {rate:,.0f}/s")
+    stream.flush()
