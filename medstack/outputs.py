@@ -185,7 +185,8 @@ def write_run(
     from medstack.inference.bundle import write_bundle
     from medstack.models.metrics import metrics_table
     from medstack.plots import make_plots
-    from medstack.report import diagnose_all, render_report
+    from medstack.fit_diagnosis import diagnose_all
+    from medstack.report import render_report
 
     preds = ensembles.predictions
     if not RUN_ID.fullmatch(run_id):

@@ -10,7 +10,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from medstack.plots import make_plots
-from medstack.report import diagnose_all, render_report
+from medstack.fit_diagnosis import diagnose_all
+from medstack.report import render_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[1]

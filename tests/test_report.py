@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from medstack.report import diagnose_all, diagnose_fit, render_report
+from medstack.fit_diagnosis import diagnose_all, diagnose_fit
+from medstack.report import render_report
 
 # Two phases, as LDAM-DRW writes them: the second phase's losses are on another scale. Within the last phase val
 # loss falls all along, but over the whole history it ends far above the phase-0 minimum while train loss is lower.
