@@ -15,9 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from medstack.inference.schema import read_bundle_json
 from medstack.inference.registry import promote, read_registry, record_decision, registry_path, resolve
 
