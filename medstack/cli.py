@@ -1,7 +1,7 @@
 """``medstack`` console script: a thin entry over the Prefect flow.
 
-Sub-commands register themselves: a module in ``COMMAND_MODULES`` has ``add_parsers(sub, common)``, adds its
-parsers with ``parents=[common]`` and sets ``handler=<function(args) -> exit code>``. Errors of any command reach
+Sub-commands register themselves: a module in ``COMMAND_MODULES`` has ``add_parsers(sub)``, adds its parsers with
+their own ``--debug``/``-q``/``-v`` (medstack.console.flags) and sets ``handler=<function(args) -> exit code>``. Errors of any command reach
 the terminal as a few lines (medstack.console.errors): exit 2 for bad input or config, 1 for a failed run.
 """
 
@@ -15,20 +15,10 @@ import sys
 from pathlib import Path
 
 from medstack.console import errors
+from medstack.console.flags import add_common_flags
 from medstack.console.quiet import NORMAL, QUIET, VERBOSE, quiet_environment
 
 COMMAND_MODULES = ("medstack.console.runs", "medstack.inference.cli", "medstack.serving.cli")
-
-
-def _common_flags() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    noise = common.add_mutually_exclusive_group()
-    noise.add_argument("-v", "--verbose", action="store_const", const=VERBOSE, dest="verbosity", default=NORMAL,
-                       help="show Prefect's logs (task runs, temporary server) as they come")
-    noise.add_argument("-q", "--quiet", action="store_const", const=QUIET, dest="verbosity",
-                       help="print only the run folder (and errors)")
-    common.add_argument("--debug", action="store_true", help="show tracebacks (also MEDSTACK_DEBUG=1)")
-    return common
 
 
 def _config_flags(parser: argparse.ArgumentParser) -> None:
@@ -50,23 +40,27 @@ def build_parser() -> argparse.ArgumentParser:
                "  medstack runs\n  medstack compare RUN_A RUN_B\n\n"
                "`medstack COMMAND --help` lists a command's flags.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = _common_flags()
-    run = sub.add_parser("run", parents=[common], help="train the ensemble and write runs/<run-id>/")
+    notes = "no notes on what --data switched in the config (errors still print)"
+    run = sub.add_parser("run", help="train the ensemble and write runs/<run-id>/")
+    add_common_flags(run, quiet="print only the run folder (and errors)",
+                     verbose="show Prefect's logs (task runs, temporary server) as they come")
     _config_flags(run)
     run.set_defaults(handler=run_command)
-    check = sub.add_parser("check-config", parents=[common], help="validate a config (with run's flags) and print it resolved")
+    check = sub.add_parser("check-config", help="validate a config (with run's flags) and print it resolved")
+    add_common_flags(check, quiet=notes)
     _config_flags(check)
     check.set_defaults(handler=check_config_command)
     serve = sub.add_parser(
-        "serve", parents=[common], help="serve the flow as a Prefect deployment from this process (no work pool or worker needed)"
+        "serve", help="serve the flow as a Prefect deployment from this process (no work pool or worker needed)"
     )
+    add_common_flags(serve, quiet=notes)
     _config_flags(serve)
     serve.add_argument("--name", help="deployment name (default: the config's name)")
     serve.add_argument("--cron", help='retrain schedule, e.g. "0 3 * * 1" (Mondays 03:00)')
     serve.add_argument("--timezone", default="UTC", help="time zone of --cron (default: UTC)")
     serve.set_defaults(handler=serve_command)
     for name in COMMAND_MODULES:
-        importlib.import_module(name).add_parsers(sub, common)
+        importlib.import_module(name).add_parsers(sub)
     return parser
 
 

@@ -18,11 +18,15 @@ from typing import Any
 COMPARED = ("roc_auc", "pr_auc", "balanced_accuracy", "f1", "mcc", "recall", "specificity", "brier")
 
 
-def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    runs = sub.add_parser("runs", parents=[common], help="list past runs (id, config, date, data, recommended model)")
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from medstack.console.flags import add_common_flags
+
+    runs = sub.add_parser("runs", help="list past runs (id, config, date, data, recommended model)")
+    add_common_flags(runs)
     runs.add_argument("--output-dir", default="runs", type=Path, help="where run folders are (default: runs)")
     runs.set_defaults(handler=list_runs_command)
-    compare = sub.add_parser("compare", parents=[common], help="metric differences of the same models in two runs")
+    compare = sub.add_parser("compare", help="metric differences of the same models in two runs")
+    add_common_flags(compare)
     compare.add_argument("run_a", help="run id (in --output-dir) or run folder")
     compare.add_argument("run_b", help="run id (in --output-dir) or run folder")
     compare.add_argument("--output-dir", default="runs", type=Path, help="where run ids are looked up (default: runs)")

@@ -15,8 +15,10 @@ from typing import TextIO
 COMMANDS = ("predict", "promote", "export", "models")
 
 
-def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    predict = sub.add_parser("predict", parents=[common], help="score images with a trained run (folder) or <name>@<alias>")
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from medstack.console.flags import add_common_flags
+
+    predict = sub.add_parser("predict", help="score images with a trained run (folder) or <name>@<alias>")
     predict.add_argument("--model", required=True, help="run folder, its model.json, or <name>@<alias>")
     predict.add_argument("--input", required=True, type=Path,
                          help="an image file, a folder (recursive), an npz with images, or a CSV with a 'path' column")
@@ -28,18 +30,19 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
                          help="fused: the whole ensemble as one graph (default); members: each fold model in turn")
     predict.add_argument("--explain", type=Path, metavar="DIR", help="write Grad-CAM overlays (PNG) of the chosen model")
     predict.add_argument("--explain-limit", type=int, default=100, help="at most this many overlays (default 100)")
-    promote = sub.add_parser("promote", parents=[common], help="point <name>@<alias> at a run folder in the registry")
+    promote = sub.add_parser("promote", help="point <name>@<alias> at a run folder in the registry")
     promote.add_argument("run", type=Path, help="run folder (runs/<run-id>)")
     promote.add_argument("--alias", default="champion")
     promote.add_argument("--name", help="registry name (default: the run's config name)")
     promote.add_argument("--reason", default="manual promotion")
-    export = sub.add_parser("export", parents=[common], help="write the whole ensemble as one .keras model (and a SavedModel)")
+    export = sub.add_parser("export", help="write the whole ensemble as one .keras model (and a SavedModel)")
     export.add_argument("--model", required=True, help="run folder or <name>@<alias>")
     export.add_argument("--to", required=True, type=Path, help="target .keras file")
     export.add_argument("--saved-model", type=Path, help="also write model.export()'s SavedModel to this folder")
-    listing = sub.add_parser("models", parents=[common], help="list registry names, aliases and history")
+    listing = sub.add_parser("models", help="list registry names, aliases and history")
     listing.add_argument("--history", action="store_true", help="print every registry event as JSON lines")
     for command in (predict, promote, export, listing):
+        add_common_flags(command)
         command.add_argument("--registry", type=Path,
                              help="registry file (default: $MEDSTACK_REGISTRY or runs/registry.json)")
         command.set_defaults(handler=run)

@@ -12,9 +12,12 @@ import socket
 import sys
 
 
-def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    serve = sub.add_parser("serve-model", parents=[common],
-                           help="serve a trained ensemble over HTTP (POST /predict, GET /health, GET /model)")
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from medstack.console.flags import add_common_flags
+
+    serve = sub.add_parser("serve-model", help="serve a trained ensemble over HTTP (POST /predict, GET /health, GET /model)")
+    add_common_flags(serve, quiet="no access log, only the start-up lines and warnings",
+                     verbose="debug logs of the HTTP server")
     serve.add_argument("--model", required=True, help="run folder, its model.json, or <name>@<alias>")
     serve.add_argument("--registry", help="registry file (default: $MEDSTACK_REGISTRY or runs/registry.json)")
     serve.add_argument("--host", default="127.0.0.1",
@@ -28,11 +31,6 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
                        help="most pixels of one image before resizing (default 64,000,000)")
     serve.add_argument("--max-batch", type=int, default=256,
                        help="concurrent requests are scored together up to this many images (default 256)")
-    for action in serve._actions:  # the shared -q/-v describe `run`; say what they do here
-        if action.option_strings[:1] == ["-q"]:
-            action.help = "no access log, only the start-up lines and warnings"
-        elif action.option_strings[:1] == ["-v"]:
-            action.help = "debug logs of the HTTP server"
     serve.set_defaults(handler=serve_model)
 
 
