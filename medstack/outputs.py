@@ -219,8 +219,9 @@ def write_run(
             "calibration": _calibration_summary(cfg, preds.fold_info),
             "decision policy": (f"binary: threshold by {ensembles.threshold_policy}" if len(names) == 2 else
                                 f"multi-class: {cfg.ensemble.multiclass_policy}"
-                                + (f", critical classes {cfg.ensemble.critical_classes}" if cfg.ensemble.critical_classes
-                                   else "")) + ", chosen on OOF predictions",
+                                + "".join(f", critical class {c} (recall target {t:g})"
+                                          for c, t in cfg.ensemble.critical_classes.items()))
+            + ", chosen on OOF predictions",
             "meta-model inputs": ensembles.meta_model.features,
             "meta-model C": ensembles.meta_model.best_C_,
             "meta-model coefficients": ensembles.meta_model.coefficients,

@@ -1,6 +1,8 @@
 """The markdown report of a run: leaderboard with CIs, which model to trust and why, fit diagnosis per fold.
 
 The plots it links are drawn by :mod:`medstack.plots`; the fit verdicts come from :mod:`medstack.fit_diagnosis`.
+The Prefect UI shows the same text (:func:`ui_markdown`, plots inlined). Everything is written as sentences and
+tables for people; metrics.json keeps the structure.
 
 Inputs are the metrics dict of :func:`medstack.pipeline.evaluate_on_test`, the test probabilities per model and the
 training histories per strategy and fold (``loss``, ``val_loss``, ``accuracy``, ``val_accuracy``, ``loss_phase``).
@@ -8,55 +10,26 @@ training histories per strategy and fold (``loss``, ``val_loss``, ``accuracy``, 
 
 from __future__ import annotations
 
+import base64
 import math
-import numbers
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from medstack.fit_diagnosis import MIN_EPOCHS, OVERFIT_MIN_DELTA, OVERFIT_RISE, UNDERFIT_FLAT, UNDERFIT_VAL_GAIN
+from medstack.report_text import (
+    cell, detail_lines, duplicates_sentence, fmt_value, format_number, grouping_sentence, is_nan,
+)
 
 CI_KEYS = ("roc_auc", "pr_auc", "balanced_accuracy", "f1", "recall", "specificity", "mcc", "brier")
 OOF_KEYS = ("roc_auc", "pr_auc", "balanced_accuracy", "f1", "recall", "specificity", "mcc", "brier")
 OPTIMISM_GAP = 0.05  # OOF ROC AUC this much above test: the OOF estimate was optimistic
 
 
-def _is_nan(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and math.isnan(value)
-
-
-def format_number(value: Any) -> str:
-    """3 decimals for reals, "n/a" for None and nan."""
-    if value is None or _is_nan(value):
-        return "n/a"
-    if isinstance(value, (bool, np.bool_, numbers.Integral)):
-        return str(value)
-    if isinstance(value, numbers.Real):
-        return f"{float(value):.3f}"
-    return str(value)
-
-
-def _fmt_value(value: Any) -> str:
-    """Run-details values: numbers as in tables, mappings and sequences recursively, on one line."""
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k}: {_fmt_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return "[" + ", ".join(_fmt_value(v) for v in value) + "]"
-    if isinstance(value, str):
-        return value
-    return format_number(value)
-
-
-def _cell(text: Any) -> str:
-    """Safe inside a markdown table cell or list item: ``|`` and ``<`` escaped (file patterns such as
-    ``SOB_<B|M>_<type>`` or a regex's ``(?P<group>...)`` would otherwise split a cell or vanish as HTML tags)."""
-    return str(text).replace("|", "\\|").replace("<", "\\<").replace("\n", " ")
-
-
 def _ci(result: Mapping, key: str) -> tuple[float, float] | None:
     ci = (result.get("test_ci") or {}).get(key)
-    if not ci or all(_is_nan(v) or v is None for v in ci):
+    if not ci or all(is_nan(v) or v is None for v in ci):
         return None
     return float(ci[0]), float(ci[1])
 
@@ -80,12 +53,12 @@ def _decision(result: Mapping, class_names: list[str]) -> str:
 
 def _desc(value: Any) -> tuple[bool, float]:
     """Sort key: larger first, nan/None last."""
-    return (True, 0.0) if value is None or _is_nan(value) else (False, -float(value))
+    return (True, 0.0) if value is None or is_nan(value) else (False, -float(value))
 
 
 def _asc(value: Any) -> tuple[bool, float]:
     """Sort key: smaller first, nan/None last."""
-    return (True, 0.0) if value is None or _is_nan(value) else (False, float(value))
+    return (True, 0.0) if value is None or is_nan(value) else (False, float(value))
 
 
 def _ranked(models: Mapping) -> list[str]:
@@ -96,7 +69,7 @@ def _ranked(models: Mapping) -> list[str]:
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
 
 
 def _recommendation(models: Mapping, recommended: Mapping | None = None) -> list[str]:
@@ -108,7 +81,7 @@ def _recommendation(models: Mapping, recommended: Mapping | None = None) -> list
     if recommended and recommended.get("model") in models:
         return _chosen_on_oof(models, order, recommended)
     best = order[0]
-    if _is_nan(models[best]["test"].get("roc_auc", math.nan)):
+    if is_nan(models[best]["test"].get("roc_auc", math.nan)):
         return ["No model has a defined test ROC AUC (the test split lacks a class?): rank by the confusion "
                 "matrices and balanced accuracy instead."]
     lines = [f"**{best}** has the highest test ROC AUC ({_with_ci(models[best], 'roc_auc')})."]
@@ -141,7 +114,7 @@ def _chosen_on_oof(models: Mapping, order: list[str], recommended: Mapping) -> l
              f"{recommended.get('reason', '')}.",
              f"On the untouched test split it scores ROC AUC {_with_ci(models[name], 'roc_auc')}."]
     best = order[0]
-    if best != name and not _is_nan(models[best]["test"].get("roc_auc", math.nan)):
+    if best != name and not is_nan(models[best]["test"].get("roc_auc", math.nan)):
         paired = _paired(models[best], name)
         if paired is not None:
             within = paired[1] <= 0 <= paired[2]
@@ -153,7 +126,7 @@ def _chosen_on_oof(models: Mapping, order: list[str], recommended: Mapping) -> l
                             "on new data first."))
         else:
             best_ci, mine = _ci(models[best], "roc_auc"), models[name]["test"].get("roc_auc")
-            if best_ci is not None and mine is not None and not _is_nan(mine) and mine >= best_ci[0]:
+            if best_ci is not None and mine is not None and not is_nan(mine) and mine >= best_ci[0]:
                 lines.append(f"**{best}** scores higher on test ({_with_ci(models[best], 'roc_auc')}), within "
                              "test-set noise of the recommended model: the test split cannot tell them apart.")
             else:
@@ -191,7 +164,7 @@ def _optimism(result: Mapping) -> list[str]:
     """The OOF-vs-test comparison of one model: optimistic CV, lucky test split, or agreement."""
     lines: list[str] = []
     oof, test = result.get("oof", {}).get("roc_auc", math.nan), result["test"]["roc_auc"]
-    if _is_nan(oof) or oof is None:
+    if is_nan(oof) or oof is None:
         lines.append("Its out-of-fold ROC AUC is not available, so the CV estimate cannot be checked for optimism.")
     elif oof - test > OPTIMISM_GAP:
         lines.append(f"Its out-of-fold ROC AUC ({format_number(oof)}) is {oof - test:.3f} above the test one ({format_number(test)}): "
@@ -209,9 +182,24 @@ def _data_section(ds: Mapping) -> list[str]:
     classes = list(ds["classes"])
     rows = [[split, *(counts.get(c, 0) for c in classes), sum(counts.values())] for split, counts in ds["counts"].items()]
     out = ["## Data", "", *_table(["split", *classes, "total"], rows)]
-    more = [f"- {key}: {_cell(_fmt_value(value))}" for key, value in ds.items()
-            if key not in ("name", "classes", "counts")]
+    more = [f"- {cell(duplicates_sentence(ds['duplicates']))}"] if "duplicates" in ds else []
+    more += [f"- {cell(grouping_sentence(ds['grouping']))}"] if "grouping" in ds else []
+    more += [f"- {key}: {cell(fmt_value(value))}" for key, value in ds.items()
+             if key not in ("name", "classes", "counts", "duplicates", "grouping")]
     return out + ([""] + more if more else [])
+
+
+def _argmax_section(models: Mapping, order: list[str], classes: list[str]) -> list[str]:
+    """Multi-class: accuracy and balanced accuracy at each model's chosen decision and at plain argmax."""
+    intro = ("The leaderboard scores each model at its chosen decision (class offsets chosen on OOF predictions, or "
+             "argmax). Published baselines usually quote plain argmax (the most probable class), so both decisions "
+             "are shown here, on the test split; they differ only where the chosen offsets move a prediction.")
+    rows = [[n, _decision(models[n], classes),
+             *(format_number(models[n]["test"].get(k)) for k in ("accuracy", "balanced_accuracy", "argmax_accuracy",
+                                                                 "argmax_balanced_accuracy"))] for n in order]
+    return ["## Test accuracy: chosen decision and plain argmax", "", intro, "",
+            *_table(["model", "chosen decision", "accuracy (chosen)", "balanced accuracy (chosen)",
+                     "accuracy (argmax)", "balanced accuracy (argmax)"], rows)]
 
 
 def _fit_section(diagnoses: Mapping[str, Mapping[int, tuple[str, str]]]) -> list[str]:
@@ -252,6 +240,8 @@ def render_report(
             "OOF predictions for balanced accuracy). Thresholds and offsets were chosen on OOF predictions.", ""]
     out += _table(["model", *CI_KEYS, "decision"],
                   [[n, *(_with_ci(models[n], k) for k in CI_KEYS), _decision(models[n], classes)] for n in order])
+    if len(classes) > 2:
+        out += ["", *_argmax_section(models, order, classes)]
     out += ["", "## Which model to trust", "", *_recommendation(models, metrics.get("recommended")), ""]
     out += ["## Out-of-fold (train split) for comparison", "",
             "Cross-validated predictions on the training split; a test ROC AUC far below the OOF one means the CV "
@@ -271,9 +261,28 @@ def render_report(
     if recipe:
         out += ["", *_recipe_section(recipe)]
     out += ["", *_fit_section(diagnoses), ""]
-    out += ["## Warnings and notes", "", *([f"- {_cell(n)}" for n in notes] or ["- none"]), ""]
-    out += ["## Run details", "", *([f"- {k}: {_cell(_fmt_value(v))}" for k, v in extra.items()] or ["- none"]), ""]
+    out += ["## Warnings and notes", "", *([f"- {cell(n)}" for n in notes] or ["- none"]), ""]
+    out += ["## Run details", "", *detail_lines(extra), ""]
     out += ["## Plots", ""]
     for label, link in plots.items():
         out += [f"### {label}", "", f"![{label}]({link})", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def ui_markdown(run_dir: Path) -> str:
+    """The run's report.md as the Prefect UI artifact shows it: the same text, its PNG links inlined as data URIs
+    (the UI cannot reach files on the run's disk)."""
+    return inline_images((run_dir / "report.md").read_text(), run_dir)
+
+
+def inline_images(markdown: str, base: Path) -> str:
+    """Replace relative PNG links with data URIs; a link to a missing file stays as it is."""
+
+    def _inline(match: re.Match[str]) -> str:
+        path = base / match.group(2)
+        if not path.is_file():
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f"![{match.group(1)}](data:image/png;base64,{data})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", _inline, markdown)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from medstack import outputs, pipeline
 from medstack.config import RunConfig
+from medstack.report import ui_markdown
 
 REPORT_KEY = "ensemble-report"
 LEADERBOARD_KEY = "ensemble-leaderboard"
@@ -37,8 +36,7 @@ def write_report(
 @task(name="publish_artifacts", cache_policy=NO_CACHE)
 def publish_artifacts(run_dir: Path) -> None:
     """The report (plots inlined so the UI shows them), the leaderboard table and a link to the run folder."""
-    report = (run_dir / "report.md").read_text()
-    create_markdown_artifact(inline_images(report, run_dir), key=REPORT_KEY, description=f"medstack report {run_dir.name}")
+    create_markdown_artifact(ui_markdown(run_dir), key=REPORT_KEY, description=f"medstack report {run_dir.name}")
     board = pd.read_csv(run_dir / "leaderboard.csv").round(4)
     create_table_artifact(
         board.astype(object).where(board.notna(), None).to_dict(orient="records"),
@@ -47,15 +45,3 @@ def publish_artifacts(run_dir: Path) -> None:
     )
     create_link_artifact(run_dir.resolve().as_uri(), link_text=str(run_dir), key=RUN_FOLDER_KEY)
 
-
-def inline_images(markdown: str, base: Path) -> str:
-    """Replace relative PNG links with data URIs: the Prefect UI cannot reach files on the run's disk."""
-
-    def _inline(match: re.Match[str]) -> str:
-        path = base / match.group(2)
-        if not path.is_file():
-            return match.group(0)
-        data = base64.b64encode(path.read_bytes()).decode()
-        return f"![{match.group(1)}](data:image/png;base64,{data})"
-
-    return re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", _inline, markdown)

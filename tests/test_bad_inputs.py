@@ -211,5 +211,5 @@ def test_patient_groups_are_stated_in_metrics_and_report(harness, tmp_path):
     assert grouping["images_per_group"] == {"min": 3, "median": 3.0, "max": 3}
     assert grouping["crossing_splits"] == grouping["crossing_folds"] == 0
     report = (run / "report.md").read_text()
-    assert "- grouping: {kind: breakhis, source: BreakHis file names" in report
+    assert "- Patient grouping (breakhis, ids from BreakHis file names" in report
     assert "grouping by BreakHis file names" in report and "16 groups, 3/3/3 images per group" in report

@@ -1,11 +1,14 @@
 """medstack.report: fit heuristics and the markdown report, on synthetic inputs (no training)."""
 
+import base64
 import math
 
+import numpy as np
 import pytest
 
 from medstack.fit_diagnosis import diagnose_all, diagnose_fit
-from medstack.report import render_report
+from medstack.models.metrics import METRIC_KEYS, bootstrap_ci, compute_metrics
+from medstack.report import render_report, ui_markdown
 
 # Two phases, as LDAM-DRW writes them: the second phase's losses are on another scale. Within the last phase val
 # loss falls all along, but over the whole history it ends far above the phase-0 minimum while train loss is lower.
@@ -173,19 +176,47 @@ def test_data_table_and_sections():
     assert "## Per-class" not in text  # binary
 
 
-def test_grouping_line_under_the_data_table_next_to_duplicates():
+# metrics.json's dataset summaries as prepare.make_folds writes them (its "summary" sentences go to the notes).
+DUPLICATES = {"groups": 27, "images": 54, "crossing_splits": 0, "crossing_folds": 1, "conflicting_labels": 2,
+              "handling": "grouped: every duplicate group kept in one split and one fold"}
+NO_GROUPING = {"kind": "none", "unit": "image (no data.group_by: images of one patient may land in different splits)"}
+BREAKHIS = {
+    "kind": "breakhis", "source": "BreakHis file names SOB_<B|M>_<type>-<patient>-<mag>-<seq>.png (patient id)",
+    "groups": 82, "images_per_group": {"min": 12, "median": 88.5, "max": 412}, "crossing_splits": 0,
+    "crossing_folds": 0, "mixed_class_groups": 1, "merged_by_duplicates": 3,
+    "handling": "each group whole in one split and one fold (StratifiedGroupKFold)",
+}
+# Python reprs and JSON that must never reach the report: dicts, lists of dicts, quoted keys.
+DUMPS = ("{", "}", "['", "[{", "': ", '": ')
+
+
+def _dumps_in(text):
+    return [line for line in text.splitlines() if any(p in line for p in DUMPS)]
+
+
+def test_duplicates_and_grouping_read_as_sentences_under_the_data_table():
     metrics = _metrics()
-    metrics["dataset"]["duplicates"] = {"groups": 2, "crossing_splits": 0}
-    metrics["dataset"]["grouping"] = {
-        "kind": "breakhis", "source": "BreakHis file names SOB_<B|M>_<type>-<patient>-<mag>-<seq>.png (patient id)",
-        "groups": 82, "images_per_group": {"min": 12, "median": 88.5, "max": 412}, "crossing_splits": 0,
-        "crossing_folds": 0,
-    }
+    metrics["dataset"].update(duplicates=DUPLICATES, grouping=NO_GROUPING)
     data = _section(_render(metrics), "## Data", "## Test leaderboard").splitlines()
-    assert data.index("- duplicates: {groups: 2, crossing_splits: 0}") + 1 == data.index(
-        "- grouping: {kind: breakhis, source: BreakHis file names SOB_\\<B\\|M>_\\<type>-\\<patient>-\\<mag>-\\<seq>.png "
-        "(patient id), groups: 82, images_per_group: {min: 12, median: 88.500, max: 412}, crossing_splits: 0, "
-        "crossing_folds: 0}")  # < and | escaped: <type> would otherwise vanish as an HTML tag
+    assert data[data.index("| test | 20 | 21 | 41 |") + 1:] == [
+        "",
+        "- Exact-duplicate images: 27 groups (54 images); 0 cross train/val/test, 1 cross folds; 2 with conflicting "
+        "labels; grouped: every duplicate group kept in one split and one fold.",
+        "- Patient grouping: none (no `data.group_by`): each image is split on its own, so images of one patient may "
+        "land in different splits.",
+        ""]
+
+
+def test_patient_grouping_sentence_carries_its_numbers_escaped():
+    metrics = _metrics()
+    metrics["dataset"].update(duplicates={**DUPLICATES, "groups": 1, "images": 2}, grouping=BREAKHIS)
+    data = _section(_render(metrics), "## Data", "## Test leaderboard").splitlines()
+    assert data[-3].startswith("- Exact-duplicate images: 1 group (2 images); 0 cross train/val/test,")
+    assert data[-2] == (
+        "- Patient grouping (breakhis, ids from BreakHis file names SOB_\\<B\\|M>_\\<type>-\\<patient>-\\<mag>-\\<seq>.png "
+        "(patient id)): 82 groups, 12/88.5/412 images per group (min/median/max); 0 cross train/val/test, 0 cross "
+        "folds; 1 with images in more than one class; 3 merged with another group through exact-duplicate images; "
+        "each group whole in one split and one fold (StratifiedGroupKFold).")  # < and | escaped: <type> would vanish
 
 
 def test_recommendation_flags_overlapping_intervals_and_prefers_calibrated():
@@ -260,7 +291,7 @@ def test_notes_run_details_and_image_links():
     assert "- smote fold 1: k_neighbors lowered to 2" in notes and "- skipped 3 unreadable files" in notes
     details = _section(text, "## Run details", "## Plots")
     assert "- threshold policy: youden" in details and "- meta-model C: 0.100" in details
-    assert "- meta-model coefficients: {ldam: 1.235, smote: -0.500}" in details
+    assert "- meta-model coefficients:\n  - ldam: 1.235\n  - smote: -0.500\n" in details
     assert "![ROC](plots/roc.png)" in text and "![Training curves: ldam](plots/curves_ldam.png)" in text
     assert "- none" in _section(_render(notes=[]), "## Warnings and notes", "## Run details")
 
@@ -275,4 +306,85 @@ def test_multiclass_report_has_per_class_rows_and_argmax():
     per_class = _section(text, "## Per-class test metrics", "## Fit diagnosis")
     assert "| b | a2 | 0.500 | 0.250 | 0.750 | n/a | 7 |" in per_class
     assert per_class.index("| b | a0 |") < per_class.index("| d | a0 |") < per_class.index("| a | a0 |")
-    assert _section(text, "## Test leaderboard", "## Which model").splitlines()[-2].endswith("| argmax |")
+    assert _section(text, "## Test leaderboard", "## Test accuracy").splitlines()[-2].endswith("| argmax |")
+
+
+# ------------------------------------------------------------------ multi-class: chosen decision and plain argmax
+
+# Three classes, six test images. Plain argmax predicts 0, 0, 0, 1, 0, 2: right on rows 0, 1, 2 and 5, so accuracy
+# 4/6 and per-class recall 3/4, 0/1, 1/1 (balanced accuracy 1.75/3). The offsets add 0.8 to log p(a1), which moves
+# rows 1-4 to a1 (e.g. row 4: log 0.3 + 0.8 = -0.40 > log 0.6 = -0.51; row 0: log 0.2 + 0.8 = -0.81 < log 0.7):
+# predictions 0, 1, 1, 1, 1, 2, right on rows 0, 4 and 5, so accuracy 3/6 and recall 1/4, 1/1, 1/1 (2.25/3).
+Y3 = np.array([0, 0, 0, 0, 1, 2])
+P3 = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.5, 0.4, 0.1], [0.4, 0.5, 0.1], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+OFFSETS = [0.0, 0.8, 0.0]
+CLASSES3 = ["a0", "a1", "a2"]
+
+
+def _three_class_metrics():
+    """One model scored as evaluate_on_test scores it: compute_metrics and bootstrap_ci at its OOF-chosen offsets."""
+    kwargs = dict(threshold=None, offsets=OFFSETS)
+    result = {"decision": {"kind": "offsets", "offsets": OFFSETS},
+              "test": compute_metrics(Y3, P3, class_names=CLASSES3, **kwargs),
+              "oof": compute_metrics(Y3, P3, class_names=CLASSES3, **kwargs),
+              "test_ci": {k: list(v) for k, v in bootstrap_ci(Y3, P3, n_boot=50, **kwargs).items()}}
+    counts = {"train": {"a0": 40, "a1": 10, "a2": 10}, "test": {"a0": 4, "a1": 1, "a2": 1}}
+    return {"dataset": {"name": "derm3", "classes": CLASSES3, "counts": counts, "duplicates": DUPLICATES,
+                        "grouping": BREAKHIS},
+            "models": {"stacking": result}, "recommended": {"model": "stacking", "reason": "best OOF ROC AUC"}}
+
+
+def test_multiclass_metrics_add_argmax_figures_and_binary_ones_keep_their_keys():
+    m = compute_metrics(Y3, P3, None, class_names=CLASSES3, offsets=OFFSETS)
+    assert (m["accuracy"], m["balanced_accuracy"]) == pytest.approx((3 / 6, 2.25 / 3))
+    assert (m["argmax_accuracy"], m["argmax_balanced_accuracy"]) == pytest.approx((4 / 6, 1.75 / 3))
+    plain = compute_metrics(Y3, P3, None, class_names=CLASSES3)  # no offsets: argmax is the decision
+    assert plain["argmax_accuracy"] == plain["accuracy"] == pytest.approx(4 / 6)
+    # Binary metrics.json must stay byte-identical: the same keys in the same order, nothing added.
+    binary = compute_metrics(np.array([0, 1, 1]), np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]]), 0.5)
+    order = ["accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc",
+             "brier", "threshold", "mcc", "confusion_matrix", "per_class"]
+    assert list(binary) == order and set(order) == {*METRIC_KEYS, "per_class"}
+    assert list(m) == order + ["argmax_accuracy", "argmax_balanced_accuracy"]
+
+
+def test_multiclass_report_shows_accuracy_at_the_chosen_decision_and_at_plain_argmax():
+    text = _render(_three_class_metrics())
+    table = _section(text, "## Test accuracy: chosen decision and plain argmax", "## Which model").splitlines()
+    assert "| model | chosen decision | accuracy (chosen) | balanced accuracy (chosen) | accuracy (argmax) | " \
+           "balanced accuracy (argmax) |" in table
+    assert "| stacking | offsets a1 +0.80 | 0.500 | 0.750 | 0.667 | 0.583 |" in table
+    assert "## Test accuracy" not in _render()  # binary: one decision, the threshold
+
+
+@pytest.mark.parametrize("case", ["binary", "three-class"])
+def test_no_line_of_the_report_is_a_dict_or_list_dump(case):
+    if case == "binary":
+        metrics = _metrics()
+        metrics["dataset"].update(duplicates=DUPLICATES, grouping=BREAKHIS)
+    else:
+        metrics = _three_class_metrics()
+    # Run details as outputs.write_run passes them: the meta-model's weights are a list per base model.
+    extra = {"run id": "20240101-abc", "meta-model inputs": "log_odds", "meta-model C": 1.0,
+             "meta-model coefficients": {"ldam": [0.217, -0.1], "smote": [1.5]}, "wall_seconds": 11.6,
+             "trained": 8, "cache_hits": 0}
+    text = _render(metrics, extra=extra)
+    assert _dumps_in(text) == []
+    details = _section(text, "## Run details", "## Plots")
+    assert "  - ldam: 0.217, -0.100\n" in details and "- wall time of the run (s): 11.600\n" in details
+    assert "- fold models trained: 8\n" in details and "- fold models taken from the cache: 0\n" in details
+
+
+def test_the_ui_artifact_is_the_report_with_its_plots_inlined(tmp_path):
+    """tasks.report.publish_artifacts publishes ui_markdown(run folder): the same prose and tables as report.md."""
+    report = _render(_three_class_metrics())
+    (tmp_path / "report.md").write_text(report)
+    (tmp_path / "plots").mkdir()
+    png = b"\x89PNG\r\n\x1a\n-a-plot"
+    (tmp_path / "plots" / "roc.png").write_bytes(png)  # the curves plot is missing: its link stays a link
+    ui = ui_markdown(tmp_path)
+    inlined = f"![ROC](data:image/png;base64,{base64.b64encode(png).decode()})"
+    assert ui == report.replace("![ROC](plots/roc.png)", inlined)
+    assert "![Training curves: ldam](plots/curves_ldam.png)" in ui and _dumps_in(ui) == []
+    assert "- Exact-duplicate images: 27 groups (54 images);" in ui and "- Patient grouping (breakhis," in ui
+    assert "| stacking | offsets a1 +0.80 | 0.500 | 0.750 | 0.667 | 0.583 |" in ui
