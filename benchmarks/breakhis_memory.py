@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medstack.console.quiet import ENVIRONMENT_DEFAULTS
+
 FULL_SIZE = 7909
 BENIGN_SHARE = 2480 / 7909
 HEIGHT, WIDTH = 460, 700
@@ -197,7 +199,7 @@ def _measure(work):
 
 
 def measure_in_subprocess(stage: str, root: Path, handoff: Path) -> dict:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**os.environ, **ENVIRONMENT_DEFAULTS}
     done = subprocess.run([sys.executable, __file__, "--stage", stage, "--dir", str(root), "--handoff", str(handoff)],
                           env=env, capture_output=True, text=True)
     if done.returncode:

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from medstack.console.quiet import ENVIRONMENT_DEFAULTS
+
 REPO = Path(__file__).resolve().parents[1]
 KEEP = [178, 90, 45, 25, 15]  # images of digits 0..4
 CLASSES = len(KEEP)
@@ -41,7 +43,7 @@ def run(config: Path, workdir: Path, policy: str) -> dict:
     command = [sys.executable, "-m", "medstack", "run", "--config", str(config), "--output-dir",
                str(workdir / policy), "--cache-dir", str(workdir / "cache"),
                "--set", f"ensemble.multiclass_policy={policy}"]
-    env = {**os.environ, "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, **ENVIRONMENT_DEFAULTS}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"{policy} run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")

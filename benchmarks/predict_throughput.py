@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from medstack.console.quiet import quiet_environment
+
+quiet_environment()  # before TensorFlow is imported; a user's own settings win
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from medstack.console.quiet import ENVIRONMENT_DEFAULTS
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "pneumoniamnist.npz"
 
@@ -37,8 +39,7 @@ def run(config: Path, sets: list[str], runner: str, workers: int, root: Path) ->
             "--output-dir", str(root / tag / "runs"), "--cache-dir", str(root / tag / "cache")]
     for value in [*sets, *extra]:
         args += ["--set", value]
-    env = {**os.environ, "PREFECT_HOME": str(root / tag / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, **ENVIRONMENT_DEFAULTS, "PREFECT_HOME": str(root / tag / "home")}
     (root / tag / "home").mkdir(parents=True)
     started = time.perf_counter()
     done = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True)

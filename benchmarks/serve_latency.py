@@ -27,6 +27,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from medstack.console.quiet import ENVIRONMENT_DEFAULTS
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -46,7 +48,7 @@ def start_server(model: str, registry: str | None, max_batch: int) -> tuple[subp
                "-q", "--max-batch", str(max_batch)]
     if registry:
         command += ["--registry", registry]
-    env = {**os.environ, "DO_NOT_TRACK": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, **ENVIRONMENT_DEFAULTS}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines: list[str] = []
     for line in process.stdout:

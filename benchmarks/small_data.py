@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from medstack.console.quiet import ENVIRONMENT_DEFAULTS
+
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {"546": (546, 78), "1500": (1500, 214), "full": (None, None)}  # train, val (val:train about 1:7)
 MODELS = ("stacking", "soft_voting", "ldam", "class_weight", "smote", "custom_loss")
@@ -42,7 +44,7 @@ def run_one(size: str, args: argparse.Namespace, workdir: Path) -> Path:
     if train is not None:
         command += ["--set", f"data.subset={{train: {train}, val: {val}}}"]
     command += [item for pair in (("--set", s) for s in args.set) for item in pair]
-    env = {**os.environ, "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, **ENVIRONMENT_DEFAULTS}
     log = workdir / "log.txt"
     print(f"[{size}] {' '.join(command)}", flush=True)
     with open(log, "w") as out:

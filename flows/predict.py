@@ -32,7 +32,8 @@ def predict_flow(
     """Score ``input`` (image, folder, npz or CSV of paths) with ``model`` (``<name>@<alias>`` or a run folder).
 
     ``output`` defaults to ``predictions/<run-id>-<UTC time>.csv`` under the working directory; ``registry``
-    to ``$MEDSTACK_REGISTRY`` or ``runs/registry.json``; ``use`` to the run's recommended model.
+    to ``$MEDSTACK_REGISTRY``, else registry.json in medstack's user data folder (~/.local/share/medstack on Linux;
+    medstack.inference.registry.registry_path); ``use`` to the run's recommended model.
     """
     logger = get_run_logger()
     bundle = load_bundle(model, registry)

@@ -145,6 +145,10 @@ def run_command(args: argparse.Namespace) -> int:
         print(run_dir)  # -q: the run folder alone, for scripts
     else:
         print("\n".join(leaderboard_lines(Path(run_dir))))
+        if cfg.registry.promote == "auto":
+            from medstack.inference.promotion import describe_auto_promotion
+
+            print(describe_auto_promotion(run_dir, cfg))  # what the promotion did, and the file others will read
         print(f"run folder: {run_dir}")
     return 0
 

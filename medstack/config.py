@@ -197,7 +197,9 @@ class RegistryConfig(Section):
     )
     alias: str = Field(default="champion", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     name: str | None = Field(default=None, description="Registry name; None uses the config's name.")
-    path: str | None = Field(default=None, description="Registry file; None: registry.json in runtime.output_dir.")
+    path: str | None = Field(default=None, description=(
+        "Registry file (relative: to the working directory); None: $MEDSTACK_REGISTRY, else registry.json in "
+        "medstack's user data folder (~/.local/share/medstack on Linux), the file every medstack command reads."))
     min_improvement: float = Field(default=0.0, ge=0.0, description="Test ROC AUC gain the candidate needs.")
 
 

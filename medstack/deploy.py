@@ -13,7 +13,8 @@ from typing import Any
 from medstack.config import RunConfig, load_config
 
 # Config fields holding paths: made absolute at deploy time, so a worker started from another folder (or the
-# UI's form) sees exactly the folders the deployment was made with.
+# UI's form) sees exactly the folders the deployment was made with. An unset registry.path stays unset: the worker
+# applies the one registry rule (medstack.inference.registry.registry_path), as the predict deployments do.
 _PATH_FIELDS = (("data", "path"), ("runtime", "cache_dir"), ("runtime", "output_dir"), ("registry", "path"))
 
 

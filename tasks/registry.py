@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -16,15 +15,14 @@ PROMOTION_KEY = "ensemble-promotion"
 
 @task(name="promote_if_better", cache_policy=NO_CACHE)
 def promote_if_better(run_dir: str, cfg: RunConfig) -> dict:
-    """Apply the auto-promotion rule (medstack.inference.promotion) and record the outcome in the registry."""
-    from medstack.inference.promotion import auto_promote
+    """Apply the auto-promotion rule (medstack.inference.promotion) and record the outcome in the registry that
+    every other command reads (medstack.inference.registry.registry_path), not one beside the run folders."""
+    from medstack.inference.promotion import promote_run
 
-    registry = cfg.registry.path or str(Path(cfg.runtime.output_dir) / "registry.json")
-    event = auto_promote(run_dir, alias=cfg.registry.alias, min_improvement=cfg.registry.min_improvement,
-                         registry=registry, name=cfg.registry.name or cfg.name)
+    event, registry = promote_run(run_dir, cfg)
     outcome = "promoted" if event["event"] == "promote" else event.get("outcome", event["event"])
     get_run_logger().info("registry %s: %s (%s)", registry, outcome, event.get("reason"))
-    create_markdown_artifact(f"## Registry: {outcome}\n\n{event.get('reason', '')}\n\n```json\n"
-                             f"{json.dumps(event, indent=2)}\n```\n", key=PROMOTION_KEY,
+    create_markdown_artifact(f"## Registry: {outcome}\n\n{event.get('reason', '')}\n\nRecorded in `{registry}`.\n\n"
+                             f"```json\n{json.dumps(event, indent=2)}\n```\n", key=PROMOTION_KEY,
                              description=f"auto-promotion of run {event['run_id']}")
     return event

@@ -6,9 +6,14 @@ import os
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+from medstack.console.quiet import ENVIRONMENT_DEFAULTS  # stdlib only: imports neither TensorFlow nor Prefect
+
+for _key, _value in ENVIRONMENT_DEFAULTS.items():
+    os.environ.setdefault(_key, _value)
+# Tests never touch the user's own registry (~/.local/share/medstack): one throwaway file per session, which the
+# pytest-xdist workers inherit (a registry the caller set is left alone).
+if not os.environ.get("MEDSTACK_REGISTRY"):
+    os.environ["MEDSTACK_REGISTRY"] = str(Path(tempfile.mkdtemp(prefix="medstack-test-registry-")) / "registry.json")
 # One throwaway Prefect home per test process. pytest-xdist workers inherit the controller's environment, so a
 # worker replaces a home this file made in the controller (a home the caller set is left alone).
 if "PREFECT_HOME" not in os.environ or os.environ.get("MEDSTACK_TEST_OWN_PREFECT_HOME") == "1":

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medstack.console.quiet import ENVIRONMENT_DEFAULTS
 from medstack.deploy import config_parameters
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -99,11 +100,9 @@ def stack(tmp_path_factory):
         "PREFECT_API_URL": f"{url}/api",
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry: this machine has no outbound network
-        "DO_NOT_TRACK": "1",
+        **ENVIRONMENT_DEFAULTS,  # no telemetry (this machine has no outbound network), quiet TensorFlow
         "PREFECT_LOGGING_TO_API_ENABLED": "true",
         "PREFECT_WORKER_QUERY_SECONDS": "2",  # pick up runs quickly (default 10 s)
-        "TF_CPP_MIN_LOG_LEVEL": "3",
         "PYTHONUNBUFFERED": "1",
     }
     stack = PrefectStack(env=env, url=url, logs=base)

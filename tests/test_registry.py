@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +16,9 @@ import pandas as pd
 import pytest
 
 from medstack.cli import main
+from medstack.config import load_config
 from medstack.inference.bundle import load_bundle
-from medstack.inference.promotion import auto_promote
+from medstack.inference.promotion import auto_promote, describe_auto_promotion, promote_run
 from medstack.inference.registry import RegistryError, history, promote, read_registry, resolve
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -122,3 +125,55 @@ def test_auto_promotion_rule(smoke_bundle, tmp_path):
         ("worse-run", "auto-promotion check", "kept"), ("better-run", "promote", None),
         ("other-data", "auto-promotion check", "not compared"),
     ]
+
+
+def test_the_flow_promotion_uses_the_one_rule_and_says_where(smoke_bundle, tmp_path, monkeypatch):
+    """promote_run is what the flow's promote_if_better task runs: with --output-dir elsewhere and no registry.path,
+    the promotion lands in the user's registry, where a command started from another folder finds it."""
+    monkeypatch.delenv("MEDSTACK_REGISTRY", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    out = tmp_path / "elsewhere" / "runs"
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml",
+                      {"runtime.output_dir": str(out), "registry.promote": "auto"})
+    first = _copy(smoke_bundle, out, "first-run")
+    event, registry = promote_run(first, cfg)
+    assert event["event"] == "promote" and registry == tmp_path / "xdg" / "medstack" / "registry.json"
+    assert registry.is_file() and not (out / "registry.json").exists()
+    monkeypatch.chdir(tmp_path)
+    assert resolve("pneumoniamnist-smoke@champion") == first
+    assert describe_auto_promotion(first, cfg) == (
+        "registry: pneumoniamnist-smoke@champion -> this run (first model registered as "
+        f"pneumoniamnist-smoke@champion); recorded in {registry}")
+
+    worse = _copy(smoke_bundle, out, "worse-run", predictions="reversed")
+    assert promote_run(worse, cfg)[0]["outcome"] == "kept"
+    line = describe_auto_promotion(worse, cfg)
+    assert line.startswith("registry: pneumoniamnist-smoke@champion stays run first-run (kept: candidate test ROC AUC")
+    assert line.endswith(f"; recorded in {registry}")
+    assert describe_auto_promotion(first, cfg).startswith("registry: pneumoniamnist-smoke@champion -> this run")
+
+
+def test_auto_promotion_is_seen_from_another_directory(smoke_bundle, smoke_registry_env, tmp_path, pneumonia_npz):
+    """End to end: the session's smoke run (--output-dir in its own folder, registry.promote auto) promoted itself
+    into the user's registry; `medstack models` and `medstack predict --model name@champion` started from another
+    folder, with nothing but the user's data folder to go on, see it."""
+    from PIL import Image
+
+    medstack = str(Path(sys.executable).with_name("medstack"))
+    run_id = json.loads((smoke_bundle / "model.json").read_text())["run_id"]
+    listed = subprocess.run([medstack, "models"], cwd=tmp_path, env=smoke_registry_env, capture_output=True,
+                            text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert f"pneumoniamnist-smoke@champion -> {run_id}" in listed.stdout
+
+    images = np.load(pneumonia_npz)["test_images"][:3]
+    inputs = tmp_path / "scans"
+    inputs.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(inputs / f"scan-{i}.png")
+    scored = subprocess.run([medstack, "predict", "--model", "pneumoniamnist-smoke@champion", "--input", str(inputs),
+                             "--output", "out.csv"], cwd=tmp_path, env=smoke_registry_env, capture_output=True,
+                            text=True, timeout=300)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    rows = pd.read_csv(tmp_path / "out.csv")
+    assert len(rows) == 3 and set(rows["run_id"]) == {run_id}

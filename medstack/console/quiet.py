@@ -19,13 +19,21 @@ from typing import Iterator, TextIO
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 
 
-def quiet_environment() -> None:
-    """Environment set before TensorFlow or Prefect is imported (a user's own settings win)."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry
-    os.environ.setdefault("DO_NOT_TRACK", "1")
+# medstack's environment defaults, written once: the CLI (quiet_environment), the tests (tests/conftest.py and their
+# subprocesses), the benchmarks and, as equal copies that a test compares, prefect.yaml's work pool and .ci/run.
+ENVIRONMENT_DEFAULTS: dict[str, str] = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry
+    "DO_NOT_TRACK": "1",
     # 3 = errors only: hides the oneDNN notice, "Could not find cuda drivers" and friends, which TF prints from C++
     # at import time, before any Python logging could filter them.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+}
+
+
+def quiet_environment() -> None:
+    """Environment set before TensorFlow or Prefect is imported (a user's own settings win)."""
+    for key, value in ENVIRONMENT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     # Prefect gives its temporary server 20 s to start; on a busy 2-core machine that is not always enough.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 

@@ -17,6 +17,7 @@ COMMANDS = ("predict", "promote", "export", "models")
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from medstack.console.flags import add_common_flags
+    from medstack.inference.registry import REGISTRY_HELP
 
     predict = sub.add_parser("predict", help="score images with a trained run (folder) or <name>@<alias>")
     predict.add_argument("--model", required=True, help="run folder, its model.json, or <name>@<alias>")
@@ -43,8 +44,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     listing.add_argument("--history", action="store_true", help="print every registry event as JSON lines")
     for command in (predict, promote, export, listing):
         add_common_flags(command)
-        command.add_argument("--registry", type=Path,
-                             help="registry file (default: $MEDSTACK_REGISTRY or runs/registry.json)")
+        command.add_argument("--registry", type=Path, help=REGISTRY_HELP)
         command.set_defaults(handler=run)
 
 

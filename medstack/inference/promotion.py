@@ -13,13 +13,49 @@ event records that and leaves the champion in place (promote it by hand after lo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medstack.inference.schema import read_bundle_json
-from medstack.inference.registry import promote, read_registry, record_decision, registry_path, resolve
+from medstack.inference.registry import history, promote, read_registry, record_decision, registry_path, resolve
+
+if TYPE_CHECKING:
+    from medstack.config import RunConfig
 
 SELECTION_NOTE = ("compared on the shared test split, which chose nothing inside either run; choosing between "
                   "the two on it is a selection, so the promoted model's test figures are no longer untouched")
+
+
+def registry_target(cfg: RunConfig) -> tuple[str, Path]:
+    """The registry name (``registry.name``, else the config's name) and file (``registry.path`` through the one rule
+    of :func:`registry_path`) that a run of ``cfg`` is promoted into."""
+    return cfg.registry.name or cfg.name, registry_path(cfg.registry.path)
+
+
+def promote_run(run_dir: str | Path, cfg: RunConfig) -> tuple[dict[str, Any], Path]:
+    """The flow's auto-promotion of ``run_dir`` as ``cfg.registry`` asks; returns the event and the registry file."""
+    name, path = registry_target(cfg)
+    event = auto_promote(run_dir, alias=cfg.registry.alias, min_improvement=cfg.registry.min_improvement,
+                         registry=path, name=name)
+    return event, path
+
+
+def describe_auto_promotion(run_dir: str | Path, cfg: RunConfig) -> str:
+    """One line for the terminal: what the auto-promotion did with this run, read back from the registry's history."""
+    name, path = registry_target(cfg)
+    run_id = read_bundle_json(Path(run_dir) / "model.json")["run_id"]
+    ref = f"{name}@{cfg.registry.alias}"
+    events = [e for e in history(name, path) if e["run_id"] == run_id and e.get("alias") == cfg.registry.alias]
+    if not events:
+        return f"registry: no event for this run under {ref} in {path}"
+    event = events[-1]
+    if event["event"] == "promote":
+        was = f"; was run {event['previous_run_id']}" if event.get("previous_run_id") else ""
+        what = f"{ref} -> this run ({event['reason']}{was})"
+    else:
+        champion = event.get("champion_run_id")
+        stays = "this run" if champion == run_id else f"run {champion}"
+        what = f"{ref} stays {stays} ({event.get('outcome', event['event'])}: {event['reason']})"
+    return f"registry: {what}; recorded in {path}"
 
 
 def auto_promote(run_dir: str | Path, *, alias: str = "champion", min_improvement: float = 0.0,

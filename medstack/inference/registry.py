@@ -1,8 +1,9 @@
-"""The model registry: a small JSON file beside the runs mapping ``<name>@<alias>`` to run folders.
+"""The model registry: a small JSON file mapping ``<name>@<alias>`` to run folders.
 
-``registry.json`` (default ``runs/registry.json``, or ``$MEDSTACK_REGISTRY``, or ``--registry``) is rewritten
-atomically on every change and keeps every event: who, when, which run, which alias, and the numbers a decision
-used. Deployments and services name an alias, so a promotion changes what they use without a redeploy.
+Where it lives is one rule for every user (the flow's auto-promotion, ``medstack promote``, ``models``, ``predict``,
+``export``, ``serve-model``, the predict flow): :func:`registry_path`. The file is rewritten atomically on every change
+and keeps every event: who, when, which run, which alias, and the numbers a decision used. Deployments and services
+name an alias, so a promotion changes what they use without a redeploy.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = 1
-DEFAULT_REGISTRY = Path("runs") / "registry.json"
+REGISTRY_ENV = "MEDSTACK_REGISTRY"
+# The rule in words, for help texts and docs (one place, so they cannot drift from registry_path).
+REGISTRY_RULE = (f"${REGISTRY_ENV}, else registry.json in medstack's user data folder "
+                 "(Linux: $XDG_DATA_HOME/medstack, by default ~/.local/share/medstack)")
+REGISTRY_HELP = f"registry file (default: {REGISTRY_RULE})"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -25,7 +30,18 @@ class RegistryError(ValueError):
 
 
 def registry_path(registry: str | Path | None = None) -> Path:
-    return Path(registry or os.environ.get("MEDSTACK_REGISTRY") or DEFAULT_REGISTRY).expanduser()
+    """The registry file: ``registry`` (a ``--registry`` flag, a config's ``registry.path``; relative to the working
+    directory), else ``$MEDSTACK_REGISTRY``, else :func:`default_registry`. Returned absolute, so messages name it."""
+    chosen = registry or os.environ.get(REGISTRY_ENV) or default_registry()
+    return Path(chosen).expanduser().absolute()
+
+
+def default_registry() -> Path:
+    """One file per user, whatever the working directory: a run made with ``--output-dir`` anywhere and a
+    ``medstack predict`` started anywhere else meet in it."""
+    import platformdirs
+
+    return platformdirs.user_data_path("medstack") / "registry.json"
 
 
 def read_registry(registry: str | Path | None = None) -> dict[str, Any]:
