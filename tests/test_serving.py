@@ -11,8 +11,6 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,49 +23,13 @@ from PIL import Image
 
 from medstack.cli import main
 from medstack.inference.registry import promote
+from serving_helpers import MEDSTACK, Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 MAX_FILES = 4
 MAX_UPLOAD_MB = 0.25
 MAX_PIXELS = 1_000_000
-
-
-class Server:
-    """A `medstack serve-model` process; stderr is collected line by line while it runs."""
-
-    def __init__(self, args: list[str], cwd: Path):
-        self.lines: list[str] = []
-        self.process = subprocess.Popen([str(Path(sys.executable).with_name("medstack")), "serve-model", *args],
-                                        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.url = self._wait_for_url(timeout=240)
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def _wait_for_url(self, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines:
-                if line.startswith("listening on "):
-                    return line.split()[2]
-            if self.process.poll() is not None:
-                self._reader.join(5)
-                raise AssertionError(f"server exited {self.process.returncode}:\n" + "\n".join(self.lines))
-            time.sleep(0.2)
-        raise AssertionError("server did not start:\n" + "\n".join(self.lines))
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)  # what systemd and docker send
-        try:
-            code = self.process.wait(30)
-        finally:
-            self.process.kill()
-        self._reader.join(10)  # every line it printed, up to the last
-        return code
 
 
 def _copy(smoke_bundle: Path, runs: Path, run_id: str) -> Path:
@@ -293,11 +255,10 @@ def test_a_broken_registry_keeps_the_old_model(served, pngs):
 
 
 def test_start_up_errors_are_one_line(served, tmp_path):
-    medstack = str(Path(sys.executable).with_name("medstack"))
-    missing = subprocess.run([medstack, "serve-model", "--model", str(tmp_path / "nowhere"), "--port", "0"],
+    missing = subprocess.run([MEDSTACK, "serve-model", "--model", str(tmp_path / "nowhere"), "--port", "0"],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "no such run folder" in missing.stderr
     port = served["url"].rsplit(":", 1)[1]
-    taken = subprocess.run([medstack, "serve-model", "--model", str(served["first"]), "--port", port],
+    taken = subprocess.run([MEDSTACK, "serve-model", "--model", str(served["first"]), "--port", port],
                            capture_output=True, text=True, timeout=120)
     assert taken.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in taken.stderr
