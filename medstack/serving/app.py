@@ -4,6 +4,11 @@ Bad input is always a 4xx with ``{"detail": message}``: 413 (upload, file count 
 image type, not multipart), 422 (undecodable, empty, no ``files`` field), 400 (malformed multipart, from Starlette). A request's images are decoded off the
 event loop, then scored as one batch through the fused ensemble; concurrent requests share batches
 (:class:`medstack.serving.model.BatchScorer`). SIGHUP reloads like ``POST /reload``.
+
+Given API keys (:mod:`medstack.serving.keys`), every route but ``GET /health`` needs ``Authorization: Bearer <key>``;
+a missing or wrong key is a 401 with ``WWW-Authenticate: Bearer`` and the same body either way, and is logged with
+the client's address and the path, never the key. /docs and /openapi.json stay open: they describe the routes (the
+published API of medstack), not the model, and the docs page is where the key is entered. A reload re-reads the keys.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -25,11 +31,13 @@ from starlette.requests import ClientDisconnect
 import medstack
 from medstack.inference.predict import confidence, decision_text
 from medstack.models.decision import apply_decision
+from medstack.serving.keys import ApiKeys
 from medstack.serving.model import ModelHolder, ServedModel
 from medstack.serving.uploads import DecodedUpload, Limits, UploadRejected, decode_upload
 
 log = logging.getLogger("medstack.serving")
 FIELD = "files"
+UNAUTHORIZED = "this server needs an API key: send the header 'Authorization: Bearer <key>'"
 
 
 class Prediction(BaseModel):
@@ -50,9 +58,13 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
-def create_app(holder: ModelHolder, limits: Limits = Limits()) -> FastAPI:
+def create_app(holder: ModelHolder, limits: Limits = Limits(), keys: ApiKeys | None = None,
+               warning: str | None = None) -> FastAPI:
+    """The app over ``holder``; ``keys``: the API keys every route but /health needs (none: open); ``warning``: a
+    line that /health carries (serving exposed without a key)."""
     started = time.time()
     counts = {"requests": 0, "images": 0, "rejected": 0}
+    guard = _key_guard(keys)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -71,7 +83,16 @@ def create_app(holder: ModelHolder, limits: Limits = Limits()) -> FastAPI:
         yield
         holder.close()
 
+    def reload_keys() -> dict[str, Any] | None:
+        if keys is None:
+            return None
+        event = keys.reload()
+        state = "changed" if event["changed"] else "unchanged"
+        log.warning("api keys: %s", event["kept"] or f"{event['keys']} valid ({state})")
+        return event
+
     async def _reload_logged() -> None:
+        await run_in_threadpool(reload_keys)
         try:
             event = await run_in_threadpool(holder.reload)
             log.warning("reload: %s", event)
@@ -84,10 +105,11 @@ def create_app(holder: ModelHolder, limits: Limits = Limits()) -> FastAPI:
     @app.get("/health")
     def health() -> dict[str, Any]:
         served = holder.current
-        return {"status": "ok", "run_id": served.run_id, "model": served.model,
-                "uptime_s": round(time.time() - started, 1), **counts}
+        answer = {"status": "ok", "run_id": served.run_id, "model": served.model,
+                  "uptime_s": round(time.time() - started, 1), **counts}
+        return {**answer, "warning": warning} if warning else answer
 
-    @app.get("/model")
+    @app.get("/model", dependencies=guard)
     def model() -> dict[str, Any]:
         served = holder.current
         batcher = served.batcher
@@ -99,15 +121,17 @@ def create_app(holder: ModelHolder, limits: Limits = Limits()) -> FastAPI:
             "scoring": {"calls": batcher.calls, "images": batcher.images, "largest_batch": batcher.largest_batch},
         }}
 
-    @app.post("/reload")
+    @app.post("/reload", dependencies=guard)
     async def reload() -> dict[str, Any]:
+        key_event = await run_in_threadpool(reload_keys)  # before the model: a failed model reload still rotates keys
         try:
-            return await run_in_threadpool(holder.reload)
+            event = await run_in_threadpool(holder.reload)
+            return event if key_event is None else {**event, "api_keys": key_event}
         except Exception as exc:  # a broken registry or bundle, or a failed trace: the old model keeps serving
             raise HTTPException(409, f"cannot reload {holder.ref}: {exc}; still serving run "
                                      f"{holder.current.run_id}") from exc
 
-    @app.post("/predict", response_model=PredictResponse,
+    @app.post("/predict", response_model=PredictResponse, dependencies=guard,
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                   "type": "object", "required": [FIELD], "properties": {FIELD: {
                       "type": "array", "items": {"type": "string", "format": "binary"}}}}}}}})
@@ -128,6 +152,26 @@ def create_app(holder: ModelHolder, limits: Limits = Limits()) -> FastAPI:
         return response
 
     return app
+
+
+def _key_guard(keys: ApiKeys | None) -> list:
+    """The dependency that refuses a request without a valid key (none without keys): an HTTP bearer scheme, so the
+    OpenAPI page shows it and its Authorize button sends the key."""
+    if keys is None:
+        return []
+    bearer = HTTPBearer(auto_error=False, scheme_name="api_key",
+                        description="a key of the server's --api-key-file or $MEDSTACK_API_KEYS")
+
+    async def require_key(request: Request,
+                          credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+        if keys.check(credentials.credentials if credentials else None):
+            return
+        client = f"{request.client.host}:{request.client.port}" if request.client else "an unknown client"
+        log.warning("refused %s %r from %s: %s", request.method, request.url.path, client,
+                    "no bearer key" if credentials is None else "a key that is not valid")
+        raise HTTPException(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
+
+    return [Security(require_key)]
 
 
 async def _read_uploads(request: Request, limits: Limits) -> list[tuple[str, str | None, bytes]]:

@@ -1,12 +1,14 @@
-"""``medstack serve-model``: load a bundle once, bind a loopback port, serve it with uvicorn until Ctrl-C.
+"""``medstack serve-model``: load a bundle once, bind a port (loopback by default), serve it with uvicorn until Ctrl-C.
 
 The socket is bound here, before uvicorn starts, so a port in use is one clear line (exit 2) and ``--port 0`` picks
 a free port; the line ``listening on http://HOST:PORT`` is printed once the model is loaded and the port bound.
+Whether the address needs API keys (:mod:`medstack.serving.keys`) is decided before either.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import sys
@@ -22,8 +24,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--model", required=True, help="run folder, its model.json, or <name>@<alias>")
     serve.add_argument("--registry", help=REGISTRY_HELP)
     serve.add_argument("--host", default="127.0.0.1",
-                       help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it, and "
-                            "POST /reload with it)")
+                       help="address to bind (default 127.0.0.1: this machine only; any other address needs API "
+                            "keys or --insecure)")
     serve.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0: any free port)")
     serve.add_argument("--use", help="model whose label to answer with (default: the run's recommended model)")
     serve.add_argument("--max-upload-mb", type=float, default=32.0, help="largest request body (default 32 MB)")
@@ -32,6 +34,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        help="most pixels of one image before resizing (default 64,000,000)")
     serve.add_argument("--max-batch", type=int, default=256,
                        help="concurrent requests are scored together up to this many images (default 256)")
+    serve.add_argument("--api-key-file", metavar="PATH",
+                       help="file of API keys, one a line (also $MEDSTACK_API_KEYS, comma-separated): every route "
+                            "but GET /health then needs 'Authorization: Bearer <key>', on any address; a reload "
+                            "re-reads them")
+    serve.add_argument("--insecure", action="store_true",
+                       help="serve a non-loopback --host without an API key (a warning at start and on /health)")
     serve.set_defaults(handler=serve_model)
 
 
@@ -57,6 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
     from medstack.inference.registry import RegistryError
     from medstack.inference.predict import decision_text
     from medstack.serving.app import create_app
+    from medstack.serving.keys import ApiKeyError, check_exposure, load_api_keys
     from medstack.serving.model import ModelHolder
     from medstack.serving.uploads import Limits
 
@@ -66,6 +75,16 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"medstack: {exc}", file=sys.stderr)
         return BAD_INPUT
+    try:  # before the bind and the load: a server that must not start says so at once
+        keys = load_api_keys(args.api_key_file, os.environ)
+        warning = check_exposure(args.host, keys is not None, args.insecure)
+    except ApiKeyError as exc:
+        print(f"medstack: {exc}", file=sys.stderr)
+        return BAD_INPUT
+    if warning:
+        print(f"medstack: warning: {warning}", file=sys.stderr, flush=True)
+    elif args.insecure and keys is not None:
+        print("medstack: --insecure does nothing here: API keys were given, so they are required", file=sys.stderr)
     sock = _bind(args.host, args.port)  # bound now (a port in use fails before the load), listening after it
     if sock is None:
         return BAD_INPUT
@@ -87,13 +106,17 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"model: {args.model} -> run {served.run_id} ({served.bundle.root}), loaded in {served.load_seconds:.1f} s",
           file=sys.stderr)
     print(f"labels from {served.model}: {decision_text(served.bundle, served.model)}", file=sys.stderr)
+    rereads = " and re-reads the API keys" if keys is not None else ""
     print(f"limits: {limits.max_upload_bytes / 1024 / 1024:g} MB and {limits.max_files} files a request; "
-          "POST /reload or kill -HUP re-resolves the model", file=sys.stderr)
+          f"POST /reload or kill -HUP re-resolves the model{rereads}", file=sys.stderr)
+    if keys is not None:
+        print(f"api keys: {len(keys)} from {keys.sources}; every route but GET /health needs "
+              "'Authorization: Bearer <key>'", file=sys.stderr)
     print(f"listening on http://{shown}:{port}  (POST /predict, GET /health, GET /model, docs at /docs)",
           file=sys.stderr, flush=True)
     level = {-1: "warning", 0: "info"}.get(args.verbosity, "debug")  # -q, default (an access line a request), -v
-    config = uvicorn.Config(create_app(holder, limits), log_level=level, access_log=args.verbosity >= 0,
-                            timeout_graceful_shutdown=10)
+    config = uvicorn.Config(create_app(holder, limits, keys, warning), log_level=level,
+                            access_log=args.verbosity >= 0, timeout_graceful_shutdown=10)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except (KeyboardInterrupt, _Stopped):  # uvicorn re-raises Ctrl-C / SIGTERM after its graceful shutdown
