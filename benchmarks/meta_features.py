@@ -15,12 +15,12 @@ each setting recommends.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from medstack import pipeline
 from medstack.config import load_config
 from medstack.data import load_dataset
+from medstack.run_folder import CONFIG_FILE, read_manifest
 from medstack.storage import FoldCache
 
 SETTINGS = ("probabilities", "log_odds")
@@ -31,8 +31,8 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a finished run folder (config.yaml, manifest.json)")
     parser.add_argument("--cache", type=Path, required=True, help="that run's fold cache (the folder holding folds/)")
     args = parser.parse_args()
-    version = json.loads((args.run / "manifest.json").read_text())["code_version_models"]
-    cfg = load_config(args.run / "config.yaml")
+    version = read_manifest(args.run)["code_version_models"]
+    cfg = load_config(args.run / CONFIG_FILE)
     dataset = load_dataset(cfg.data)
     prepared = pipeline.make_folds(dataset, pipeline.make_splits(dataset, cfg), cfg)
     try:

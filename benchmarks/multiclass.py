@@ -13,7 +13,6 @@ and which way the policy moves the rare class, not as a precise figure.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import numpy as np
 import yaml
 
 from medstack.console.quiet import ENVIRONMENT_DEFAULTS
+from medstack.run_folder import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 KEEP = [178, 90, 45, 25, 15]  # images of digits 0..4
@@ -48,7 +48,7 @@ def run(config: Path, workdir: Path, policy: str) -> dict:
     if done.returncode:
         sys.exit(f"{policy} run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     run_dir = next((workdir / policy).iterdir())
-    return json.loads((run_dir / "metrics.json").read_text())
+    return read_metrics(run_dir)
 
 
 def main() -> None:
@@ -64,8 +64,8 @@ def main() -> None:
             "augmentation": {"flip": "none", "rotation": 0.03, "zoom": 0.05, "shift": 0.1},
             "report": {"bootstrap": 200},
         }
-        (work / "config.yaml").write_text(yaml.safe_dump(config))
-        results = {policy: run(work / "config.yaml", work, policy) for policy in ("balanced_accuracy", "argmax")}
+        (work / "digits-imbalanced.yaml").write_text(yaml.safe_dump(config))
+        results = {policy: run(work / "digits-imbalanced.yaml", work, policy) for policy in ("balanced_accuracy", "argmax")}
     rare = str(CLASSES - 1)
     counts = results["argmax"]["dataset"]["counts"]
     print(f"class counts (train/val/test): { {s: list(c.values()) for s, c in counts.items()} }")

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from medstack.console.quiet import ENVIRONMENT_DEFAULTS
+from medstack.run_folder import read_manifest, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "pneumoniamnist.npz"
@@ -46,8 +47,7 @@ def run(config: Path, sets: list[str], runner: str, workers: int, root: Path) ->
     if done.returncode:
         raise SystemExit(f"{tag} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
     run_dir = Path(done.stdout.strip().splitlines()[-1].removeprefix("run folder: "))
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    manifest, metrics = read_manifest(run_dir), read_metrics(run_dir)
     pids = {f["worker"]["pid"] for f in manifest["folds"].values()}
     return {"runner": runner, "workers": workers, "wall_s": manifest["wall_seconds"],
             "process_wall_s": round(time.perf_counter() - started, 1), "flow_peak_rss_mb": manifest["flow_peak_rss_mb"],

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import shlex
 import subprocess
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 
 from medstack.console.quiet import ENVIRONMENT_DEFAULTS
+from medstack.run_folder import read_manifest, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {"546": (546, 78), "1500": (1500, 214), "full": (None, None)}  # train, val (val:train about 1:7)
@@ -55,8 +55,7 @@ def run_one(size: str, args: argparse.Namespace, workdir: Path) -> Path:
 
 
 def rows_of(run_dir: Path, size: str, label: str, wall: float, commit: str) -> list[dict]:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    metrics, manifest = read_metrics(run_dir), read_manifest(run_dir)
     epochs: dict[str, list[int]] = {}
     for name, fold in manifest["folds"].items():
         epochs.setdefault(name.split("|")[0], []).append(int(fold["epochs_run"]))

@@ -23,13 +23,14 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import expit, logit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+from medstack.run_folder import read_oof_predictions
 
 CS = [0.001, 0.01, 0.1, 1.0, 10.0, 100.0]  # the meta-model's default grid (ensemble.meta_Cs)
 EPS = 1e-6
@@ -66,13 +67,11 @@ class NonNegativeLogistic(ClassifierMixin, BaseEstimator):
 
 def read_oof(run: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(P(positive) per base model as columns, labels, base model names) from a binary run's OOF file."""
-    frame = pd.read_csv(run / "oof_predictions.csv")
-    members = [c.split(":")[0] for c in frame.columns if ":" in c]
-    members = [m for m in dict.fromkeys(members) if m not in ("soft_voting", "stacking")]
-    columns = [[c for c in frame.columns if c.startswith(f"{m}:")] for m in members]
-    if any(len(c) != 2 for c in columns):
+    oof = read_oof_predictions(run)
+    members = [m for m in oof.probas if m not in ("soft_voting", "stacking")]
+    if any(oof.probas[m].shape[1] != 2 for m in members):
         raise SystemExit("stacking_variants compares binary runs only (two probability columns per model)")
-    return frame[[c[1] for c in columns]].to_numpy(float), frame["label"].to_numpy(int), members
+    return np.column_stack([oof.probas[m][:, 1] for m in members]), oof.labels.astype(int), members
 
 
 def searched(estimator: BaseEstimator, seed: int) -> GridSearchCV:

@@ -147,7 +147,7 @@ def _run_with_predictions(run: Path, rows, labels, probas) -> Path:
     """A run folder holding only what the paired comparison reads: test_predictions.csv and config.yaml."""
     import numpy as np
 
-    from medstack.outputs import predictions_frame
+    from medstack.run_folder import predictions_frame
 
     run.mkdir(parents=True)
     predictions_frame(np.asarray(rows), np.asarray(labels), probas, ["normal", "pneumonia"]).to_csv(

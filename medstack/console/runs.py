@@ -1,21 +1,24 @@
 """``medstack runs`` (past run folders) and ``medstack compare RUN_A RUN_B`` (metric differences, with a paired
 bootstrap interval for ROC AUC when both runs scored the same test images), read-only.
 
-A run folder is listed from its ``manifest.json``, ``metrics.json`` and ``config.yaml``; folders still being
-written (temporary names) and folders without a manifest are not runs. The recommended model is
-``metrics.json``'s ``recommended`` entry when the run has one, else the best test ROC AUC, labelled as such.
+A run folder is listed from its manifest, metrics and config; folders still being written (temporary names) and
+folders without a manifest are not runs. Files, readers and the rules (the recommended model, the positive class,
+the headline metrics, the paired comparison) come from :mod:`medstack.run_folder` and :mod:`medstack.run_comparison`.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-COMPARED = ("roc_auc", "pr_auc", "balanced_accuracy", "f1", "mcc", "recall", "specificity", "brier")
+from medstack.run_folder import (
+    HEADLINE_METRICS, RECOMMENDED, RunFolderError, has_metrics, is_run_folder, read_config_tree, read_manifest,
+    read_metrics, run_recommendation,
+)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -39,23 +42,12 @@ def _bad_input(message: str) -> Exception:
     return ConfigError(message)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read(reader: Callable[[Path], dict[str, Any]], run_dir: Path) -> dict[str, Any]:
+    """A run file through its reader; one that cannot be read is bad input (exit 2), named in the message."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise _bad_input(f"{path}: cannot be read as a run file ({exc})") from exc
-
-
-def recommended(metrics: dict[str, Any]) -> tuple[str | None, str]:
-    """(model, why): the run's own recommendation, else the best test ROC AUC, labelled as such."""
-    rec = metrics.get("recommended")
-    if isinstance(rec, dict) and rec.get("model") in metrics.get("models", {}):
-        return rec["model"], "recommended"
-    scored = {name: m.get("test", {}).get("roc_auc") for name, m in metrics.get("models", {}).items()}
-    scored = {name: auc for name, auc in scored.items() if isinstance(auc, (int, float))}
-    if not scored:
-        return None, ""
-    return max(scored, key=scored.get), "best test ROC AUC"
+        return reader(run_dir)
+    except RunFolderError as exc:
+        raise _bad_input(str(exc)) from exc
 
 
 def _auc_with_ci(model: dict[str, Any]) -> str:
@@ -67,9 +59,9 @@ def _auc_with_ci(model: dict[str, Any]) -> str:
 
 
 def run_row(run_dir: Path) -> dict[str, str]:
-    manifest = _read_json(run_dir / "manifest.json")
-    metrics = _read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
-    model, why = recommended(metrics)
+    manifest = _read(read_manifest, run_dir)
+    metrics = _read(read_metrics, run_dir) if has_metrics(run_dir) else {}
+    model, why = run_recommendation(metrics)
     created = manifest.get("created", "")
     try:
         created = dt.datetime.fromisoformat(created).astimezone().strftime("%Y-%m-%d %H:%M")
@@ -94,13 +86,10 @@ def _duration(seconds: float) -> str:
 
 
 def _run_config(run_dir: Path) -> dict[str, Any]:
-    import yaml
-
     try:
-        tree = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        return read_config_tree(run_dir)
+    except RunFolderError:  # shown as "?": the listing does not stop for one unreadable config
         return {}
-    return tree if isinstance(tree, dict) else {}
 
 
 def _config_name(run_dir: Path) -> str:
@@ -115,9 +104,7 @@ def _ci_level(run_dir: Path) -> str:
 def find_runs(output_dir: Path) -> list[Path]:
     if not output_dir.is_dir():
         raise _bad_input(f"no run folder at {output_dir} (give the folder runs were written to with --output-dir)")
-    found = [p for p in output_dir.iterdir()
-             if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and (p / "manifest.json").is_file()]
-    return sorted(found, key=lambda p: p.name)
+    return sorted((p for p in output_dir.iterdir() if is_run_folder(p)), key=lambda p: p.name)
 
 
 def list_runs_command(args: argparse.Namespace) -> int:
@@ -132,7 +119,7 @@ def list_runs_command(args: argparse.Namespace) -> int:
 
 def resolve_run(ref: str, output_dir: Path) -> Path:
     for candidate in (Path(ref), output_dir / ref):
-        if (candidate / "metrics.json").is_file():
+        if has_metrics(candidate):
             return candidate
     matches = [p for p in find_runs(output_dir) if p.name.startswith(ref)] if output_dir.is_dir() else []
     if len(matches) == 1:
@@ -151,7 +138,7 @@ def compare_rows(a: dict[str, Any], b: dict[str, Any], paired: dict[str, tuple[f
     paired = paired or {}
     rows = []
     for model in shared:
-        for metric in COMPARED:
+        for metric in HEADLINE_METRICS:
             va, vb = models_a[model].get("test", {}).get(metric), models_b[model].get("test", {}).get(metric)
             if isinstance(va, (int, float)) and isinstance(vb, (int, float)):
                 interval = paired.get(model) if metric == "roc_auc" else None
@@ -163,33 +150,22 @@ def compare_rows(a: dict[str, Any], b: dict[str, Any], paired: dict[str, tuple[f
 def paired_roc_auc(dir_a: Path, dir_b: Path, models: list[str]) -> dict[str, tuple[float, float]]:
     """{model: 95% paired bootstrap interval of B's test ROC AUC minus A's}, both scored on the same resampled test
     images; empty when the runs did not score the same test rows with the same labels."""
-    import yaml
-
-    from medstack.models.metrics import paired_auc_difference
-    from medstack.outputs import read_test_predictions
+    from medstack.run_comparison import shared_test
 
     try:
-        (rows_a, probas_a), (rows_b, probas_b) = read_test_predictions(dir_a), read_test_predictions(dir_b)
+        shared = shared_test(dir_a, dir_b)
     except (OSError, ValueError, KeyError):
         return {}
-    if not rows_a.equals(rows_b):
+    if shared is None:
         return {}
-    positive = (yaml.safe_load((dir_b / "config.yaml").read_text()) or {}).get("data", {}).get("positive_class")
-    out = {}
-    for model in (m for m in models if m in probas_a and m in probas_b):
-        try:
-            pair = paired_auc_difference(rows_a["label"].to_numpy(), probas_a[model], probas_b[model],
-                                         1 if positive is None else positive)
-        except ValueError:
-            continue
-        out[model] = pair["ci"]
-    return out
+    pairs = {m: shared.roc_auc_difference(m, m) for m in models if m in shared.a and m in shared.b}
+    return {model: pair["ci"] for model, pair in pairs.items() if pair is not None}
 
 
 def compare_command(args: argparse.Namespace) -> int:
     dir_a, dir_b = resolve_run(args.run_a, args.output_dir), resolve_run(args.run_b, args.output_dir)
-    a, b = _read_json(dir_a / "metrics.json"), _read_json(dir_b / "metrics.json")
-    fp_a, fp_b = (_read_json(d / "manifest.json").get("data_fingerprint") for d in (dir_a, dir_b))
+    a, b = _read(read_metrics, dir_a), _read(read_metrics, dir_b)
+    fp_a, fp_b = (_read(read_manifest, d).get("data_fingerprint") for d in (dir_a, dir_b))
     shared = [m for m in a.get("models", {}) if m in b.get("models", {})]
     if not shared:
         raise _bad_input(f"{dir_a.name} and {dir_b.name} share no model; nothing to compare")
@@ -214,13 +190,13 @@ def compare_command(args: argparse.Namespace) -> int:
 
 def leaderboard_lines(run_dir: Path, top: int = 3) -> list[str]:
     """A short leaderboard of a finished run: the top models by test ROC AUC with their CI, and the pick."""
-    metrics = _read_json(run_dir / "metrics.json")
+    metrics = _read(read_metrics, run_dir)
     models = metrics.get("models", {})
     ranked = sorted(models, key=lambda m: -(models[m].get("test", {}).get("roc_auc") or float("-inf")))
     lines = [f"test ROC AUC ({_ci_level(run_dir)} CI):"] + [f"  {name:<14} {_auc_with_ci(models[name])}" for name in ranked[:top]]
-    model, why = recommended(metrics)
+    model, why = run_recommendation(metrics)
     if model:
-        reason = metrics.get("recommended", {}).get("reason") if why == "recommended" else None
+        reason = metrics.get("recommended", {}).get("reason") if why == RECOMMENDED else None
         lines.append(f"recommended: {model}" + (f" ({reason})" if reason else f" ({why}; see report.md)"))
     return lines
 

@@ -111,9 +111,10 @@ def _predict(args: argparse.Namespace, progress: TextIO | None = None) -> int:
 
 def _promote(args: argparse.Namespace) -> int:
     from medstack.inference.registry import promote, registry_path
+    from medstack.run_folder import read_bundle
 
     event = promote(args.run, args.alias, name=args.name, registry=args.registry, reason=args.reason)
-    name = args.name or json.loads((args.run / "model.json").read_text())["name"]
+    name = args.name or read_bundle(args.run)["name"]
     print(f"{name}@{args.alias} -> run {event['run_id']} (was {event['previous_run_id'] or 'unset'}); "
           f"recorded in {registry_path(args.registry)}")
     return 0

@@ -22,6 +22,7 @@ from medstack.inference.bundle import Bundle
 from medstack.inference.inputs import InputError, count_inputs, iter_batches, list_inputs
 from medstack.inference.stats import summarise_warnings
 from medstack.models.decision import apply_decision
+from medstack.run_folder import probability_column
 
 
 @dataclass
@@ -40,11 +41,6 @@ class PredictSummary:
     @property
     def images_per_second(self) -> float:
         return self.scored / self.seconds if self.seconds else 0.0
-
-
-def probability_columns(models: list[str], classes: list[str]) -> list[str]:
-    """The run's ``test_predictions.csv`` column names (medstack.outputs.predictions_frame)."""
-    return [f"{model}:p({name})" for model in models for name in classes]
 
 
 def confidence(proba: np.ndarray, decision: dict[str, Any]) -> np.ndarray:
@@ -132,7 +128,7 @@ def _frame(batch, scores: dict[str, np.ndarray], labels: np.ndarray, bundle: Bun
     columns: dict[str, Any] = {"input": batch.ids}
     for name in bundle.models:
         for k, cls in enumerate(bundle.classes):
-            columns[f"{name}:p({cls})"] = scores[name][:, k]
+            columns[probability_column(name, cls)] = scores[name][:, k]
     columns["predicted"] = [bundle.classes[int(i)] for i in labels]
     columns["model"] = model
     columns["run_id"] = bundle.run_id

@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medstack.inference.schema import read_bundle_json
 from medstack.inference.registry import history, promote, read_registry, record_decision, registry_path, resolve
+from medstack.run_folder import bundle_recommendation, read_bundle
 
 if TYPE_CHECKING:
     from medstack.config import RunConfig
@@ -42,7 +42,7 @@ def promote_run(run_dir: str | Path, cfg: RunConfig) -> tuple[dict[str, Any], Pa
 def describe_auto_promotion(run_dir: str | Path, cfg: RunConfig) -> str:
     """One line for the terminal: what the auto-promotion did with this run, read back from the registry's history."""
     name, path = registry_target(cfg)
-    run_id = read_bundle_json(Path(run_dir) / "model.json")["run_id"]
+    run_id = read_bundle(run_dir)["run_id"]
     ref = f"{name}@{cfg.registry.alias}"
     events = [e for e in history(name, path) if e["run_id"] == run_id and e.get("alias") == cfg.registry.alias]
     if not events:
@@ -62,7 +62,7 @@ def auto_promote(run_dir: str | Path, *, alias: str = "champion", min_improvemen
                  registry: str | Path | None = None, name: str | None = None) -> dict[str, Any]:
     """Apply the rule for ``run_dir`` against ``<name>@<alias>`` and record what was done; returns the event."""
     run_dir = Path(run_dir)
-    cand = read_bundle_json(run_dir / "model.json")
+    cand = read_bundle(run_dir)
     name = name or cand["name"]
     path = registry_path(registry)
     entry = read_registry(path)["models"].get(name, {"aliases": {}})
@@ -70,7 +70,7 @@ def auto_promote(run_dir: str | Path, *, alias: str = "champion", min_improvemen
         return promote(run_dir, alias, name=name, registry=path, by="medstack auto-promotion",
                        reason=f"first model registered as {name}@{alias}")
     champ_dir = resolve(f"{name}@{alias}", path)
-    champ = read_bundle_json(champ_dir / "model.json")
+    champ = read_bundle(champ_dir)
     base = {"event": "auto-promotion check", "alias": alias, "run_id": cand["run_id"], "champion_run_id": champ["run_id"]}
     if champ["run_id"] == cand["run_id"]:
         return record_decision(name, {**base, "outcome": "kept", "reason": "the candidate already is the champion"}, path)
@@ -103,25 +103,25 @@ def _interval(evidence: dict[str, Any]) -> str:
 
 
 def compare_on_test(champ_dir: Path, champ: dict, cand_dir: Path, cand: dict) -> dict[str, Any]:
-    """Both runs' recommended models scored on their (identical) test rows, from test_predictions.csv, with the
+    """Both runs' recommended models scored on their (identical) test rows, from their test predictions, with the
     paired bootstrap interval of the candidate's ROC AUC minus the champion's (whether the gain is test-set noise)."""
-    from medstack.models.metrics import PAIRED_RESAMPLES, compute_metrics, paired_auc_difference
-    from medstack.outputs import read_test_predictions
+    from medstack.models.metrics import PAIRED_RESAMPLES, compute_metrics
+    from medstack.run_comparison import shared_test
 
-    (champ_rows, champ_probas), (cand_rows, cand_probas) = read_test_predictions(champ_dir), read_test_predictions(cand_dir)
-    if not champ_rows.equals(cand_rows):
+    shared = shared_test(champ_dir, cand_dir)
+    if shared is None:
         raise ValueError(f"{champ_dir} and {cand_dir} share a data fingerprint but not their test rows")
-    positive = (cand.get("positive_class") or {}).get("index", 1)
-    labels, chosen = cand_rows["label"].to_numpy(), {}
-    out: dict[str, Any] = {"test_rows": int(len(labels))}
-    for role, meta, probas in (("champion", champ, champ_probas), ("candidate", cand, cand_probas)):
-        model = meta["recommended"].get("model") or "stacking"
-        chosen[role] = probas[model]
-        auc = compute_metrics(labels, chosen[role], None, positive)["roc_auc"]
+    chosen = {}
+    out: dict[str, Any] = {"test_rows": int(len(shared.labels))}
+    for role, meta, probas in (("champion", champ, shared.a), ("candidate", cand, shared.b)):
+        model, _ = bundle_recommendation(meta)
+        if model is None:
+            raise ValueError(f"the {role} run {meta['run_id']} recommends no model and none has a test ROC AUC")
+        chosen[role] = model
+        auc = compute_metrics(shared.labels, probas[model], None, shared.positive_class)["roc_auc"]
         out[f"{role}_model"], out[f"{role}_roc_auc"] = model, round(float(auc), 6)
-    try:
-        paired = paired_auc_difference(labels, chosen["champion"], chosen["candidate"], positive)
-    except ValueError:  # no resample holds every class, or non-finite probabilities: the point figures stand alone
+    paired = shared.roc_auc_difference(chosen["champion"], chosen["candidate"])
+    if paired is None:  # no resample holds every class, or non-finite probabilities: the point figures stand alone
         return out
     out["difference_ci"] = [round(v, 6) for v in paired["ci"]]
     out["difference_ci_method"] = f"paired percentile bootstrap over the shared test rows, {PAIRED_RESAMPLES} resamples, 95%"

@@ -81,10 +81,10 @@ def resolve(ref: str, registry: str | Path | None = None) -> Path:
 def promote(run_dir: str | Path, alias: str = "champion", *, name: str | None = None, registry: str | Path | None = None,
             reason: str = "manual promotion", evidence: dict[str, Any] | None = None, by: str | None = None) -> dict[str, Any]:
     """Point ``<name>@<alias>`` at ``run_dir`` (name: the bundle's config name) and record the event."""
-    from medstack.inference.schema import read_bundle_json
+    from medstack.run_folder import read_bundle
 
     path = registry_path(registry)
-    meta = read_bundle_json(Path(run_dir) / "model.json")  # only a usable bundle can be promoted
+    meta = read_bundle(run_dir)  # only a usable bundle can be promoted
     name = name or meta["name"]
     split_ref(f"{name}@{alias}")
     event = {"event": "promote", "alias": alias, "run_id": meta["run_id"], "path": _stored_path(Path(run_dir), path),

@@ -14,6 +14,7 @@ import numpy as np
 
 from medstack.config import RunConfig, stable_hash
 from medstack.data import Dataset
+from medstack.run_folder import positive_class_index
 from medstack.splits import (
     Splits,
     SplitError,
@@ -169,9 +170,7 @@ def make_folds(dataset: Dataset, splits: Splits, cfg: RunConfig) -> PreparedData
         split: dict(zip(names, class_counts(dataset.labels[idx], len(names))))
         for split, idx in splits.as_dict().items()
     }
-    positive = cfg.data.positive_class if cfg.data.positive_class is not None else 1
-    if len(names) == 2 and positive > 1:
-        raise ValueError(f"data.positive_class must be 0 or 1 for a binary dataset, got {positive}")
+    positive = positive_class_index(cfg.data.positive_class, len(names))
     index_hash = hashlib.sha256()
     for arr in (splits.train, splits.val, splits.test, fold_of):
         index_hash.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
