@@ -8,7 +8,7 @@ functions, so importing this module has no side effects (matplotlib builds its f
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -179,6 +179,14 @@ def plot_calibration(path: Path | str, y_true, probas: Mapping[str, np.ndarray],
     _save(fig, path)
 
 
+def plot_files(strategies: Iterable[str]) -> dict[str, str]:
+    """{label: file name} of every plot :func:`make_plots` draws for these strategies, in the report's order (known
+    before drawing, so the report can link them while the figures are drawn elsewhere)."""
+    files = {"ROC": "roc.png", "Precision-recall": "pr.png", "Confusion matrices": "confusion_test.png",
+             "Calibration": "calibration.png"}
+    return files | {f"Training curves: {strategy}": f"curves_{strategy}.png" for strategy in strategies}
+
+
 def make_plots(
     plot_dir: Path,
     metrics: Mapping,
@@ -188,15 +196,14 @@ def make_plots(
     class_names: list[str],
     positive_class: int,
 ) -> dict[str, str]:
-    """Write every plot of the report into ``plot_dir``; returns {label: file name}."""
+    """Write every plot of the report into ``plot_dir``; returns {label: file name} (:func:`plot_files`)."""
     plot_dir = Path(plot_dir)
     plot_dir.mkdir(parents=True, exist_ok=True)
-    plot_roc_pr(plot_dir / "roc.png", plot_dir / "pr.png", y_test, test_probas, positive_class, class_names)
-    plot_confusion_matrices(plot_dir / "confusion_test.png", metrics, class_names)
-    plot_calibration(plot_dir / "calibration.png", y_test, test_probas, positive_class)
-    files = {"ROC": "roc.png", "Precision-recall": "pr.png", "Confusion matrices": "confusion_test.png",
-             "Calibration": "calibration.png"}
+    files = plot_files(histories)
+    plot_roc_pr(plot_dir / files["ROC"], plot_dir / files["Precision-recall"], y_test, test_probas, positive_class,
+                class_names)
+    plot_confusion_matrices(plot_dir / files["Confusion matrices"], metrics, class_names)
+    plot_calibration(plot_dir / files["Calibration"], y_test, test_probas, positive_class)
     for strategy, per_fold in histories.items():
-        plot_histories(plot_dir / f"curves_{strategy}.png", per_fold, strategy)
-        files[f"Training curves: {strategy}"] = f"curves_{strategy}.png"
+        plot_histories(plot_dir / files[f"Training curves: {strategy}"], per_fold, strategy)
     return files

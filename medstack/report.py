@@ -6,6 +6,7 @@ tables for people; metrics.json keeps the structure.
 
 Inputs are the metrics dict of :func:`medstack.pipeline.evaluate_on_test`, the test probabilities per model and the
 training histories per strategy and fold (``loss``, ``val_loss``, ``accuracy``, ``val_accuracy``, ``loss_phase``).
+:func:`run_report` composes a run's report from the DAG's results; the run folder's writer only writes it.
 """
 
 from __future__ import annotations
@@ -15,15 +16,21 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from medstack.fit_diagnosis import MIN_EPOCHS, OVERFIT_MIN_DELTA, OVERFIT_RISE, UNDERFIT_FLAT, UNDERFIT_VAL_GAIN
-from medstack.report_text import (
-    cell, detail_lines, duplicates_sentence, fmt_value, format_number, grouping_sentence, is_nan,
+from medstack.fit_diagnosis import (
+    MIN_EPOCHS, OVERFIT_MIN_DELTA, OVERFIT_RISE, UNDERFIT_FLAT, UNDERFIT_VAL_GAIN, diagnose_all,
 )
+from medstack.report_text import (
+    calibration_summary, cell, decision_policy_summary, detail_lines, duplicates_sentence, fmt_value, fold_notes,
+    format_number, grouping_sentence, is_nan,
+)
+from medstack.run_folder import HEADLINE_METRICS, RECOMMENDED, REPORT_FILE, recommended_model
 
-CI_KEYS = ("roc_auc", "pr_auc", "balanced_accuracy", "f1", "recall", "specificity", "mcc", "brier")
-OOF_KEYS = ("roc_auc", "pr_auc", "balanced_accuracy", "f1", "recall", "specificity", "mcc", "brier")
+if TYPE_CHECKING:
+    from medstack.config import RunConfig
+    from medstack.pipeline import EnsembleFit, PreparedData
+
 OPTIMISM_GAP = 0.05  # OOF ROC AUC this much above test: the OOF estimate was optimistic
 
 
@@ -78,10 +85,10 @@ def _recommendation(models: Mapping, recommended: Mapping | None = None) -> list
     order = _ranked(models)
     if not order:
         return ["No models were evaluated."]
-    if recommended and recommended.get("model") in models:
+    best, why = recommended_model(recommended, models)
+    if why == RECOMMENDED:
         return _chosen_on_oof(models, order, recommended)
-    best = order[0]
-    if is_nan(models[best]["test"].get("roc_auc", math.nan)):
+    if best is None:
         return ["No model has a defined test ROC AUC (the test split lacks a class?): rank by the confusion "
                 "matrices and balanced accuracy instead."]
     lines = [f"**{best}** has the highest test ROC AUC ({_with_ci(models[best], 'roc_auc')})."]
@@ -238,8 +245,9 @@ def render_report(
             "Sorted by test ROC AUC. Binary metrics are for the positive class at each model's threshold; "
             "multi-class ones are macro averages at each model's decision rule (argmax, or class offsets chosen on "
             "OOF predictions for balanced accuracy). Thresholds and offsets were chosen on OOF predictions.", ""]
-    out += _table(["model", *CI_KEYS, "decision"],
-                  [[n, *(_with_ci(models[n], k) for k in CI_KEYS), _decision(models[n], classes)] for n in order])
+    out += _table(["model", *HEADLINE_METRICS, "decision"],
+                  [[n, *(_with_ci(models[n], k) for k in HEADLINE_METRICS), _decision(models[n], classes)]
+                   for n in order])
     if len(classes) > 2:
         out += ["", *_argmax_section(models, order, classes)]
     out += ["", "## Which model to trust", "", *_recommendation(models, metrics.get("recommended")), ""]
@@ -250,8 +258,8 @@ def render_report(
     for n in order:
         o, t = models[n].get("oof", {}), models[n]["test"]
         gap = (t.get("roc_auc", math.nan) - o.get("roc_auc", math.nan)) if o else math.nan
-        rows.append([n, *(format_number(o.get(k)) for k in OOF_KEYS), format_number(gap)])
-    out += _table(["model", *OOF_KEYS, "test - OOF roc_auc"], rows)
+        rows.append([n, *(format_number(o.get(k)) for k in HEADLINE_METRICS), format_number(gap)])
+    out += _table(["model", *HEADLINE_METRICS, "test - OOF roc_auc"], rows)
     if len(ds["classes"]) > 2:
         out += ["", "## Per-class test metrics", ""]
         out += _table(["model", "class", "precision", "recall", "specificity", "f1", "support"], [
@@ -269,10 +277,29 @@ def render_report(
     return "\n".join(out).rstrip() + "\n"
 
 
+def run_report(run_id: str, cfg: RunConfig, prepared: PreparedData, ensembles: EnsembleFit, metrics: Mapping,
+               extra: Mapping, plots: Mapping[str, str], recipe: Mapping[str, Mapping[str, str]]) -> str:
+    """A run's report.md from the DAG's results: its notes (data preparation's and every fold's), the fit diagnosis
+    of every fold, and the run details (calibration, decision rule, meta-model, ``extra`` but its per-fold facts)."""
+    preds, meta = ensembles.predictions, ensembles.meta_model
+    details = {
+        "run id": run_id,
+        "calibration": calibration_summary(cfg.training.calibration, preds.fold_info),
+        "decision policy": decision_policy_summary(len(prepared.class_names), ensembles.threshold_policy,
+                                                   cfg.ensemble.multiclass_policy, cfg.ensemble.critical_classes),
+        "meta-model inputs": meta.features,
+        "meta-model C": meta.best_C_,
+        "meta-model coefficients": meta.coefficients,
+        **{k: v for k, v in extra.items() if k != "folds"},
+    }
+    notes = list(prepared.notes) + fold_notes(preds.fold_info)
+    return render_report(metrics, diagnose_all(preds.histories, preds.fold_info), plots, notes, details, recipe)
+
+
 def ui_markdown(run_dir: Path) -> str:
     """The run's report.md as the Prefect UI artifact shows it: the same text, its PNG links inlined as data URIs
     (the UI cannot reach files on the run's disk)."""
-    return inline_images((run_dir / "report.md").read_text(), run_dir)
+    return inline_images((run_dir / REPORT_FILE).read_text(), run_dir)
 
 
 def inline_images(markdown: str, base: Path) -> str:

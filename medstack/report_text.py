@@ -1,8 +1,9 @@
 """Plain text for the run report (:mod:`medstack.report`): numbers, table cells and the run's facts as sentences.
 
 metrics.json keeps the structure; here it is written for a reader: the exact-duplicate and patient-grouping
-summaries of ``metrics["dataset"]`` as one sentence each, the run details as list items. Nothing here prints a Python
-dict or list repr.
+summaries of ``metrics["dataset"]`` as one sentence each, the run details as list items, the calibration and decision
+rule as a line each, the training recipe each strategy resolved (a report table and config.yaml's header). Nothing
+here prints a Python dict or list repr.
 """
 
 from __future__ import annotations
@@ -104,3 +105,72 @@ def detail_lines(extra: Mapping) -> list[str]:
         else:
             lines.append(f"- {cell(label)}: {cell(fmt_value(value))}")
     return lines or ["- none"]
+
+
+def calibration_summary(calibration: str, fold_info: Mapping[str, Mapping[int, Mapping]]) -> str:
+    """How the fold models' probabilities were calibrated (``training.calibration``), with each fold's temperature."""
+    if calibration == "none":
+        return "none (plain softmax of each fold model's logits)"
+    per_strategy = {s: [per[k].get("temperature") for k in sorted(per)] for s, per in fold_info.items()}
+    listed = "; ".join(f"{s}: {', '.join('?' if t is None else f'{t:.2f}' for t in ts)}" for s, ts in per_strategy.items())
+    return f"temperature scaling, one T per fold model fitted on the val split (probabilities = softmax(logits / T)); T per fold: {listed}"
+
+
+def decision_policy_summary(n_classes: int, threshold_policy: str, multiclass_policy: str,
+                            critical_classes: Mapping[str, float]) -> str:
+    """The decision rule every model's labels follow, chosen on OOF predictions."""
+    if n_classes == 2:
+        policy = f"binary: threshold by {threshold_policy}"
+    else:
+        policy = f"multi-class: {multiclass_policy}" + "".join(
+            f", critical class {c} (recall target {t:g})" for c, t in critical_classes.items())
+    return policy + ", chosen on OOF predictions"
+
+
+def fold_notes(fold_info: Mapping[str, Mapping[int, Mapping]]) -> list[str]:
+    """Every fold model's training notes, named by strategy and fold (1-based)."""
+    return [f"{strategy} fold {fold + 1}: {note}"
+            for strategy, per_fold in fold_info.items()
+            for fold, info in per_fold.items()
+            for note in info.get("notes", [])]
+
+
+def recipe_summary(fold_info: Mapping[str, Mapping[int, Mapping]]) -> dict[str, dict[str, str]]:
+    """The training recipe each strategy's folds resolved from the step budget (models.recipe), as readable ranges:
+    rows trained on, steps per epoch, epochs planned and run, steps run, patience, earliest stop, TTA views."""
+
+    def span(values: list[Any]) -> str:
+        values = [v for v in values if v is not None]
+        if not values:
+            return "n/a"
+        low, high = min(values), max(values)
+        return f"{low}" if low == high else f"{low}-{high}"
+
+    out = {}
+    for strategy, per_fold in fold_info.items():
+        infos = [per_fold[k] for k in sorted(per_fold)]
+        recipes = [info.get("recipe") or {} for info in infos]
+        out[strategy] = {
+            "training rows": span([i.get("n_train", 0) + i.get("n_synthetic", 0) for i in infos]),
+            "batch size": span([r.get("batch_size") for r in recipes]),
+            "steps/epoch": span([r.get("steps_per_epoch") for r in recipes]),
+            "epochs planned": span([r.get("epochs") for r in recipes]),
+            "epochs run": span([i.get("epochs_run") for i in infos]),
+            "steps run": span([i.get("steps_run") for i in infos]),
+            "patience (epochs)": span([r.get("patience_epochs") for r in recipes]),
+            "no stop before epoch": span([None if r.get("stop_from_epoch") is None else r["stop_from_epoch"] + 1
+                                          for r in recipes]),
+            "warm-up steps": span([r.get("warmup_steps") for r in recipes]),
+            "monitor": span([r.get("monitor") for r in recipes]),
+            "TTA views": span([i.get("tta_views") for i in infos]),
+        }
+    return out
+
+
+def recipe_comment(recipe: Mapping[str, Mapping[str, str]]) -> str:
+    """config.yaml's header: the values the step budget resolved to, which the config itself does not state."""
+    lines = ["# Training recipe as resolved for this run's folds (from training.min_steps, stop_after_steps,",
+             "# patience_steps and the fold sizes; ranges over folds):"]
+    for strategy, values in recipe.items():
+        lines.append(f"#   {strategy}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
+    return "\n".join(lines) + "\n"

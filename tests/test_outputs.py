@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -17,7 +16,7 @@ from medstack.storage import _writer_tag, atomic_directory
 
 def _write_run(output_dir: Path, run_id: str) -> Path:
     # The path checks come before anything is computed or written, so no real run is needed to reach them.
-    return write_run(output_dir, run_id, None, None, SimpleNamespace(predictions=None), {}, {})
+    return write_run(output_dir, run_id, None)
 
 
 def _tree(root: Path) -> list[str]:

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import medstack
-from medstack.inference.schema import BUNDLE_FILE, SCHEMA_VERSION, BundleError, read_bundle_json  # noqa: F401
+from medstack.inference.schema import SCHEMA_VERSION, BundleError
 from medstack.inference.stacking import JsonStacking
 from medstack.inference.stats import training_statistics
+from medstack.run_folder import BUNDLE_FILE, HEADLINE_METRICS, bundle_recommendation, member_file, read_bundle
 
 if TYPE_CHECKING:
     import keras
@@ -28,21 +29,21 @@ if TYPE_CHECKING:
     from medstack.config import RunConfig
     from medstack.pipeline import EnsembleFit, PreparedData
 
-_SUMMARY_METRICS = ("roc_auc", "pr_auc", "balanced_accuracy", "recall", "specificity", "f1", "mcc", "brier")
 
-
-def bundle_record(run_id: str, cfg: RunConfig, prepared: PreparedData, ensembles: EnsembleFit, metrics: dict,
-                  model_files: dict[str, list[Path]], root: Path) -> dict[str, Any]:
-    """The content of ``model.json`` for a run whose fold models lie at ``model_files`` (under ``root``)."""
+def bundle_record(run_id: str, cfg: RunConfig, prepared: PreparedData, ensembles: EnsembleFit, metrics: dict
+                  ) -> dict[str, Any]:
+    """The content of ``model.json``: the stacked strategies' fold models are named where the run folder holds them
+    (:func:`medstack.run_folder.member_file`), with the sha256 of the cached files linked there."""
     preds = ensembles.predictions
     meta = ensembles.meta_model
     shape = [int(v) for v in prepared.images.shape[1:]]
     binary = len(prepared.class_names) == 2
     members = {
-        strategy: {"folds": [{"file": path.relative_to(root).as_posix(), "sha256": _sha256(path),
+        strategy: {"folds": [{"file": member_file(strategy, fold), "sha256": _sha256(Path(per_fold[fold])),
                               "temperature": preds.fold_info[strategy][k].get("temperature")}
-                             for k, path in enumerate(files)]}
-        for strategy, files in model_files.items()
+                             for k, fold in enumerate(sorted(per_fold))]}
+        for strategy, per_fold in preds.model_paths.items()
+        if strategy in meta.model_names_
     }
     return {
         "format": "medstack-bundle",
@@ -75,21 +76,10 @@ def bundle_record(run_id: str, cfg: RunConfig, prepared: PreparedData, ensembles
         "data": {"name": prepared.name, "fingerprint": prepared.fingerprint, "counts": prepared.counts,
                  "source": cfg.data.source},
         "training_statistics": training_statistics(prepared.images[prepared.train_idx]),
-        "metrics": {name: {split: {k: m[split].get(k) for k in _SUMMARY_METRICS if k in m[split]}
+        "metrics": {name: {split: {k: m[split].get(k) for k in HEADLINE_METRICS if k in m[split]}
                            for split in ("test", "oof")}
                     for name, m in metrics["models"].items()},
     }
-
-
-def write_bundle(folder: Path, run_id: str, cfg: RunConfig, prepared: PreparedData, ensembles: EnsembleFit,
-                 metrics: dict) -> Path:
-    """Write ``folder/model.json`` for the fold models already copied to ``folder/models/<strategy>/fold-<k>.keras``."""
-    from medstack.storage import atomic_write_json
-
-    files = {strategy: [folder / "models" / strategy / f"fold-{k + 1}.keras" for k in sorted(per_fold)]
-             for strategy, per_fold in ensembles.predictions.model_paths.items()
-             if strategy in ensembles.meta_model.model_names_}
-    return atomic_write_json(folder / BUNDLE_FILE, bundle_record(run_id, cfg, prepared, ensembles, metrics, files, folder))
 
 
 @dataclass
@@ -128,7 +118,12 @@ class Bundle:
 
     @property
     def recommended(self) -> str:
-        return self.meta["recommended"].get("model") or "stacking"
+        """The model predictions use unless told otherwise (:func:`medstack.run_folder.recommended_model`)."""
+        model, _ = bundle_recommendation(self.meta)
+        if model is None:
+            raise BundleError(f"{self.root / BUNDLE_FILE}: recommends no model and none has a test ROC AUC; "
+                              f"name one of {self.models}")
+        return model
 
     def decision(self, model: str) -> dict[str, Any]:
         return self.meta["decisions"][model]
@@ -175,7 +170,7 @@ def bundle_folder(ref: str | Path, registry: str | Path | None = None) -> Path:
 def load_bundle(ref: str | Path, registry: str | Path | None = None) -> Bundle:
     """Load a bundle from a run folder, its ``model.json``, or a registry name ``<name>@<alias>``."""
     path = bundle_folder(ref, registry)
-    meta = read_bundle_json(path / BUNDLE_FILE)
+    meta = read_bundle(path)
     try:
         if meta["schema_version"] >= 2 and "inputs" not in meta["stacking"]:
             raise ValueError("schema version 2 names the meta-model's inputs ('inputs'), and this one does not")

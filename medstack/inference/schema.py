@@ -14,7 +14,6 @@ import medstack
 
 SCHEMA_VERSION = 2  # 2: the stacking meta-model says which inputs it reads ("inputs": log_odds | probabilities)
 READABLE_VERSIONS = (1, 2)  # 1: stacking on probabilities, no "inputs" key
-BUNDLE_FILE = "model.json"
 
 
 class BundleError(ValueError):
