@@ -2,8 +2,9 @@
 
 A YAML file in ``configs/`` is loaded into :class:`RunConfig`; every function downstream receives only the
 section it needs. Unknown keys are errors, so a typo fails at the boundary with a message naming the key.
-Strategy sections are validated against the parameter model that each strategy registers, so adding a
-strategy never touches this file.
+Strategy sections are validated against their parameter schemas in
+:data:`medstack.config_sections.STRATEGY_PARAMS`: the config owns every schema and imports nothing of
+``medstack.models``, which receives these sections.
 """
 
 from __future__ import annotations
@@ -16,17 +17,23 @@ from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from medstack.config_sections import (  # noqa: F401  (re-exported: import every section from medstack.config)
+    STRATEGY_PARAMS,
     AugmentationConfig,
     CosineSchedule,
     EnsembleConfig,
+    FocalParams,
     InverseTimeSchedule,
+    LDAMParams,
     ModelConfig,
+    NoParams,
     PlateauSchedule,
     ReportConfig,
     Section,
+    SmoteParams,
+    StrategyParams,
     TrainingConfig,
 )
 
@@ -232,24 +239,20 @@ class RunConfig(Section):
     @field_validator("strategies")
     @classmethod
     def _validate_strategies(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        from medstack.models.strategies import STRATEGIES  # registry lives with the strategies
-
         if not value:
             raise ValueError("strategies must name at least one strategy")
         resolved = {}
         for name, params in value.items():
-            if name not in STRATEGIES:
-                raise ValueError(f"unknown strategy {name!r}; registered: {sorted(STRATEGIES)}")
+            if name not in STRATEGY_PARAMS:
+                raise ValueError(f"unknown strategy {name!r}; registered: {sorted(STRATEGY_PARAMS)}")
             try:
-                resolved[name] = STRATEGIES[name].params_model(**(params or {})).model_dump()
+                resolved[name] = STRATEGY_PARAMS[name](**(params or {})).model_dump()
             except ValidationError as exc:
                 raise ValueError(f"strategies.{name}: {exc}") from exc
         return resolved
 
-    def strategy_params(self, name: str) -> BaseModel:
-        from medstack.models.strategies import STRATEGIES
-
-        return STRATEGIES[name].params_model(**self.strategies[name])
+    def strategy_params(self, name: str) -> StrategyParams:
+        return STRATEGY_PARAMS[name](**self.strategies[name])
 
 
 class ConfigError(ValueError):

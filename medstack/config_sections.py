@@ -1,7 +1,8 @@
-"""The model-side sections of a run's config: network, augmentation, training recipe, ensembles, report.
+"""The model-side sections of a run's config: network, augmentation, training recipe, strategies, ensembles, report.
 
 They are part of :class:`medstack.config.RunConfig` (import them from there); they live here so that each config
-module can be read in one sitting.
+module can be read in one sitting. The config owns every schema, strategy parameters included
+(:data:`STRATEGY_PARAMS`): ``medstack.models`` receives these sections and never the other way round.
 """
 
 from __future__ import annotations
@@ -140,3 +141,37 @@ class EnsembleConfig(Section):
 class ReportConfig(Section):
     bootstrap: int = Field(default=1000, ge=0, description="Bootstrap resamples for test CIs; 0 disables.")
     ci: float = Field(default=0.95, gt=0.0, lt=1.0)
+
+
+class StrategyParams(Section):
+    """Parameters of one imbalance strategy (``strategies.<name>`` in a config)."""
+
+
+class NoParams(StrategyParams):
+    pass
+
+
+class LDAMParams(StrategyParams):
+    max_m: float = Field(default=0.5, gt=0.0)
+    s: float = Field(default=30.0, gt=0.0)
+    drw_epoch: int = Field(default=10, ge=0, description="Epoch (0-based) from which class re-weighting starts.")
+    beta: float = Field(default=0.9999, ge=0.0, lt=1.0)
+
+
+class SmoteParams(StrategyParams):
+    k_neighbors: int = Field(default=5, ge=1)
+
+
+class FocalParams(StrategyParams):
+    gamma: float = Field(default=2.0, ge=0.0)
+    beta: float = Field(default=0.9999, ge=0.0, lt=1.0)
+
+
+# Every strategy name a config may use, with its parameter schema; ``medstack.models.strategies`` implements each
+# name (a test keeps the two in step). A fifth strategy is one entry here and one Strategy there.
+STRATEGY_PARAMS: dict[str, type[StrategyParams]] = {
+    "ldam": LDAMParams,
+    "class_weight": NoParams,
+    "smote": SmoteParams,
+    "custom_loss": FocalParams,
+}

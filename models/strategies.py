@@ -2,7 +2,8 @@
 
 A strategy decides three things and nothing else: how the fold's training part is resampled, which class
 weights Keras applies, and which loss is used in which epochs. Adding a fifth strategy is one new
-:class:`Strategy` entry in :data:`STRATEGIES` with its own parameter model.
+:class:`Strategy` entry in :data:`STRATEGIES` and its parameter schema in the config
+(:data:`medstack.config_sections.STRATEGY_PARAMS`, which owns the names a config may use).
 """
 
 from __future__ import annotations
@@ -11,40 +12,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
+from medstack.config import FocalParams, LDAMParams, StrategyParams
 from medstack.models.smote import smote_resample
 
 if TYPE_CHECKING:
     import keras
 
-# Keras, the losses and scikit-learn are imported where they are used, not here: the config validates strategy
-# parameters against this registry, and `medstack check-config` / `--help` / a config error must answer without
-# paying TensorFlow's start-up (seconds).
-
-
-class StrategyParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class NoParams(StrategyParams):
-    pass
-
-
-class LDAMParams(StrategyParams):
-    max_m: float = Field(default=0.5, gt=0.0)
-    s: float = Field(default=30.0, gt=0.0)
-    drw_epoch: int = Field(default=10, ge=0, description="Epoch (0-based) from which class re-weighting starts.")
-    beta: float = Field(default=0.9999, ge=0.0, lt=1.0)
-
-
-class SmoteParams(StrategyParams):
-    k_neighbors: int = Field(default=5, ge=1)
-
-
-class FocalParams(StrategyParams):
-    gamma: float = Field(default=2.0, ge=0.0)
-    beta: float = Field(default=0.9999, ge=0.0, lt=1.0)
+# Keras, the losses and scikit-learn are imported where they are used, not here: `medstack check-config` /
+# `--help` / a config error must answer without paying TensorFlow's start-up (seconds).
 
 
 @dataclass
@@ -96,7 +72,6 @@ def _balanced_class_weight(y: np.ndarray, num_classes: int) -> dict[int, float]:
 class Strategy:
     name: str
     description: str
-    params_model: type[StrategyParams]
     loss_phases: Callable[[list[int], StrategyParams, int], list[tuple[int, keras.losses.Loss]]]
     uses_class_weight: bool = False
     uses_smote: bool = False
@@ -124,10 +99,10 @@ class Strategy:
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in (
-        Strategy("ldam", "LDAM loss with deferred re-weighting (Cao et al., 2019)", LDAMParams, _ldam_drw, cosine_head=True),
-        Strategy("class_weight", "cross-entropy with scikit-learn 'balanced' class weights", NoParams, _cross_entropy, uses_class_weight=True),
-        Strategy("smote", "cross-entropy on SMOTE-oversampled training folds", SmoteParams, _cross_entropy, uses_smote=True),
-        Strategy("custom_loss", "class-balanced focal loss (effective-number alpha, gamma 2)", FocalParams, _class_balanced_focal),
+        Strategy("ldam", "LDAM loss with deferred re-weighting (Cao et al., 2019)", _ldam_drw, cosine_head=True),
+        Strategy("class_weight", "cross-entropy with scikit-learn 'balanced' class weights", _cross_entropy, uses_class_weight=True),
+        Strategy("smote", "cross-entropy on SMOTE-oversampled training folds", _cross_entropy, uses_smote=True),
+        Strategy("custom_loss", "class-balanced focal loss (effective-number alpha, gamma 2)", _class_balanced_focal),
     )
 }
 

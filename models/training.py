@@ -14,11 +14,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from medstack.config import AugmentationConfig, ModelConfig, TrainingConfig, array_sha
+from medstack.config import AugmentationConfig, ModelConfig, StrategyParams, TrainingConfig, array_sha
 from medstack.models.calibration import calibration_note, fit_temperature, nll, prior_nll, with_temperature
 from medstack.models.network import build_model, tta_views, with_tta
 from medstack.models.recipe import Recipe, SoftmaxAUC, callbacks, learning_rate, resolve_recipe
-from medstack.models.strategies import StrategyParams, get_strategy
+from medstack.models.strategies import get_strategy
 
 log = logging.getLogger(__name__)
 

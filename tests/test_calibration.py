@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medstack.config import ModelConfig, TrainingConfig
+from medstack.config import ModelConfig, NoParams, TrainingConfig
 from medstack.models.calibration import calibration_note, fit_temperature, nll, prior_nll, with_temperature
-from medstack.models.strategies import NoParams
 from medstack.models.training import CNNClassifier
 
 

@@ -7,10 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from medstack.config import AugmentationConfig, ModelConfig, TrainingConfig
+from medstack.config import AugmentationConfig, ModelConfig, NoParams, TrainingConfig
 from medstack.models.network import TTAView, build_model, tta_views, with_tta
 from medstack.models.recipe import resolve_recipe
-from medstack.models.strategies import NoParams
 from medstack.models.training import CNNClassifier
 
 SMALL = ModelConfig(filters=[4], convs_per_block=1, dense_units=8, batch_norm=False, head="gap")

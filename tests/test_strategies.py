@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from medstack.models.losses import LDAMLoss
-from medstack.models.strategies import STRATEGIES, LDAMParams, NoParams, SmoteParams, get_strategy, smote_resample
+from medstack.config import LDAMParams, NoParams, SmoteParams
+from medstack.models.strategies import STRATEGIES, get_strategy, smote_resample
 
 
 def _images(n, value_range, rng, shape=(6, 6, 1)):

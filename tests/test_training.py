@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from medstack.config import AugmentationConfig, ModelConfig, TrainingConfig
+from medstack.config import AugmentationConfig, ModelConfig, NoParams, TrainingConfig
 from medstack.models.network import build_model
-from medstack.models.strategies import NoParams
 from medstack.models.training import CNNClassifier
 
 pytestmark = pytest.mark.slow
