@@ -140,7 +140,7 @@ def run_bare(prepared, cfg: RunConfig, strategy: str, fold: int, steps: int) -> 
                                        cfg.training.epochs, seed)
     recipe = resolve_recipe(len(plan.x), cfg.training)
     net = build_model(plan.x.shape[1:], k, cfg.model, cfg.augmentation, cfg.data.image_size, seed=seed,
-                      mixed_precision=cfg.training.mixed_precision and training._has_gpu(),
+                      mixed_precision=cfg.training.mixed_precision and training.has_gpu(),
                       cosine_scale=plan.cosine_scale)
     net.compile(optimizer=keras.optimizers.Adam(learning_rate(cfg.training, recipe)), loss=plan.loss_phases[0][1])
     per_pass = math.ceil(len(plan.x) / cfg.training.batch_size)

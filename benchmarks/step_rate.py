@@ -10,9 +10,9 @@ the CPU seconds (the work the input pipeline adds) are far steadier than wall se
 
 Cases (``--cases`` picks some):
   arrays            bare ``fit(x, y, batch_size=64)``: Keras' own (unseeded) shuffle, the target of issue 15
-  medstack          what ``CNNClassifier.fit`` feeds (``training_input``): the seeded ``_ShuffledBatches``, under
+  medstack          what ``CNNClassifier.fit`` feeds (``training_input``): the seeded ``ShuffledBatches``, under
                     TensorFlow as a ``tf.data`` pipeline of row ranges gathered by ``tf.numpy_function``
-  pydataset         the seeded ``_ShuffledBatches`` PyDataset fed to ``fit`` as is (what medstack fed before)
+  pydataset         the seeded ``ShuffledBatches`` PyDataset fed to ``fit`` as is (what medstack fed before)
   pydataset_threads the same PyDataset with ``workers=2`` threads and a queue of 10 batches
   tfdata            the same seeded batches as a ``tf.data`` gather pipeline (TensorFlow only)
   old_compile       ``arrays`` with the old recipe's compile (accuracy only, constant LR)
@@ -47,14 +47,14 @@ import numpy as np
 from medstack.config import load_config
 from medstack.models.network import build_model
 from medstack.models.recipe import SoftmaxAUC
-from medstack.models.training import _ShuffledBatches, training_input
+from medstack.models.training import ShuffledBatches, training_input
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 64
 CASES = ("arrays", "medstack", "pydataset", "pydataset_threads", "tfdata", "old_compile")
 
 
-def _tf_dataset(x: np.ndarray, y: np.ndarray, batches: _ShuffledBatches, epochs: int):
+def _tf_dataset(x: np.ndarray, y: np.ndarray, batches: ShuffledBatches, epochs: int):
     """The seeded batches of ``epochs`` epochs as a tf.data pipeline that gathers rows in the graph."""
     import tensorflow as tf
 
@@ -80,13 +80,13 @@ def _fit_args(case: str, x: np.ndarray, y: np.ndarray, steps: int, epochs: int, 
     if case in ("arrays", "old_compile"):
         return x, {"y": y, "batch_size": BATCH}
     if case == "pydataset":
-        return _ShuffledBatches(x, y, BATCH, seed, steps), {"shuffle": False}
+        return ShuffledBatches(x, y, BATCH, seed, steps), {"shuffle": False}
     if case == "pydataset_threads":
-        data = _ShuffledBatches(x, y, BATCH, seed, steps)
+        data = ShuffledBatches(x, y, BATCH, seed, steps)
         data.workers, data.max_queue_size = 2, 10
         return data, {"shuffle": False}
     if case == "tfdata":
-        return _tf_dataset(x, y, _ShuffledBatches(x, y, BATCH, seed, steps), epochs), {"steps_per_epoch": steps}
+        return _tf_dataset(x, y, ShuffledBatches(x, y, BATCH, seed, steps), epochs), {"steps_per_epoch": steps}
     if case == "medstack":
         return training_input(x, y, BATCH, seed, steps).next_epochs(epochs)
     raise ValueError(f"unknown case {case!r}")

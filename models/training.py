@@ -67,7 +67,7 @@ class CNNClassifier:
             self.augmentation,
             self.image_size,
             seed=self.seed,
-            mixed_precision=cfg.mixed_precision and _has_gpu(),
+            mixed_precision=cfg.mixed_precision and has_gpu(),
             cosine_scale=plan.cosine_scale,
             name=f"cnn_{self.strategy}",
         )
@@ -168,7 +168,7 @@ def _one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:
     return np.eye(num_classes, dtype=np.float32)[np.asarray(y, dtype=np.int64)]
 
 
-class _ShuffledBatches(keras.utils.PyDataset):
+class ShuffledBatches(keras.utils.PyDataset):
     """Training batches in seeded random order: the same batches for the same seed, ``steps_per_epoch`` of them per
     epoch. An epoch may span several passes over a small training set (the recipe's ``min_epoch_steps``); passes
     run back to back, each a fresh permutation cut into batches (the last one of a pass may be short).
@@ -206,7 +206,7 @@ class _ShuffledBatches(keras.utils.PyDataset):
 
 
 class TrainingFeed:
-    """What ``fit`` is fed: the seeded batches of :class:`_ShuffledBatches`, handed over a few epochs at a time (one
+    """What ``fit`` is fed: the seeded batches of :class:`ShuffledBatches`, handed over a few epochs at a time (one
     ``fit`` per loss phase), continuing the same seeded order from one ``fit`` to the next.
 
     Under TensorFlow the batches go in as a ``tf.data`` pipeline of row ranges, each batch gathered from the arrays
@@ -218,7 +218,7 @@ class TrainingFeed:
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, steps_per_epoch: int | None = None):
-        self.batches = _ShuffledBatches(x, y, batch_size, seed, steps_per_epoch)
+        self.batches = ShuffledBatches(x, y, batch_size, seed, steps_per_epoch)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -286,7 +286,8 @@ def _best_epoch(history: dict[str, list[float]], recipe: Recipe, last_phase_star
     return int(first + int(pick(watched)))
 
 
-def _has_gpu() -> bool:
+def has_gpu() -> bool:
+    """Whether Keras sees a GPU (mixed precision is used only there)."""
     try:
         return any(d.platform == "gpu" for d in keras.distribution.list_devices())
     except Exception:  # some backends list no devices before first use

@@ -45,10 +45,10 @@ def test_loss_phases_stretch_with_the_budget():
 
 
 def test_an_epoch_spans_several_passes_each_a_full_permutation():
-    from medstack.models.training import _ShuffledBatches
+    from medstack.models.training import ShuffledBatches
 
     x = np.arange(10).reshape(10, 1, 1, 1)
-    batches = _ShuffledBatches(x, np.zeros((10, 2)), batch_size=4, seed=3, steps_per_epoch=7)
+    batches = ShuffledBatches(x, np.zeros((10, 2)), batch_size=4, seed=3, steps_per_epoch=7)
     seen = []
     for _ in range(3):  # three epochs of 7 steps = 21 batches = 7 passes of 3 batches (4 + 4 + 2 rows)
         seen += [batches[i][0].ravel().tolist() for i in range(len(batches))]
@@ -56,7 +56,7 @@ def test_an_epoch_spans_several_passes_each_a_full_permutation():
     assert len(batches) == 7 and [len(b) for b in seen] == [4, 4, 2] * 7
     for p in range(7):
         assert sorted(sum(seen[3 * p : 3 * p + 3], [])) == list(range(10))  # every row once per pass
-    again = _ShuffledBatches(x, np.zeros((10, 2)), batch_size=4, seed=3, steps_per_epoch=7)
+    again = ShuffledBatches(x, np.zeros((10, 2)), batch_size=4, seed=3, steps_per_epoch=7)
     assert [again[i][0].ravel().tolist() for i in range(7)] == seen[:7]  # same seed, same batches
 
 
@@ -179,7 +179,7 @@ def test_tta_setting_reaches_the_predicting_model(rng, tta, views):
 def test_fit_trains_on_exactly_the_seeded_batches_across_epochs_and_phases():
     """Keras must neither restart the batch order at each epoch nor at the next loss phase's ``fit``: a model that
     records its training inputs sees the PyDataset's seeded batches, epoch after epoch, across two ``fit`` calls."""
-    from medstack.models.training import _ShuffledBatches, training_input
+    from medstack.models.training import ShuffledBatches, training_input
 
     x = np.arange(10, dtype=np.float32).reshape(10, 1)
     y = np.eye(2, dtype=np.float32)[np.arange(10) % 2]
@@ -198,7 +198,7 @@ def test_fit_trains_on_exactly_the_seeded_batches_across_epochs_and_phases():
     for start, end in ((0, 2), (2, 3)):  # two loss phases: epochs 0-1, then epoch 2
         data, fit = feed.next_epochs(end - start)
         model.fit(data, epochs=end, initial_epoch=start, verbose=0, **fit)
-    expected = _ShuffledBatches(x, y, batch_size=4, seed=3, steps_per_epoch=5)
+    expected = ShuffledBatches(x, y, batch_size=4, seed=3, steps_per_epoch=5)
     wanted = []
     for _ in range(3):
         wanted += [np.sort(b).tolist() for b in expected._batches]

@@ -131,7 +131,7 @@ def _list_class_files(root: Path, class_names: tuple[str, ...] | list[str] | Non
     visited: dict[str, Path] = {}
     files_by_class = {}
     for class_name in order:
-        files = sorted(_walk_images(root / class_name, visited), key=lambda p: p.as_posix())
+        files = sorted(walk_images(root / class_name, visited), key=lambda p: p.as_posix())
         if not files:
             raise DataError(f"{root / class_name}: class {class_name!r} has no images "
                             f"(extensions {sorted(IMAGE_EXTENSIONS)})")
@@ -139,8 +139,11 @@ def _list_class_files(root: Path, class_names: tuple[str, ...] | list[str] | Non
     return files_by_class
 
 
-def _walk_images(folder: Path, visited: dict[str, Path]) -> list[Path]:
-    """Image files under ``folder``, following symlinks but refusing to enter any directory twice."""
+def walk_images(folder: Path, visited: dict[str, Path] | None = None) -> list[Path]:
+    """Image files under ``folder`` (hidden files and folders skipped), following symlinks but refusing to enter any
+    directory twice. ``visited`` (real path -> path as reached) carries that refusal across several walks, one per
+    class folder; training and prediction list image folders with this one walk."""
+    visited = {} if visited is None else visited
     real = os.path.realpath(folder)
     if real in visited:
         raise DataError(f"{folder}: reached a folder twice via symlinks (also reached as {visited[real]}); "
@@ -152,7 +155,7 @@ def _walk_images(folder: Path, visited: dict[str, Path]) -> list[Path]:
             continue
         entry_path = Path(entry.path)
         if entry.is_dir():  # follows symlinks
-            files.extend(_walk_images(entry_path, visited))
+            files.extend(walk_images(entry_path, visited))
         elif entry.is_file() and entry_path.suffix.lower() in IMAGE_EXTENSIONS:
             files.append(entry_path)
     return files

@@ -117,10 +117,13 @@ def _npz_images_to_uint8(path: Path, arrays: list[tuple[str, np.ndarray]]) -> li
     floats = [raw for _, raw in shaped if np.issubdtype(raw.dtype, np.floating) and raw.size]
     # One scale for all splits, so a dark split cannot be mistaken for a [0, 1] one.
     float_max = max((float(raw.max()) for raw in floats), default=0.0)
-    return [_to_uint8(path, key, raw, unit_range=float_max <= 1.0) for key, raw in shaped]
+    return [pixels_to_uint8(path, key, raw, unit_range=float_max <= 1.0) for key, raw in shaped]
 
 
-def _to_uint8(path: Path, key: str, raw: np.ndarray, unit_range: bool) -> np.ndarray:
+def pixels_to_uint8(path: Path, key: str, raw: np.ndarray, unit_range: bool) -> np.ndarray:
+    """The pixels of npz key ``key`` as uint8, as training stores them: uint8 as is, uint16 by its high byte, floats
+    scaled from [0, 1] (``unit_range``) or taken as [0, 255] and rounded, integers 0..255; anything else is a
+    :class:`DataError` naming the file and key. Prediction converts npz inputs with this same function."""
     if raw.dtype == np.uint8 or raw.size == 0:
         return raw.astype(np.uint8, copy=False)
     if raw.dtype == np.uint16:

@@ -38,10 +38,10 @@ def list_inputs(path: str | Path) -> tuple[str, list[Path] | tuple[Path, list[st
     """The kind of input and what it holds: ('files', [paths]) or ('npz', (path, [keys]))."""
     path = Path(path).expanduser()
     if path.is_dir():
-        from medstack.data.folder import _walk_images  # the training walk: hidden files skipped, loops refused
+        from medstack.data.folder import walk_images  # the training walk: hidden files skipped, loops refused
 
         try:
-            files = sorted(_walk_images(path, {}), key=lambda p: p.as_posix())
+            files = sorted(walk_images(path), key=lambda p: p.as_posix())
         except DataError as exc:
             raise InputError(str(exc)) from exc
         if not files:
@@ -177,7 +177,7 @@ def _read_header(raw) -> tuple[tuple[int, ...], bool, np.dtype]:
 
 
 def _npz_batches(path: Path, keys: list[str], shape, stats, batch_size) -> Iterator[Batch]:
-    from medstack.data.npz import _to_uint8  # the training conversion of npz pixel values to uint8
+    from medstack.data.npz import pixels_to_uint8  # the training conversion of npz pixel values to uint8
 
     with np.load(path, allow_pickle=False) as npz:
         headers = {key: _npy_header(npz.zip, key) for key in keys}
@@ -193,7 +193,7 @@ def _npz_batches(path: Path, keys: list[str], shape, stats, batch_size) -> Itera
         for key, (stored, dtype, _) in headers.items():
             for chunk in _chunks(npz.zip, key, stored, dtype, batch_size):
                 try:
-                    x = _to_uint8(path, key, chunk, unit_range).reshape((-1, *shape))
+                    x = pixels_to_uint8(path, key, chunk, unit_range).reshape((-1, *shape))
                 except DataError as exc:
                     raise InputError(str(exc)) from exc
                 ids = [f"{path}:{r}" for r in range(row, row + len(x))]
