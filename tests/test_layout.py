@@ -32,6 +32,14 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
+def _from_base(node: ast.ImportFrom, package: str) -> str:
+    """The absolute module of ``from <module> import ...``, relative imports resolved against ``package``."""
+    base = node.module or ""
+    if node.level:
+        base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+    return base
+
+
 def _imports(name: str, path: Path) -> set[str]:
     """medstack modules that ``name`` imports anywhere in its body (function-level imports included)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -40,9 +48,7 @@ def _imports(name: str, path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            base = _from_base(node, package)
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names]
         else:
             continue
@@ -102,3 +108,65 @@ def test_package_modules_fit_in_one_sitting():
     """About 350 lines at most per module, so each one can be read in one sitting."""
     long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > 350}
     assert not long, long
+
+
+# The config is the bottom layer: every other layer reads its sections; it reads none of them.
+CONFIG_LAYER = {"medstack.config", "medstack.config_sections"}
+
+
+def test_the_config_imports_no_other_layer():
+    """Models take the config sections they need; the config never imports models (nor any other layer), lazily
+    inside a function included: strategy names and parameter schemas are the config's own."""
+    reaching = {name: sorted(_imports(name, MODULES[name]) - CONFIG_LAYER) for name in sorted(CONFIG_LAYER)}
+    assert not any(reaching.values()), reaching
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _private_uses(path: Path, own: str | None) -> list[str]:
+    """``from <medstack module> import _name`` and ``<medstack module>._name`` in one file; ``own`` (the file's
+    module, if it is one) may use its own private names."""
+    package = "" if own is None else own if path.name == "__init__.py" else own.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    bound: dict[str, str] = {}  # local name -> medstack module it stands for
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                bound[alias.asname or alias.name.partition(".")[0]] = alias.name if alias.asname else alias.name.partition(".")[0]
+        elif isinstance(node, ast.ImportFrom):
+            base = _from_base(node, package)
+            for alias in node.names:
+                if f"{base}.{alias.name}" in MODULES:
+                    bound[alias.asname or alias.name] = f"{base}.{alias.name}"
+                elif base in MODULES and base != own and _is_private(alias.name):
+                    found.append(f"line {node.lineno}: from {base} import {alias.name}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _is_private(node.attr):
+            chain, value = [], node.value
+            while isinstance(value, ast.Attribute):
+                chain.insert(0, value.attr)
+                value = value.value
+            if isinstance(value, ast.Name) and value.id in bound:
+                module = ".".join([bound[value.id], *chain])
+                if module in MODULES and module != own:
+                    found.append(f"line {node.lineno}: {module}.{node.attr}")
+    return found
+
+
+def test_no_private_names_cross_modules():
+    """A ``_private`` name is its module's own: no other module (nor a benchmark script) imports or reaches it."""
+    files = {path: name for name, path in MODULES.items()}
+    files.update({path: None for path in sorted((REPO / "benchmarks").glob("*.py"))})
+    found = {str(path.relative_to(REPO)): uses for path, own in files.items() if (uses := _private_uses(path, own))}
+    assert not found, found
+
+
+def test_every_strategy_name_has_a_schema_and_an_implementation():
+    """The config owns the strategy names (and their parameter schemas); models implement exactly those names."""
+    from medstack.config import STRATEGY_PARAMS
+    from medstack.models.strategies import STRATEGIES
+
+    assert set(STRATEGIES) == set(STRATEGY_PARAMS)
