@@ -14,8 +14,8 @@ Then runs each stage in a fresh Python process and reports its wall time and the
 size *during that stage* (Linux ``VmHWM``, reset through ``/proc/self/clear_refs`` just before the stage), next to
 the RSS the process already held when the stage began:
 
-* ``load``: ``medstack.data.load_dataset`` of the folder at 224x224 RGB, grouped by BreakHis patient;
-* ``split+folds``: ``make_splits`` + ``make_folds`` (5 folds) on the loaded dataset;
+* ``load``: ``medstack.data.read_dataset`` of the folder at 224x224 RGB, grouped by BreakHis patient;
+* ``split+folds``: ``split_rows`` + ``prepare_folds`` (5 folds) on the loaded dataset;
 * ``smote``: the ``smote`` strategy's ``plan`` on fold 0's training part (Keras imported before the stage, as in a
   training process).
 
@@ -142,23 +142,24 @@ def run_stage(stage: str, root: Path, handoff: Path) -> dict:
                           "image_size": list(IMAGE_SIZE), "channels": 3, "group_by": {"kind": "breakhis"}},
                     split={"folds": 5, "seed": 42})
     if stage == "load":
-        from medstack.data import load_dataset
+        from medstack.data import read_dataset
 
-        dataset, stats = _measure(lambda: load_dataset(cfg.data))
+        dataset, stats = _measure(lambda: read_dataset(cfg.data))
         _save(dataset, handoff)
         return stats
-    from medstack.pipeline import make_folds, make_splits
+    from medstack.pipeline import prepare_folds, split_rows
 
     dataset = _reopen(handoff)
 
     def split_and_fold():
-        return make_folds(dataset, make_splits(dataset, cfg), cfg)
+        return prepare_folds(dataset, split_rows(dataset, cfg), cfg)
 
     if stage == "split+folds":
         return _measure(split_and_fold)[1]
     import keras  # noqa: F401  a training process has it loaded already; not SMOTE's memory
 
-    from medstack.models.strategies import SmoteParams, get_strategy
+    from medstack.config import SmoteParams
+    from medstack.models.strategies import get_strategy
 
     fold = split_and_fold().fold_data(0)
     x, y = fold.x_train, fold.y_train

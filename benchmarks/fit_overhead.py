@@ -4,7 +4,7 @@
     optimiser (Adam + the recipe's learning-rate schedule) that the strategy plans for the fold, then
     ``fit(x, y, batch_size)`` on the fold's training arrays with Keras' own shuffle: no validation, no metrics,
     no callbacks; as many epochs (passes) as make medstack's number of optimiser steps.
-(b) medstack: ``medstack.pipeline.train_fold`` of the same (strategy, fold) into a fresh ``FoldCache`` in a temp
+(b) medstack: ``medstack.pipeline.train_one_fold`` of the same (strategy, fold) into a fresh ``FoldCache`` in a temp
     folder: seeded batches, per-epoch validation + early stopping, loss/metrics as compiled, test-time-augmented
     predictions of the held-out fold, val and test, temperature calibration, the cache entry (model included).
 
@@ -44,11 +44,11 @@ import yaml
 import medstack.models.training as training
 from medstack import pipeline
 from medstack.config import RunConfig, load_config
-from medstack.data import load_dataset
+from medstack.data import read_dataset
 from medstack.models.network import build_model
 from medstack.models.recipe import learning_rate, resolve_recipe
 from medstack.models.strategies import get_strategy
-from medstack.storage import FoldCache
+from medstack.pipeline import FoldCache
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = {
@@ -119,11 +119,11 @@ def timed_parts(parts: dict[str, float]) -> Iterator[None]:
 
 def run_medstack(prepared, cfg: RunConfig, strategy: str, fold: int
                  ) -> tuple[float, float, int, dict[str, float], dict]:
-    """Wall and CPU seconds of ``train_fold`` into a fresh cache, its optimiser steps, wall time by part, its info."""
+    """Wall and CPU seconds of ``train_one_fold`` into a fresh cache, its optimiser steps, wall time by part, its info."""
     parts: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="fit_overhead_") as tmp, timed_parts(parts):
         started, started_cpu = time.perf_counter(), time.process_time()
-        result = pipeline.train_fold(prepared, cfg, strategy, fold, FoldCache(tmp), pipeline.code_version())
+        result = pipeline.train_one_fold(prepared, cfg, strategy, fold, FoldCache(tmp), pipeline.code_version())
         wall, cpu = time.perf_counter() - started, time.process_time() - started_cpu
     parts["training (fit less validation)"] = parts.pop("keras fit", 0.0) - parts.get("validation", 0.0)
     parts["other"] = wall - sum(parts.values())
@@ -167,8 +167,8 @@ def main() -> None:
     repeats = args.repeats or (2 if args.quick else 1)
 
     cfg = build_config(args)
-    dataset = load_dataset(cfg.data)
-    prepared = pipeline.make_folds(dataset, pipeline.make_splits(dataset, cfg), cfg)
+    dataset = read_dataset(cfg.data)
+    prepared = pipeline.prepare_folds(dataset, pipeline.split_rows(dataset, cfg), cfg)
     recipe = resolve_recipe(int((prepared.fold_of != args.fold).sum()), cfg.training)
     print(f"{cfg.name} fold {args.fold + 1}/{prepared.n_folds}, {args.strategy}: {recipe.as_dict()}", flush=True)
 

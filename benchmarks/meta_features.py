@@ -19,9 +19,9 @@ from pathlib import Path
 
 from medstack import pipeline
 from medstack.config import load_config
-from medstack.data import load_dataset
+from medstack.data import read_dataset
+from medstack.pipeline import FoldCache
 from medstack.run_folder import CONFIG_FILE, read_manifest
-from medstack.storage import FoldCache
 
 SETTINGS = ("probabilities", "log_odds")
 
@@ -33,8 +33,8 @@ def main() -> None:
     args = parser.parse_args()
     version = read_manifest(args.run)["code_version_models"]
     cfg = load_config(args.run / CONFIG_FILE)
-    dataset = load_dataset(cfg.data)
-    prepared = pipeline.make_folds(dataset, pipeline.make_splits(dataset, cfg), cfg)
+    dataset = read_dataset(cfg.data)
+    prepared = pipeline.prepare_folds(dataset, pipeline.split_rows(dataset, cfg), cfg)
     try:
         results = pipeline.cached_folds(prepared, cfg, FoldCache(args.cache), version)
     except LookupError as exc:

@@ -60,13 +60,13 @@ def submission_bytes(config: Path, sets: list[str], root: Path) -> tuple[int, in
     import cloudpickle
 
     from medstack.cli import QUIET, load_run_config
-    from medstack.data import load_dataset
-    from medstack.pipeline import make_folds, make_splits, store_prepared
+    from medstack.data import read_dataset
+    from medstack.pipeline import prepare_folds, split_rows, store_prepared
 
     cfg = load_run_config(argparse.Namespace(config=config, set=sets, data=str(DATA), output_dir=None, cache_dir=None,
                                              verbosity=QUIET))
-    dataset = load_dataset(cfg.data)
-    prepared = make_folds(dataset, make_splits(dataset, cfg), cfg)
+    dataset = read_dataset(cfg.data)
+    prepared = prepare_folds(dataset, split_rows(dataset, cfg), cfg)
     stored = store_prepared(prepared, root / "store")
     sizes = [len(cloudpickle.dumps({"prepared": p, "cfg": cfg, "strategy": "smote", "fold": 0})) for p in (prepared, stored)]
     return sizes[0], sizes[1], int(prepared.images.nbytes)

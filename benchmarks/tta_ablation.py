@@ -24,10 +24,10 @@ import medstack.models.network  # noqa: F401
 import medstack.models.recipe  # noqa: F401
 from medstack import pipeline
 from medstack.config import load_config
-from medstack.data import load_dataset
+from medstack.data import read_dataset
 from medstack.models.calibration import fit_temperature
 from medstack.models.training import predict_logits
-from medstack.storage import FoldCache
+from medstack.pipeline import FoldCache
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,8 +78,8 @@ def main() -> None:
     args = parser.parse_args()
     overrides = {"data.path": args.data, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}}
     cfg = load_config(args.config, overrides)
-    dataset = load_dataset(cfg.data)
-    prepared = pipeline.make_folds(dataset, pipeline.make_splits(dataset, cfg), cfg)
+    dataset = read_dataset(cfg.data)
+    prepared = pipeline.prepare_folds(dataset, pipeline.split_rows(dataset, cfg), cfg)
     try:
         results = pipeline.cached_folds(prepared, cfg, FoldCache(args.cache), pipeline.code_version())
     except LookupError as exc:

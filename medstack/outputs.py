@@ -25,7 +25,7 @@ from medstack.run_folder import (
     BUNDLE_FILE, CONFIG_FILE, LEADERBOARD_FILE, MANIFEST_FILE, META_MODEL_FILE, METRICS_FILE, OOF_PREDICTIONS_FILE,
     PLOTS_DIR, REPORT_FILE, TEST_PREDICTIONS_FILE,
 )
-from medstack.storage import FoldCache, atomic_directory, atomic_write_json, atomic_write_text, sweep_stale_temporaries
+from medstack.storage import atomic_directory, atomic_write_json, atomic_write_text, sweep_stale_temporaries
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,6 +54,8 @@ def check_output_dir(path: str | Path) -> Path:
 
 def check_cache_dir(path: str | Path) -> Path:
     """The same for the fold cache: writable before any training, temporaries of killed writers removed."""
+    from medstack.pipeline.fold_cache import FoldCache  # here, not above: the pipeline package loads scikit-learn
+
     root = _writable_dir(path, "cache dir")
     FoldCache(root).sweep()
     return root

@@ -5,9 +5,9 @@ the learning-rate schedule, test is read once by the final evaluation.
 
 Two ways to keep groups together:
 
-* exact duplicates alone (:func:`make_splits` / :func:`make_folds` with ``groups``): almost every group is one
+* exact duplicates alone (:func:`split_indices` / :func:`assign_folds` with ``groups``): almost every group is one
   image, so the row-level stratified split is drawn over one representative per group;
-* patient groups (:func:`make_group_splits` / :func:`make_group_folds`): groups differ wildly in size, so a
+* patient groups (:func:`split_group_indices` / :func:`assign_group_folds`): groups differ wildly in size, so a
   representative per group would stratify patients, not images. scikit-learn's ``StratifiedGroupKFold`` balances
   the class mix of whole groups instead: test is one of its ``round(1 / test fraction)`` folds, val one fold of
   the rest, and the K training folds are its K folds.
@@ -74,7 +74,7 @@ def describe_duplicates(groups: np.ndarray, labels: np.ndarray, membership: dict
     }
 
 
-def make_splits(
+def split_indices(
     labels: np.ndarray, cfg: SplitConfig, official_split: np.ndarray | None = None, groups: np.ndarray | None = None
 ) -> Splits:
     """Stratified train/val/test indices with ``cfg.seed``, or the dataset's official split if asked for.
@@ -102,7 +102,7 @@ def make_splits(
     return splits
 
 
-def make_group_splits(
+def split_group_indices(
     labels: np.ndarray, cfg: SplitConfig, groups: np.ndarray, official_split: np.ndarray | None = None
 ) -> Splits:
     """Train/val/test with every group (e.g. patient) whole in one split, class mix balanced over whole groups.
@@ -111,10 +111,10 @@ def make_group_splits(
     ``StratifiedGroupKFold(round((train + val) / val))`` over the rest; each time the fold is drawn with
     ``cfg.seed`` among those that leave every class on both sides. Split sizes therefore follow the groups: with
     few large groups they can miss ``cfg.fractions`` by a group's size. The official split, if asked for, is used
-    as published (see :func:`make_splits`)."""
+    as published (see :func:`split_indices`)."""
     labels, groups = np.asarray(labels), np.asarray(groups)
     if cfg.use_official:
-        return make_splits(labels, cfg, official_split)
+        return split_indices(labels, cfg, official_split)
     everything = np.arange(len(labels))
     _check_group_counts(labels, everything, groups, minimum=3, where="the dataset (one group per split)")
     _, val_frac, test_frac = cfg.fractions
@@ -151,7 +151,7 @@ def _carve_group_fold(
     return candidates[pick]
 
 
-def make_group_folds(
+def assign_group_folds(
     labels: np.ndarray, train_idx: np.ndarray, n_folds: int, seed: int, groups: np.ndarray
 ) -> np.ndarray:
     """Fold number (0..K-1) of every training row, aligned with ``train_idx``: ``StratifiedGroupKFold``, so every
@@ -230,7 +230,7 @@ def subsample_splits(labels: np.ndarray, splits: Splits, subset: SubsetConfig, s
     return Splits(**out)
 
 
-def make_folds(
+def assign_folds(
     labels: np.ndarray, train_idx: np.ndarray, n_folds: int, seed: int, groups: np.ndarray | None = None
 ) -> np.ndarray:
     """Fold number (0..K-1) of every training row, aligned with ``train_idx``; stratified and shuffled.

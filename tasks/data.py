@@ -27,19 +27,19 @@ def is_transient(task: Any, task_run: Any, state: State) -> bool:
 @task(name="load_dataset", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)
 def load_dataset(cfg: DataConfig) -> data.Dataset:
     """Load (and if needed download) the dataset; retried when a download or a network disk fails."""
-    return data.load_dataset(cfg)
+    return data.read_dataset(cfg)
 
 
 @task(name="make_splits", cache_policy=NO_CACHE)
 def make_splits(dataset: data.Dataset, cfg: RunConfig) -> Splits:
     """Stratified or official train/val/test split."""
-    return pipeline.make_splits(dataset, cfg)
+    return pipeline.split_rows(dataset, cfg)
 
 
 @task(name="make_folds", cache_policy=NO_CACHE)
 def make_folds(dataset: data.Dataset, splits: Splits, cfg: RunConfig) -> pipeline.PreparedData:
     """K stratified folds on train, packaged with the sealed test labels."""
-    return pipeline.make_folds(dataset, splits, cfg)
+    return pipeline.prepare_folds(dataset, splits, cfg)
 
 
 @task(name="store_dataset", cache_policy=NO_CACHE)

@@ -7,11 +7,10 @@ from prefect.cache_policies import NO_CACHE
 
 from medstack import pipeline
 from medstack.config import RunConfig
-from medstack.storage import FoldResult
 
 
 @task(name="gather_oof", cache_policy=NO_CACHE)
-def gather_oof(prepared: pipeline.PreparedData, results: list[FoldResult]) -> pipeline.Predictions:
+def gather_oof(prepared: pipeline.PreparedData, results: list[pipeline.FoldResult]) -> pipeline.Predictions:
     """OOF matrix (each training row from exactly one model that never saw it) and fold-averaged val/test."""
     return pipeline.gather_predictions(prepared, results)
 

@@ -15,7 +15,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 
 from medstack import pipeline
 from medstack.config import RunConfig, RuntimeConfig
-from medstack.storage import FoldCache, FoldResult
+from medstack.pipeline import FoldCache, FoldResult
 
 PROGRESS_KEY = "ensemble-training-progress"
 # Fold events for a live display (``medstack run`` in a terminal): DEBUG records carrying ``medstack_fold``
@@ -38,7 +38,7 @@ def train_fold(prepared: pipeline.PreparedData, cfg: RunConfig, strategy: str, f
     configure_accelerators()
     _event("started", strategy=strategy, fold=fold)
     cache = FoldCache(cfg.runtime.cache_dir)
-    result = pipeline.train_fold(prepared, cfg, strategy, fold, cache, pipeline.code_version())
+    result = pipeline.train_one_fold(prepared, cfg, strategy, fold, cache, pipeline.code_version())
     if result.from_cache:
         return Completed(data=result, name="Cached", message=f"fold cache hit {result.cache_key}")
     return Completed(data=result, message=f"trained {result.info.get('epochs_run')} epochs")

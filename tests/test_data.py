@@ -30,7 +30,7 @@ from medstack.data import (
     default_data_dir,
     download_file,
     fetch_known_dataset,
-    load_dataset,
+    read_dataset,
     load_digits_dataset,
     load_image_folder,
     load_npz,
@@ -501,7 +501,7 @@ def test_bad_group_name_fails_before_any_image_is_decoded(tmp_path: Path, monkey
     _save_image(root / "malignant" / "scan.png", _gray(1))
     monkeypatch.setattr(images_module, "decode_image", lambda *a: pytest.fail("decoded before the names were checked"))
     with pytest.raises(DataError, match=r"scan\.png: no group id"):
-        load_dataset(DataConfig(source="folder", path=str(root), image_size=(4, 4), group_by={"kind": "breakhis"}))
+        read_dataset(DataConfig(source="folder", path=str(root), image_size=(4, 4), group_by={"kind": "breakhis"}))
 
 
 def test_a_patient_in_two_classes_is_allowed_and_logged(tmp_path: Path, caplog) -> None:
@@ -516,7 +516,7 @@ def test_npz_group_key_plain_and_medmnist(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     plain = _save_npz(tmp_path / "p.npz", images=rng.integers(0, 255, (4, 5, 5), dtype=np.uint8),
                       labels=np.array([0, 1, 0, 1]), patient=np.array(["a", "a", "b", "c"]))
-    ds = load_dataset(DataConfig(source="npz", path=str(plain), group_by={"kind": "npz_key", "key": "patient"}))
+    ds = read_dataset(DataConfig(source="npz", path=str(plain), group_by={"kind": "npz_key", "key": "patient"}))
     assert ds.groups == ("a", "a", "b", "c") and ds.grouped_by == "npz key 'patient'"
     arrays = _medmnist_arrays()
     arrays.update(train_groups=np.arange(6) // 2, val_groups=np.array([[7], [7], [8]]), test_groups=np.arange(3) + 9)
@@ -650,22 +650,22 @@ def test_default_data_dir_honours_env(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert default_data_dir().name == "medstack"
 
 
-# --------------------------------------------------------------------------------------------- load_dataset
+# --------------------------------------------------------------------------------------------- read_dataset
 
 
 def test_load_dataset_dispatches(tmp_path: Path, breakhis: Path) -> None:
     npz = _save_npz(tmp_path / "m.npz", **_medmnist_arrays())
-    from_npz = load_dataset(DataConfig(source="npz", name="toy", path=str(npz), image_size=(64, 64)))
+    from_npz = read_dataset(DataConfig(source="npz", name="toy", path=str(npz), image_size=(64, 64)))
     assert from_npz.images.shape[1:] == (5, 7, 1)  # image_size is not applied to npz at load time
 
-    from_folder = load_dataset(DataConfig(source="folder", name="bh", path=str(breakhis), image_size=(8, 6)))
+    from_folder = read_dataset(DataConfig(source="folder", name="bh", path=str(breakhis), image_size=(8, 6)))
     assert from_folder.images.shape == (5, 8, 6, 3) and from_folder.name == "bh"
 
-    digits = load_dataset(DataConfig(source="digits", name="digits"))
+    digits = read_dataset(DataConfig(source="digits", name="digits"))
     assert digits.num_classes == 10
 
     with pytest.raises(DataError, match=r"data.path is not set and data.name 'mystery'"):
-        load_dataset(DataConfig(source="npz", name="mystery"))
+        read_dataset(DataConfig(source="npz", name="mystery"))
 
 
 def test_load_dataset_downloads_known_name(served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -674,7 +674,7 @@ def test_load_dataset_downloads_known_name(served, tmp_path: Path, monkeypatch: 
                          filename="pneumoniamnist.npz")
     monkeypatch.setitem(data_module.KNOWN_DATASETS, "pneumoniamnist", entry)
     monkeypatch.setenv("MEDSTACK_DATA_DIR", str(tmp_path / "cache"))
-    ds = load_dataset(DataConfig(source="npz", name="pneumoniamnist"))
+    ds = read_dataset(DataConfig(source="npz", name="pneumoniamnist"))
     assert (tmp_path / "cache/pneumoniamnist.npz").is_file()
     assert ds.class_names == ("normal", "pneumonia") and len(ds.labels) == 12
 

@@ -114,7 +114,7 @@ def test_parallel_runs_share_one_output_folder_and_one_cache_without_clobbering(
     entries; the two A runs race for all of theirs. Whoever renames first wins; the others use its entry.
     """
     from medstack.config import load_config
-    from medstack.storage import FoldCache
+    from medstack.pipeline import FoldCache
 
     tiny_config_dict["data"]["subset"] = {"train": 120, "val": 40, "test": 40}
     tiny_config_dict["training"]["epochs"] = 1

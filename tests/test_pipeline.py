@@ -10,7 +10,7 @@ import pytest
 from medstack import pipeline
 from medstack.config import RunConfig
 from medstack.data import Dataset, load_digits_dataset
-from medstack.storage import FoldCache
+from medstack.pipeline import FoldCache
 from medstack.models.training import CNNClassifier
 
 pytestmark = pytest.mark.slow
@@ -56,14 +56,14 @@ def training_counter(monkeypatch):
 def _train_all(prepared, cfg, cache):
     version = pipeline.code_version()
     return [
-        pipeline.train_fold(prepared, cfg, s, k, cache, version)
+        pipeline.train_one_fold(prepared, cfg, s, k, cache, version)
         for s in cfg.strategies
         for k in range(cfg.split.folds)
     ]
 
 
 def test_oof_rows_come_from_the_one_model_that_never_saw_them(imbalanced_digits, cfg, tmp_path, training_counter):
-    prepared = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg), cfg)
+    prepared = pipeline.prepare_folds(imbalanced_digits, pipeline.split_rows(imbalanced_digits, cfg), cfg)
     results = _train_all(prepared, cfg, FoldCache(tmp_path / "c"))
     for r in results:
         trained_on = prepared.train_idx[prepared.fold_of != r.fold]
@@ -81,7 +81,7 @@ def test_oof_rows_come_from_the_one_model_that_never_saw_them(imbalanced_digits,
 
 
 def test_gather_refuses_overlapping_or_missing_folds(imbalanced_digits, cfg, tmp_path):
-    prepared = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg), cfg)
+    prepared = pipeline.prepare_folds(imbalanced_digits, pipeline.split_rows(imbalanced_digits, cfg), cfg)
     cfg1 = cfg.model_copy(update={"strategies": {"class_weight": {}}})
     results = _train_all(prepared, cfg1, FoldCache(tmp_path / "c"))
     with pytest.raises(ValueError, match=r"expected folds 0..1, got \[0\]"):
@@ -95,7 +95,7 @@ def test_gather_refuses_overlapping_or_missing_folds(imbalanced_digits, cfg, tmp
 def test_cache_hit_retrains_nothing_and_one_changed_strategy_retrains_only_itself(
     imbalanced_digits, cfg, tmp_path, training_counter
 ):
-    prepared = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg), cfg)
+    prepared = pipeline.prepare_folds(imbalanced_digits, pipeline.split_rows(imbalanced_digits, cfg), cfg)
     cache = FoldCache(tmp_path / "c")
     first = _train_all(prepared, cfg, cache)
     assert len(training_counter) == 8 and not any(r.from_cache for r in first)
@@ -140,21 +140,21 @@ def test_code_version_covers_what_training_imports_and_not_the_ensembles():
 def test_changed_data_retrains_every_fold(imbalanced_digits, cfg, tmp_path, training_counter):
     """What the weekly retrain relies on: unchanged data is served from the cache, one changed pixel is not."""
     cache = FoldCache(tmp_path / "c")
-    prepared = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg), cfg)
+    prepared = pipeline.prepare_folds(imbalanced_digits, pipeline.split_rows(imbalanced_digits, cfg), cfg)
     _train_all(prepared, cfg, cache)
     assert len(training_counter) == 8
 
     images = imbalanced_digits.images.copy()
     images[0, 0, 0, 0] ^= 1  # one pixel of one image, labels and everything else unchanged
     changed = dataclasses.replace(imbalanced_digits, images=images)
-    prepared_changed = pipeline.make_folds(changed, pipeline.make_splits(changed, cfg), cfg)
+    prepared_changed = pipeline.prepare_folds(changed, pipeline.split_rows(changed, cfg), cfg)
     assert prepared_changed.fingerprint != prepared.fingerprint
     retrained = _train_all(prepared_changed, cfg, cache)
     assert len(training_counter) == 16 and not any(r.from_cache for r in retrained)
 
 
 def test_ensembles_thresholds_and_the_sealed_test_labels(imbalanced_digits, cfg, tmp_path, monkeypatch):
-    prepared = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg), cfg)
+    prepared = pipeline.prepare_folds(imbalanced_digits, pipeline.split_rows(imbalanced_digits, cfg), cfg)
     with pytest.raises(TypeError, match="sealed"):
         np.asarray(prepared.test_labels) + 0
     readers: list[str] = []
@@ -221,7 +221,7 @@ def test_smote_sees_exactly_the_training_part_of_each_fold(imbalanced_digits, cf
 
     monkeypatch.setattr(strategies, "smote_resample", spying_smote)
     cfg1 = cfg.model_copy(update={"strategies": {"smote": {"k_neighbors": 3}}})
-    prepared = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg1), cfg1)
+    prepared = pipeline.prepare_folds(imbalanced_digits, pipeline.split_rows(imbalanced_digits, cfg1), cfg1)
     results = _train_all(prepared, cfg1, FoldCache(tmp_path / "c"))
     assert len(seen) == 2
     for fold, x_seen in enumerate(seen):
@@ -235,10 +235,10 @@ def test_two_runs_training_the_same_fold_at_once_share_the_cache(imbalanced_digi
     from concurrent.futures import ThreadPoolExecutor
 
     cfg1 = cfg.model_copy(update={"strategies": {"class_weight": {}}})
-    prepared = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg1), cfg1)
+    prepared = pipeline.prepare_folds(imbalanced_digits, pipeline.split_rows(imbalanced_digits, cfg1), cfg1)
     cache = FoldCache(tmp_path / "c")
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda _: pipeline.train_fold(prepared, cfg1, "class_weight", 0, cache, "v"), range(2)))
+        results = list(pool.map(lambda _: pipeline.train_one_fold(prepared, cfg1, "class_weight", 0, cache, "v"), range(2)))
     assert results[0].cache_key == results[1].cache_key
     entries = list((tmp_path / "c" / "folds").iterdir())
     assert [e.name for e in entries] == [results[0].cache_key]  # one whole entry, no temporaries left
@@ -248,14 +248,14 @@ def test_two_runs_training_the_same_fold_at_once_share_the_cache(imbalanced_digi
 def test_same_seed_same_splits_folds_and_smote_samples(imbalanced_digits, cfg):
     from medstack.models.strategies import smote_resample
 
-    a = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg), cfg)
-    b = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, cfg), cfg)
+    a = pipeline.prepare_folds(imbalanced_digits, pipeline.split_rows(imbalanced_digits, cfg), cfg)
+    b = pipeline.prepare_folds(imbalanced_digits, pipeline.split_rows(imbalanced_digits, cfg), cfg)
     assert a.fingerprint == b.fingerprint and np.array_equal(a.fold_of, b.fold_of)
     fold = a.fold_data(0)
     seed = pipeline.fold_seed(cfg.seed, "smote", 0)
     assert np.array_equal(smote_resample(fold.x_train, fold.y_train, 5, seed)[0], smote_resample(fold.x_train, fold.y_train, 5, seed)[0])
     other = cfg.model_copy(update={"split": cfg.split.model_copy(update={"seed": cfg.split.seed + 1})})
-    c = pipeline.make_folds(imbalanced_digits, pipeline.make_splits(imbalanced_digits, other), other)
+    c = pipeline.prepare_folds(imbalanced_digits, pipeline.split_rows(imbalanced_digits, other), other)
     assert c.fingerprint != a.fingerprint
 
 
@@ -270,7 +270,7 @@ def test_multiclass_decisions_are_offsets_chosen_on_oof(cfg, tmp_path):
     dataset = Dataset(name="digits-3", images=digits.images[keep], labels=labels.astype(np.int64),
                       class_names=("one", "four", "seven"), official_split=None, sources=None)
     cfg3 = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"critical_classes": {"four": 0.9}})})
-    prepared = pipeline.make_folds(dataset, pipeline.make_splits(dataset, cfg3), cfg3)
+    prepared = pipeline.prepare_folds(dataset, pipeline.split_rows(dataset, cfg3), cfg3)
     ensembles = pipeline.fit_ensembles(prepared, pipeline.gather_predictions(prepared, _train_all(prepared, cfg3, FoldCache(tmp_path / "c"))), cfg3)
     assert {d["kind"] for d in ensembles.decisions.values()} == {"offsets"}
     for name, proba in ensembles.predictions.oof.items():

@@ -176,7 +176,7 @@ def test_data_table_and_sections():
     assert "## Per-class" not in text  # binary
 
 
-# metrics.json's dataset summaries as prepare.make_folds writes them (its "summary" sentences go to the notes).
+# metrics.json's dataset summaries as prepare.prepare_folds writes them (its "summary" sentences go to the notes).
 DUPLICATES = {"groups": 27, "images": 54, "crossing_splits": 0, "crossing_folds": 1, "conflicting_labels": 2,
               "handling": "grouped: every duplicate group kept in one split and one fold"}
 NO_GROUPING = {"kind": "none", "unit": "image (no data.group_by: images of one patient may land in different splits)"}

@@ -7,15 +7,15 @@ from PIL import Image
 from medstack.config import SplitConfig, SubsetConfig
 from medstack.splits import (
     SplitError,
+    assign_folds,
+    assign_group_folds,
     crossing_groups,
     describe_duplicates,
     describe_groups,
     find_duplicate_groups,
-    make_folds,
-    make_group_folds,
-    make_group_splits,
-    make_splits,
     merge_groups,
+    split_group_indices,
+    split_indices,
     subsample_splits,
 )
 
@@ -23,7 +23,7 @@ from medstack.splits import (
 @pytest.mark.parametrize("seed", [0, 1, 7, 123])
 def test_splits_are_disjoint_complete_and_stratified(seed):
     labels = np.array([0] * 300 + [1] * 100 + [2] * 40)
-    splits = make_splits(labels, SplitConfig(seed=seed))
+    splits = split_indices(labels, SplitConfig(seed=seed))
     parts = splits.as_dict()
     assert sum(len(p) for p in parts.values()) == len(labels)
     assert len(np.unique(np.concatenate(list(parts.values())))) == len(labels)
@@ -35,32 +35,32 @@ def test_splits_are_disjoint_complete_and_stratified(seed):
 
 def test_same_seed_same_split_other_seed_other_split():
     labels = np.array([0] * 80 + [1] * 20)
-    a, b = make_splits(labels, SplitConfig(seed=5)), make_splits(labels, SplitConfig(seed=5))
-    c = make_splits(labels, SplitConfig(seed=6))
+    a, b = split_indices(labels, SplitConfig(seed=5)), split_indices(labels, SplitConfig(seed=5))
+    c = split_indices(labels, SplitConfig(seed=6))
     assert np.array_equal(a.test, b.test) and not np.array_equal(a.test, c.test)
 
 
 def test_official_split_is_used_verbatim():
     official = np.array([0, 0, 0, 1, 2, 0, 2])
-    splits = make_splits(np.array([0, 1, 0, 1, 0, 1, 1]), SplitConfig(use_official=True), official)
+    splits = split_indices(np.array([0, 1, 0, 1, 0, 1, 1]), SplitConfig(use_official=True), official)
     assert splits.train.tolist() == [0, 1, 2, 5] and splits.val.tolist() == [3] and splits.test.tolist() == [4, 6]
 
 
 def test_official_split_missing_is_an_error():
     with pytest.raises(SplitError, match="no official split"):
-        make_splits(np.zeros(10, int), SplitConfig(use_official=True), None)
+        split_indices(np.zeros(10, int), SplitConfig(use_official=True), None)
 
 
 def test_too_few_samples_of_a_class_names_it():
     with pytest.raises(SplitError, match=r"class\(es\) \[1\] have \{1: 2\}"):
-        make_splits(np.array([0] * 30 + [1] * 2), SplitConfig())
+        split_indices(np.array([0] * 30 + [1] * 2), SplitConfig())
 
 
 @pytest.mark.parametrize("seed", [0, 3, 11])
 def test_folds_partition_train_and_are_stratified(seed):
     labels = np.array([0] * 200 + [1] * 50)
     train = np.arange(0, 250, 2)  # a subset of rows, as after splitting
-    fold_of = make_folds(labels, train, 5, seed)
+    fold_of = assign_folds(labels, train, 5, seed)
     assert sorted(np.unique(fold_of)) == [0, 1, 2, 3, 4]
     for k in range(5):
         held = train[fold_of == k]
@@ -70,12 +70,12 @@ def test_folds_partition_train_and_are_stratified(seed):
 def test_more_folds_than_minority_samples_fails_with_counts():
     labels = np.array([0] * 40 + [1] * 3)
     with pytest.raises(SplitError, match=r"need at least 5 each \(all counts: \[40, 3\]\)"):
-        make_folds(labels, np.arange(43), 5, 0)
+        assign_folds(labels, np.arange(43), 5, 0)
 
 
 def test_subsample_keeps_strata_and_limits_size():
     labels = np.array([0] * 600 + [1] * 200)
-    splits = make_splits(labels, SplitConfig(seed=0))
+    splits = split_indices(labels, SplitConfig(seed=0))
     small = subsample_splits(labels, splits, SubsetConfig(train=100, test=40), seed=0)
     assert len(small.train) == 100 and len(small.test) == 40 and np.array_equal(small.val, splits.val)
     assert set(small.train) <= set(splits.train)
@@ -103,13 +103,13 @@ def test_find_duplicate_groups_by_pixels(rng):
 def test_grouped_splits_and_folds_keep_duplicates_together(rng, seed):
     images, labels = _with_duplicates(rng)
     groups = find_duplicate_groups(images)
-    plain = make_splits(labels, SplitConfig(seed=seed))
+    plain = split_indices(labels, SplitConfig(seed=seed))
     assert describe_duplicates(groups, labels, plain.as_dict())["crossing"] > 0  # the leak grouping prevents
-    splits = make_splits(labels, SplitConfig(seed=seed), groups=groups)
+    splits = split_indices(labels, SplitConfig(seed=seed), groups=groups)
     assert describe_duplicates(groups, labels, splits.as_dict())["crossing"] == 0
     assert sum(map(len, splits.as_dict().values())) == len(labels)
     assert len(splits.test) == pytest.approx(0.1 * len(labels), abs=6)
-    fold_of = make_folds(labels, splits.train, 4, seed, groups=groups)
+    fold_of = assign_folds(labels, splits.train, 4, seed, groups=groups)
     folds = {k: splits.train[fold_of == k] for k in range(4)}
     assert describe_duplicates(groups, labels, folds)["crossing"] == 0
     for rows in folds.values():
@@ -123,14 +123,14 @@ def test_pneumoniamnist_duplicates_are_found_and_kept_out_of_other_folds(pneumon
 
     dataset = load_npz(pneumonia_npz, "pneumoniamnist")
     official = RunConfig(split={"use_official": True, "folds": 5})
-    prepared = pipeline.make_folds(dataset, pipeline.make_splits(dataset, official), official)
+    prepared = pipeline.prepare_folds(dataset, pipeline.split_rows(dataset, official), official)
     # The shared README: 18 train images duplicate other train images, 8 train images reappear in val.
     assert prepared.duplicates["crossing_splits"] == 8  # the published split is kept and the overlap reported
     assert prepared.duplicates["crossing_folds"] == 0
     assert prepared.duplicates["groups"] >= 8 + 9
     assert any("exact-duplicate images" in note for note in prepared.notes)
     stratified = RunConfig(split={"use_official": False, "folds": 5})
-    prepared = pipeline.make_folds(dataset, pipeline.make_splits(dataset, stratified), stratified)
+    prepared = pipeline.prepare_folds(dataset, pipeline.split_rows(dataset, stratified), stratified)
     assert prepared.duplicates["crossing_splits"] == 0 and prepared.duplicates["crossing_folds"] == 0
 
 
@@ -169,7 +169,7 @@ def _assert_group_pure(groups: np.ndarray, parts: dict[str, np.ndarray]) -> None
 @pytest.mark.parametrize("seed", range(25))
 def test_group_splits_are_disjoint_covering_group_pure_and_stratified(seed):
     labels, groups = _patients(seed)
-    splits = make_group_splits(labels, SplitConfig(seed=seed), groups)
+    splits = split_group_indices(labels, SplitConfig(seed=seed), groups)
     parts = splits.as_dict()
     everything = np.concatenate(list(parts.values()))
     assert len(everything) == len(labels) and np.array_equal(np.sort(everything), np.arange(len(labels)))
@@ -183,8 +183,8 @@ def test_group_splits_are_disjoint_covering_group_pure_and_stratified(seed):
 @pytest.mark.parametrize("seed", range(25))
 def test_group_folds_partition_train_and_are_group_pure_and_stratified(seed):
     labels, groups = _patients(seed)
-    splits = make_group_splits(labels, SplitConfig(seed=seed), groups)
-    fold_of = make_group_folds(labels, splits.train, 5, seed, groups)
+    splits = split_group_indices(labels, SplitConfig(seed=seed), groups)
+    fold_of = assign_group_folds(labels, splits.train, 5, seed, groups)
     assert fold_of.shape == splits.train.shape and sorted(np.unique(fold_of)) == [0, 1, 2, 3, 4]
     folds = {str(k): splits.train[fold_of == k] for k in range(5)}
     _assert_group_pure(groups, folds)
@@ -195,22 +195,22 @@ def test_group_folds_partition_train_and_are_group_pure_and_stratified(seed):
 
 def test_group_splits_are_reproducible_and_the_seed_matters():
     labels, groups = _patients(0)
-    a, b = (make_group_splits(labels, SplitConfig(seed=5), groups) for _ in range(2))
+    a, b = (split_group_indices(labels, SplitConfig(seed=5), groups) for _ in range(2))
     assert all(np.array_equal(x, y) for x, y in zip(a.as_dict().values(), b.as_dict().values()))
-    tests = {tuple(make_group_splits(labels, SplitConfig(seed=s), groups).test) for s in range(8)}
+    tests = {tuple(split_group_indices(labels, SplitConfig(seed=s), groups).test) for s in range(8)}
     assert len(tests) > 1
 
 
 def test_image_level_split_leaks_patients_that_the_group_split_keeps_whole():
     labels, groups = _patients(1)
-    leaky = make_splits(labels, SplitConfig(seed=1))
+    leaky = split_indices(labels, SplitConfig(seed=1))
     assert len(crossing_groups(groups, leaky.as_dict())) > 50  # most patients straddle train/val/test
-    assert len(crossing_groups(groups, make_group_splits(labels, SplitConfig(seed=1), groups).as_dict())) == 0
+    assert len(crossing_groups(groups, split_group_indices(labels, SplitConfig(seed=1), groups).as_dict())) == 0
 
 
 def test_group_split_with_custom_fractions():
     labels, groups = _patients(3, n_groups=200)
-    splits = make_group_splits(labels, SplitConfig(fractions=(0.6, 0.2, 0.2), seed=3), groups)
+    splits = split_group_indices(labels, SplitConfig(fractions=(0.6, 0.2, 0.2), seed=3), groups)
     for name, fraction in zip(("train", "val", "test"), (0.6, 0.2, 0.2)):
         assert abs(len(splits.as_dict()[name]) / len(labels) - fraction) <= SIZE_TOL
     _assert_group_pure(groups, splits.as_dict())
@@ -218,7 +218,7 @@ def test_group_split_with_custom_fractions():
 
 def test_group_split_uses_the_official_split_verbatim():
     official = np.array([0, 0, 0, 1, 2, 0, 2])
-    splits = make_group_splits(np.array([0, 1, 0, 1, 0, 1, 1]), SplitConfig(use_official=True), np.arange(7), official)
+    splits = split_group_indices(np.array([0, 1, 0, 1, 0, 1, 1]), SplitConfig(use_official=True), np.arange(7), official)
     assert splits.train.tolist() == [0, 1, 2, 5] and splits.test.tolist() == [4, 6]
 
 
@@ -244,7 +244,7 @@ def test_too_few_groups_of_a_class_to_split_names_the_class_and_its_group_counts
     groups = np.concatenate([np.arange(40) // 2, 100 + np.arange(30) // 15])  # class 1: 30 images, 2 patients
     with pytest.raises(SplitError, match=r"class\(es\) \[1\] have images of only \{1: 2\} groups, need at least 3 "
                                          r"groups each \(groups per class: \{0: 20, 1: 2\}\)"):
-        make_group_splits(labels, SplitConfig(), groups)
+        split_group_indices(labels, SplitConfig(), groups)
 
 
 @pytest.mark.parametrize("class0_groups, match", [
@@ -257,7 +257,7 @@ def test_too_few_groups_for_a_test_fold_holding_every_class_is_a_clear_error(cla
     labels = np.array([0] * (10 * class0_groups) + [1] * 9)
     groups = np.concatenate([np.arange(10 * class0_groups) // 10, 100 + np.arange(9) // 3])  # class 1: 3 patients
     with pytest.raises(SplitError, match=match):
-        make_group_splits(labels, SplitConfig(fractions=(0.8, 0.1, 0.1)), groups)
+        split_group_indices(labels, SplitConfig(fractions=(0.8, 0.1, 0.1)), groups)
 
 
 def test_more_folds_than_groups_of_a_class_names_the_class():
@@ -265,7 +265,7 @@ def test_more_folds_than_groups_of_a_class_names_the_class():
     groups = np.concatenate([np.arange(40) // 2, 100 + np.arange(40) // 10])  # class 1: 4 patients
     with pytest.raises(SplitError, match=r"train split \(folds\): class\(es\) \[1\] have images of only \{1: 4\} "
                                          r"groups, need at least 5"):
-        make_group_folds(labels, np.arange(80), 5, 0, groups)
+        assign_group_folds(labels, np.arange(80), 5, 0, groups)
 
 
 # --------------------------------------------------------------------------------------------- groups, pipeline
@@ -292,7 +292,7 @@ def _patient_of(source: str) -> str:
 def test_breakhis_folder_through_load_split_and_fold_keeps_every_patient_whole(tmp_path, rng):
     from medstack import pipeline
     from medstack.config import RunConfig
-    from medstack.data import load_dataset
+    from medstack.data import read_dataset
 
     _breakhis_folder(tmp_path / "breast", rng)
     # Patient 14-101B's first image copied under patient 14-102B: the duplicate joins the two patients.
@@ -304,13 +304,13 @@ def test_breakhis_folder_through_load_split_and_fold_keeps_every_patient_whole(t
     tree = {"data": {"source": "folder", "path": str(tmp_path / "breast"), "image_size": [6, 6], "channels": 1,
                      "group_by": {"kind": "breakhis"}},
             "split": {"folds": 3, "fractions": [0.6, 0.2, 0.2]}}
-    dataset = load_dataset(RunConfig.model_validate(tree).data)
+    dataset = read_dataset(RunConfig.model_validate(tree).data)
     patients = np.array([_patient_of(s) for s in dataset.sources])
     assert patients.tolist() == list(dataset.groups)
     for seed in range(6):
         cfg = RunConfig.model_validate({**tree, "split": {**tree["split"], "seed": seed}})
-        splits = pipeline.make_splits(dataset, cfg)
-        prepared = pipeline.make_folds(dataset, splits, cfg)
+        splits = pipeline.split_rows(dataset, cfg)
+        prepared = pipeline.prepare_folds(dataset, splits, cfg)
         folds = {str(k): splits.train[prepared.fold_of == k] for k in range(3)}
         _assert_group_pure(patients, splits.as_dict())
         _assert_group_pure(patients, folds)
@@ -334,7 +334,7 @@ def test_breakhis_folder_through_load_split_and_fold_keeps_every_patient_whole(t
 def test_grouping_changes_the_fingerprint_and_every_fold_cache_key(tmp_path, rng):
     from medstack import pipeline
     from medstack.config import RunConfig
-    from medstack.data import load_dataset
+    from medstack.data import read_dataset
 
     _breakhis_folder(tmp_path / "breast", rng)
     data = {"source": "folder", "path": str(tmp_path / "breast"), "image_size": [6, 6], "channels": 1}
@@ -343,8 +343,8 @@ def test_grouping_changes_the_fingerprint_and_every_fold_cache_key(tmp_path, rng
         group_by = {"none": None, "breakhis": {"kind": "breakhis"},
                     "regex": {"kind": "filename_regex", "pattern": r"-(\d+-\d+)"}}[kind]  # drops the AB/B/M suffix
         cfg = RunConfig.model_validate({"data": {**data, "group_by": group_by}, "split": {"folds": 2}})
-        dataset = load_dataset(cfg.data)
-        prepared[kind] = (pipeline.make_folds(dataset, pipeline.make_splits(dataset, cfg), cfg), cfg)
+        dataset = read_dataset(cfg.data)
+        prepared[kind] = (pipeline.prepare_folds(dataset, pipeline.split_rows(dataset, cfg), cfg), cfg)
     assert prepared["none"][0].grouping["kind"] == "none"
     assert len({p.fingerprint for p, _ in prepared.values()}) == 3
     keys = {pipeline.fold_cache_key(p, cfg, "ldam", 0, "v") for p, cfg in prepared.values()}
@@ -367,7 +367,7 @@ def test_official_split_with_groups_keeps_it_and_reports_crossing_patients(tmp_p
     cfg = RunConfig(data={"source": "npz", "path": str(tmp_path / "m.npz"),
                           "group_by": {"kind": "npz_key", "key": "patient"}},
                     split={"use_official": True, "folds": 3})
-    prepared = pipeline.make_folds(dataset, pipeline.make_splits(dataset, cfg), cfg)
+    prepared = pipeline.prepare_folds(dataset, pipeline.split_rows(dataset, cfg), cfg)
     assert len(prepared.train_idx) == 60 and len(prepared.val_idx) == 12
     assert prepared.grouping["crossing_splits"] == 1 and prepared.grouping["crossing_folds"] == 0
     assert "official split is used as published" in prepared.grouping["handling"]
@@ -380,4 +380,4 @@ def test_group_by_without_group_ids_in_the_dataset_is_refused():
 
     cfg = RunConfig(data={"source": "folder", "path": "x", "image_size": [8, 8], "group_by": {"kind": "breakhis"}})
     with pytest.raises(ValueError, match="data.group_by is 'breakhis' but dataset 'digits' has no group ids"):
-        pipeline.make_splits(load_digits_dataset(), cfg)
+        pipeline.split_rows(load_digits_dataset(), cfg)

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medstack.pipeline import FoldCache, FoldResult
 from medstack.storage import (
-    FoldCache,
-    FoldResult,
     _writer_tag,
     atomic_directory,
     atomic_write_json,

@@ -13,7 +13,7 @@ import pytest
 
 from medstack.config import RunConfig
 from medstack.data import Dataset
-from medstack.pipeline import StoreError, make_folds, make_splits, open_prepared, store_prepared
+from medstack.pipeline import StoreError, open_prepared, prepare_folds, split_rows, store_prepared
 
 
 def _prepared(n: int, side: int = 28, seed: int = 0):
@@ -23,7 +23,7 @@ def _prepared(n: int, side: int = 28, seed: int = 0):
     dataset = Dataset(name="synthetic", images=images, labels=labels, class_names=("normal", "rare"),
                       official_split=None, sources=None)
     cfg = RunConfig.model_validate({"split": {"folds": 3, "seed": 1}})
-    return make_folds(dataset, make_splits(dataset, cfg), cfg), cfg
+    return prepare_folds(dataset, split_rows(dataset, cfg), cfg), cfg
 
 
 def _folder(prepared) -> Path:

@@ -14,7 +14,7 @@ any training starts. One module per job:
 | ``folder`` | image folders, one sub-folder per class |
 | ``groups`` | patient/group ids from file names, a regex or a CSV |
 | ``download`` | datasets downloadable by name, md5-checked |
-| ``load`` | ``load_dataset`` (dispatch on ``data.source``) and the bundled digits demo |
+| ``load`` | ``read_dataset`` (dispatch on ``data.source``) and the bundled digits demo |
 """
 
 from medstack.data.dataset import SPLIT_CODES, DataError, Dataset, partition_codes
@@ -30,12 +30,12 @@ from medstack.data.groups import (
     read_group_csv,
 )
 from medstack.data.images import IMAGE_EXTENSIONS, BadImage, decode_image
-from medstack.data.load import load_dataset, load_digits_dataset
+from medstack.data.load import load_digits_dataset, read_dataset
 from medstack.data.npz import load_npz
 
 __all__ = [
     "BREAKHIS_NAME", "BREAKHIS_PATTERN", "IMAGE_EXTENSIONS", "KNOWN_DATASETS", "SPLIT_CODES", "BadImage",
     "DataError", "Dataset", "KnownDataset", "assign_groups", "check_breakhis_classes", "decode_image",
     "default_data_dir", "download_file", "fetch_known_dataset", "group_ids_from_csv", "group_ids_from_names",
-    "load_dataset", "load_digits_dataset", "load_image_folder", "load_npz", "partition_codes", "read_group_csv",
+    "load_digits_dataset", "load_image_folder", "load_npz", "partition_codes", "read_dataset", "read_group_csv",
 ]

@@ -1,4 +1,4 @@
-"""``load_dataset``: the one entry of the data stage, dispatching on ``data.source``; and the digits demo."""
+"""``read_dataset``: the one entry of the data stage, dispatching on ``data.source``; and the digits demo."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from medstack.config import DataConfig
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
+def read_dataset(cfg: DataConfig) -> Dataset:
     """Load the dataset that ``cfg`` (the ``data`` section) describes."""
     class_names = tuple(cfg.class_names) if cfg.class_names else None
     if cfg.source == "digits":

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from medstack.config import RunConfig, array_sha
+from medstack.pipeline.fold_cache import FoldResult
 from medstack.pipeline.prepare import PreparedData
-from medstack.storage import FoldResult
 
 ENSEMBLES = ("soft_voting", "stacking")
 

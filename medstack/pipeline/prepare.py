@@ -22,14 +22,14 @@ from medstack.splits import (
     crossing_groups,
     describe_duplicates,
     describe_groups,
+    assign_folds,
+    assign_group_folds,
     find_duplicate_groups,
-    make_group_folds,
-    make_group_splits,
     merge_groups,
+    split_group_indices,
+    split_indices,
     subsample_splits,
 )
-from medstack.splits import make_folds as _fold_assignment
-from medstack.splits import make_splits as _split_indices
 
 
 class SealedLabels:
@@ -136,33 +136,33 @@ def _row_groups(dataset: Dataset, cfg: RunConfig) -> _RowGroups:
     if dataset.groups is None:
         if cfg.data.group_by is not None:
             raise ValueError(f"data.group_by is {cfg.data.group_by.kind!r} but dataset {dataset.name!r} has no group "
-                             "ids (load it with medstack.data.load_dataset)")
+                             "ids (load it with medstack.data.read_dataset)")
         return _RowGroups(duplicates, None, by_duplicates)
     patients = merge_groups(np.asarray(dataset.groups))
     enforce = patients if by_duplicates is None else merge_groups(patients, by_duplicates)
     return _RowGroups(duplicates, patients, enforce)
 
 
-def make_splits(dataset: Dataset, cfg: RunConfig) -> Splits:
+def split_rows(dataset: Dataset, cfg: RunConfig) -> Splits:
     """Stratified (or official) train/val/test indices, then the optional smoke-run subsample.
 
     With group ids (``data.group_by``) the split is group-aware (StratifiedGroupKFold), otherwise row-level with
     exact duplicates kept together."""
     groups = _row_groups(dataset, cfg)
     if groups.patients is not None:
-        splits = make_group_splits(dataset.labels, cfg.split, groups.enforce, dataset.official_split)
+        splits = split_group_indices(dataset.labels, cfg.split, groups.enforce, dataset.official_split)
     else:
-        splits = _split_indices(dataset.labels, cfg.split, dataset.official_split, groups.enforce)
+        splits = split_indices(dataset.labels, cfg.split, dataset.official_split, groups.enforce)
     return subsample_splits(dataset.labels, splits, cfg.data.subset, cfg.split.seed)
 
 
-def make_folds(dataset: Dataset, splits: Splits, cfg: RunConfig) -> PreparedData:
+def prepare_folds(dataset: Dataset, splits: Splits, cfg: RunConfig) -> PreparedData:
     """K stratified folds on the train split, packaged with everything training needs."""
     groups = _row_groups(dataset, cfg)
     if groups.patients is not None:
-        fold_of = make_group_folds(dataset.labels, splits.train, cfg.split.folds, cfg.split.seed, groups.enforce)
+        fold_of = assign_group_folds(dataset.labels, splits.train, cfg.split.folds, cfg.split.seed, groups.enforce)
     else:
-        fold_of = _fold_assignment(dataset.labels, splits.train, cfg.split.folds, cfg.split.seed, groups.enforce)
+        fold_of = assign_folds(dataset.labels, splits.train, cfg.split.folds, cfg.split.seed, groups.enforce)
     duplicates = _duplicate_summary(groups.duplicates, dataset.labels, splits, fold_of, cfg)
     grouping = _grouping_summary(groups, dataset, splits, fold_of, cfg)
     names = list(dataset.class_names)

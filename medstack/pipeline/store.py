@@ -1,6 +1,6 @@
 """The prepared dataset on disk, so tasks receive it by reference and never as a copy of the pixels.
 
-``make_folds`` builds a :class:`PreparedData` in memory; :func:`store_prepared` writes it once under
+``prepare_folds`` builds a :class:`PreparedData` in memory; :func:`store_prepared` writes it once under
 ``<cache_dir>/data/<fingerprint>/`` (content-addressed: the fingerprint covers the pixels, labels, splits and folds)
 as ``.npy`` files plus ``meta.json``, and returns the same data opened from there (:class:`StoredData`) with every
 array a read-only memory map. Pickling such an object (the processes and Dask task runners pickle every task's

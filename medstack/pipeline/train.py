@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from medstack.config import RunConfig, stable_hash
+from medstack.pipeline.fold_cache import FoldCache, FoldResult
 from medstack.pipeline.prepare import PreparedData
-from medstack.storage import FoldCache, FoldResult
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def fold_seed(seed: int, strategy: str, fold: int) -> int:
     return (seed * 7919 + fold * 131 + zlib.crc32(strategy.encode())) % 1_000_000
 
 
-def train_fold(
+def train_one_fold(
     prepared: PreparedData, cfg: RunConfig, strategy: str, fold: int, cache: FoldCache, version: str
 ) -> FoldResult:
     """Train one strategy on folds != ``fold`` (or load it from the cache) and predict the held-out fold, val, test."""
