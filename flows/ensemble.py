@@ -14,8 +14,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from medstack import outputs, pipeline
-from medstack.config import RunConfig, apply_overrides
+from medstack import pipeline
+from medstack.config import RunConfig
+from medstack.resolve import resolve_run
 from medstack.tasks.data import load_dataset, make_folds, make_splits, store_dataset
 from medstack.tasks.ensemble import evaluate_on_test, fit_ensembles, gather_oof
 from medstack.tasks.registry import promote_if_better
@@ -33,12 +34,8 @@ def ensemble_flow(config: RunConfig, overrides: dict[str, Any] | None = None) ->
     first: deployments keep their config and a run changes only what it names.
     """
     started = time.perf_counter()
-    logger = get_run_logger()
-    config = apply_overrides(config, overrides)
-    output_dir = outputs.check_output_dir(config.runtime.output_dir)
-    # Absolute, so worker processes (and cluster workers, given a shared folder) find the same cache.
-    config = apply_overrides(config, {"runtime.cache_dir": str(outputs.check_cache_dir(config.runtime.cache_dir))})
-    run_id = outputs.new_run_id(config)
+    run = resolve_run(config, overrides)  # overrides applied, output and cache folders checked, the run id
+    config = run.config
 
     dataset = load_dataset(config.data)
     splits = make_splits(dataset, config)
@@ -62,9 +59,10 @@ def ensemble_flow(config: RunConfig, overrides: dict[str, Any] | None = None) ->
     ensembles = fit_ensembles(prepared, predictions, config)
     metrics = evaluate_on_test(prepared, ensembles, config)
     summary = pipeline.summarise_training(results, wall_seconds=time.perf_counter() - started)
-    run_dir = write_report(str(output_dir), run_id, config, prepared, ensembles, metrics, summary)
+    run_dir = write_report(str(run.output_dir), run.run_id, config, prepared, ensembles, metrics, summary)
     publish_artifacts(run_dir)
     if config.registry.promote == "auto":
         promote_if_better(str(run_dir), config)
-    logger.info("run folder: %s (%d trained, %d from cache)", run_dir, summary["trained"], summary["cache_hits"])
+    get_run_logger().info("run folder: %s (%d trained, %d from cache)", run_dir, summary["trained"],
+                          summary["cache_hits"])
     return str(run_dir)
