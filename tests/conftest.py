@@ -20,6 +20,12 @@ if "PREFECT_HOME" not in os.environ or os.environ.get("MEDSTACK_TEST_OWN_PREFECT
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="medstack-prefect-home-")
     os.environ["MEDSTACK_TEST_OWN_PREFECT_HOME"] = "1"
 os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+# One TensorFlow thread per op in every test process and the processes it starts: the suite runs two pytest-xdist
+# workers plus the training subprocesses, servers and Dask workers they start on 2 cores, and TensorFlow's own
+# thread pools in each of them only oversubscribe the cores (the tiny CNNs here gain nothing from a second thread).
+# Every process of a run gets the same setting, so the bitwise comparisons between processes still hold.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 import logging
 
@@ -41,9 +47,9 @@ def pneumonia_npz() -> Path:
     return PNEUMONIA_NPZ
 
 
-@pytest.fixture
-def tiny_config_dict(tmp_path: Path) -> dict:
-    """A digits run small enough to train in seconds: 3 classes, 2 folds, 2 epochs, a 2-block CNN."""
+def tiny_config(root: Path) -> dict:
+    """A digits run small enough to train in seconds: 10 classes, 2 folds, 2 epochs, a 2-block CNN; cache and run
+    folders under ``root``."""
     return {
         "name": "tiny",
         "seed": 3,
@@ -55,8 +61,19 @@ def tiny_config_dict(tmp_path: Path) -> dict:
         "strategies": {"ldam": {"drw_epoch": 1}, "class_weight": {}, "smote": {}, "custom_loss": {}},
         "ensemble": {"inner_folds": 3},
         "report": {"bootstrap": 50},
-        "runtime": {"cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "runs")},
+        "runtime": {"cache_dir": str(root / "cache"), "output_dir": str(root / "runs")},
     }
+
+
+@pytest.fixture(scope="session")
+def make_tiny_config():
+    """:func:`tiny_config` for module-scoped fixtures (which cannot use ``tmp_path``)."""
+    return tiny_config
+
+
+@pytest.fixture
+def tiny_config_dict(tmp_path: Path) -> dict:
+    return tiny_config(tmp_path)
 
 
 @pytest.fixture
@@ -65,32 +82,129 @@ def rng() -> np.random.Generator:
 
 
 @pytest.fixture(scope="session")
-def smoke_bundle(pneumonia_npz, tmp_path_factory) -> Path:
-    """One real run of configs/smoke.yaml (4 strategies x 2 folds), trained once per session through the CLI, used
-    as a model bundle by the prediction, export, registry and flow tests. ``MEDSTACK_TEST_CACHE_DIR`` (unset in
-    CI) points the run at a fold cache kept between sessions, so iterating on these tests does not retrain."""
+def prefect_harness():
+    """One Prefect test server per test process (pytest-xdist worker), shared by every module that runs a flow.
+    Subprocesses reach it through :func:`prefect_api_env` instead of starting a temporary server each."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def prefect_api_env(prefect_harness) -> dict[str, str]:
+    """The environment a subprocess needs to report to this process's Prefect test server."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {"PREFECT_API_URL": PREFECT_API_URL.value()}
+
+
+def _shared_dir(tmp_path_factory) -> Path:
+    """The folder every pytest-xdist worker of this session shares (the session's base temp without xdist)."""
+    return tmp_path_factory.getbasetemp().parent if os.environ.get("PYTEST_XDIST_WORKER") else \
+        tmp_path_factory.getbasetemp()
+
+
+def smoke_env(shared: Path) -> dict[str, str]:
+    """The smoke run's environment: the registry at its default place (under XDG_DATA_HOME), not $MEDSTACK_REGISTRY."""
+    env = {k: v for k, v in os.environ.items() if k != "MEDSTACK_REGISTRY"}
+    env["XDG_DATA_HOME"] = str(shared / "smoke-bundle" / "xdg-data")
+    return env
+
+
+# Runs `medstack run` for the smoke bundle and leaves its outcome beside it: exit-ok or exit-failed, and its output.
+_SMOKE_LAUNCHER = """
+import pathlib, subprocess, sys
+base = pathlib.Path(sys.argv[1])
+done = subprocess.run(sys.argv[2:], cwd=base, capture_output=True, text=True, timeout=900)
+(base / "stdout.txt").write_text(done.stdout)
+(base / "stderr.txt").write_text(done.stderr)
+(base / ("exit-ok" if done.returncode == 0 else "exit-failed")).write_text(str(done.returncode))
+"""
+
+
+def _start_smoke_run(shared: Path):
+    """Start the smoke run in the background unless a process of this session already did; the Popen or None."""
     import fcntl
     import subprocess
     import sys
 
-    # Under pytest-xdist every worker process asks for this fixture: the first trains the bundle in the folder all
-    # workers of this session share, the others wait on the lock and use it.
-    shared = tmp_path_factory.getbasetemp().parent if os.environ.get("PYTEST_XDIST_WORKER") else \
-        tmp_path_factory.getbasetemp()
-    base, done_marker = shared / "smoke-bundle", shared / "smoke-bundle.done"
+    base = shared / "smoke-bundle"
     with open(shared / "smoke-bundle.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if done_marker.is_file():
-            return Path(done_marker.read_text())
-        base.mkdir(exist_ok=True)
-        cache = os.environ.get("MEDSTACK_TEST_CACHE_DIR") or str(base / "cache")
-        done = subprocess.run(
-            [str(Path(sys.executable).with_name("medstack")), "run", "--config", str(REPO / "configs" / "smoke.yaml"),
-             "--data", str(pneumonia_npz), "--output-dir", str(base / "runs"), "--cache-dir", cache],
-            cwd=base, capture_output=True, text=True, timeout=900,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        run = Path(done.stdout.strip().splitlines()[-1].removeprefix("run folder: "))  # the CLI ends with that line
-        assert (run / "model.json").is_file(), done.stdout[-2000:]
-        done_marker.write_text(str(run))
-        return run
+        if base.is_dir():
+            return None
+        base.mkdir()
+        command = [str(Path(sys.executable).with_name("medstack")), "run", "--config", str(REPO / "configs" / "smoke.yaml"),
+                   "--data", str(PNEUMONIA_NPZ), "--output-dir", str(base / "runs"), "--cache-dir", str(_smoke_cache(base)),
+                   "--set", "registry.promote=auto"]
+        return subprocess.Popen([sys.executable, "-c", _SMOKE_LAUNCHER, str(base), *command], env=smoke_env(shared))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _smoke_run_in_background(request, tmp_path_factory):
+    """The smoke run starts with the session when any selected test needs it, so it trains while other tests run
+    instead of on the path of the first test that asks for it. The process that started it waits for it at the end."""
+    wanted = any("smoke_bundle" in getattr(item, "fixturenames", ()) for item in request.session.items)
+    proc = _start_smoke_run(_shared_dir(tmp_path_factory)) if wanted and PNEUMONIA_NPZ.is_file() else None
+    yield
+    if proc is not None:
+        try:
+            proc.wait(timeout=900)  # another pytest-xdist worker may still be waiting for it
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+@pytest.fixture(scope="session")
+def smoke_bundle(pneumonia_npz, tmp_path_factory) -> Path:
+    """One real run of configs/smoke.yaml (4 strategies x 2 folds), trained once per pytest run through the CLI
+    with ``--output-dir`` and ``registry.promote=auto``, used as a model bundle by the prediction, export, registry,
+    flow and serving tests. Its fold cache is :func:`smoke_cache`. ``MEDSTACK_TEST_CACHE_DIR`` (unset in CI)
+    points the run at a fold cache kept between sessions, so iterating on these tests does not retrain."""
+    import time
+
+    # Under pytest-xdist every worker process asks for this fixture; one process of the session started the run
+    # (normally at the session's start: _smoke_run_in_background) and all of them wait for its outcome here.
+    shared = _shared_dir(tmp_path_factory)
+    base = shared / "smoke-bundle"
+    _start_smoke_run(shared)
+    deadline = time.monotonic() + 900
+    while not (base / "exit-ok").is_file():
+        if (base / "exit-failed").is_file():
+            pytest.fail(f"the smoke run failed:\n{(base / 'stderr.txt').read_text()[-3000:]}")
+        assert time.monotonic() < deadline, "the smoke run did not finish within 900 s"
+        time.sleep(0.5)
+    out = (base / "stdout.txt").read_text()
+    run = Path(out.strip().splitlines()[-1].removeprefix("run folder: "))  # the CLI ends with that line
+    assert (run / "model.json").is_file(), out[-2000:]
+    return run
+
+
+def _smoke_cache(base: Path) -> Path:
+    return Path(os.environ.get("MEDSTACK_TEST_CACHE_DIR") or base / "cache")
+
+
+@pytest.fixture(scope="session")
+def smoke_cache(smoke_bundle, tmp_path_factory) -> Path:
+    """The fold cache the smoke run trained into: a run of configs/smoke.yaml on the same data that points its
+    runtime.cache_dir here trains nothing (every fold is a cache hit). Read it; do not delete from it."""
+    return _smoke_cache(_shared_dir(tmp_path_factory) / "smoke-bundle")
+
+
+@pytest.fixture(scope="session")
+def smoke_registry_env(smoke_bundle, tmp_path_factory) -> dict[str, str]:
+    """An environment for subprocesses that see the registry the smoke run auto-promoted into, found by the
+    default rule (XDG_DATA_HOME set, no MEDSTACK_REGISTRY)."""
+    return smoke_env(_shared_dir(tmp_path_factory))
+
+
+# Modules that start servers, clusters or training subprocesses, longest first: pytest-xdist hands whole files to
+# workers in collection order (--dist loadfile), so these start first and the short unit tests fill in beside them.
+_LONG_MODULES = ("test_deployments", "test_cluster", "test_faults", "test_cli", "test_flow_e2e", "test_serving_auth",
+                 "test_serving", "test_explain", "test_predict", "test_pipeline", "test_bad_inputs")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(_LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: test order inside a file is kept

@@ -1,12 +1,15 @@
 """Every row of docs/BAD_INPUTS.md: one clear error through the real flow, and nothing half-written left behind.
 
-Each case builds its bad input in tmp_path, runs the flow (or loads the config, for config rows) and checks the
-error type and message, then that the output folder holds no run folder and the cache no entry.
+Each case builds its bad input in tmp_path and runs ``medstack run`` in this process (the real flow on a Prefect test
+server; for config rows also ``check-config``): the error type and message, exit code 2 with the culprit named in
+a few lines on stderr, and no run folder or cache entry left. tests/test_cli.py runs one row of each error kind
+again as a subprocess of the console script, as a person meets it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -122,14 +125,6 @@ CONFIG_CASES: list[tuple[str, dict, str]] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def _tiny(tmp_path: Path, overrides: dict) -> dict:
     tree = {
         "model": {"filters": [4], "convs_per_block": 1, "dense_units": 8, "batch_norm": False, "head": "gap"},
@@ -153,28 +148,79 @@ def _assert_nothing_written(tree: dict) -> None:
     assert not (cache / "folds").is_dir() or list((cache / "folds").iterdir()) == []
 
 
-@pytest.mark.parametrize("case_id, build, error, pattern", DATA_CASES, ids=[c[0] for c in DATA_CASES])
-def test_bad_data_fails_clearly_through_the_flow(harness, tmp_path, case_id, build, error, pattern):
-    from medstack.flows.ensemble import ensemble_flow
+KIND = {DataError: "data error", SplitError: "split error", OutputError: "output error", ValueError: "data error"}
 
+
+def assert_reads_well(stderr: str) -> None:
+    """No traceback; the error is a short block at the end of stderr, after at most a few progress/retry lines."""
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.splitlines()
+    [start] = [i for i, line in enumerate(lines) if re.match(r"medstack: [a-z' ]+(error|failed)( \(\w+\))?: ", line)]
+    assert len(lines) - start <= 5 and len(lines) <= 12, stderr
+
+
+def run_cli(argv: list[str], capsys, monkeypatch) -> tuple[int, str, str, list[BaseException]]:
+    """``medstack ARGV`` in this process: (exit code, stdout, stderr, the exceptions the CLI reported)."""
+    from medstack.cli import main
+    from medstack.console import errors
+
+    reported: list[BaseException] = []
+    real_report = errors.report
+
+    def recording_report(exc, **kwargs):
+        reported.append(exc)
+        return real_report(exc, **kwargs)
+
+    monkeypatch.delenv("MEDSTACK_DEBUG", raising=False)
+    monkeypatch.setattr(errors, "report", recording_report)
+    saved = dict(os.environ)  # `medstack run` sets defaults for its worker processes: not for the next test
+    try:
+        code = main(argv)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    out, err = capsys.readouterr()
+    return code, out, err, reported
+
+
+def _write(tmp_path: Path, tree: dict) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case_id, build, error, pattern", DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_bad_data_fails_clearly_through_the_flow(prefect_harness, tmp_path, capsys, monkeypatch, case_id, build,
+                                                 error, pattern):
+    """`medstack run` on the row's input, in this process (tests/test_cli.py runs one row of each kind as a
+    subprocess): the flow raises the row's error type and message, the CLI turns it into a few lines and exit 2,
+    and nothing is left in the output folder or the cache."""
     tree = _tiny(tmp_path, build(tmp_path))
-    cfg = RunConfig.model_validate(tree)
-    with pytest.raises(error, match=pattern):
-        ensemble_flow(config=cfg)
+    code, out, err, reported = run_cli(["run", "--config", str(_write(tmp_path, tree))], capsys, monkeypatch)
+    [exc] = reported
+    assert isinstance(exc, error) and re.search(pattern, str(exc)), repr(exc)
+    assert code == 2 and out == "", err
+    assert re.search(pattern, err) and f"medstack: {KIND[error]}: " in err, err
+    assert_reads_well(err)
     _assert_nothing_written(tree)
 
 
 @pytest.mark.parametrize("case_id, overrides, pattern", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
-def test_bad_config_fails_at_the_boundary(tmp_path, case_id, overrides, pattern):
+def test_bad_config_fails_at_the_boundary(tmp_path, capsys, monkeypatch, case_id, overrides, pattern):
     tree = _tiny(tmp_path, overrides)
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(tree))
+    path = _write(tmp_path, tree)
     with pytest.raises(ConfigError, match=pattern):
         load_config(path)
+    for command in ("run", "check-config"):  # the console script says it the same way for both
+        code, _, err, _ = run_cli([command, "--config", str(path)], capsys, monkeypatch)
+        assert code == 2 and re.search(pattern, err) and f"medstack: config error: {path}: invalid config:" in err, err
+        assert_reads_well(err)
     _assert_nothing_written(tree)
 
 
-def test_skip_policy_lists_every_skipped_file(harness, tmp_path):
+@pytest.mark.slow
+def test_skip_policy_lists_every_skipped_file(prefect_harness, tmp_path):
     from medstack.flows.ensemble import ensemble_flow
 
     root = _folder(tmp_path / "d", counts=(10, 10))
@@ -186,7 +232,8 @@ def test_skip_policy_lists_every_skipped_file(harness, tmp_path):
     assert "broken.png" in (run / "report.md").read_text()
 
 
-def test_small_minority_lowers_smote_k_and_says_so(harness, tmp_path):
+@pytest.mark.slow
+def test_small_minority_lowers_smote_k_and_says_so(prefect_harness, tmp_path):
     from medstack.flows.ensemble import ensemble_flow
 
     labels = np.array([0] * 52 + [1] * 8)
@@ -197,7 +244,8 @@ def test_small_minority_lowers_smote_k_and_says_so(harness, tmp_path):
     assert "k_neighbors lowered from 5 to" in (run / "report.md").read_text()
 
 
-def test_patient_groups_are_stated_in_metrics_and_report(harness, tmp_path):
+@pytest.mark.slow
+def test_patient_groups_are_stated_in_metrics_and_report(prefect_harness, tmp_path):
     import json
 
     from medstack.flows.ensemble import ensemble_flow

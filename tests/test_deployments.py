@@ -32,7 +32,11 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 MEDSTACK = str(Path(sys.executable).with_name("medstack"))
 FLOW = "medstack-ensemble"
 POOL = yaml.safe_load((REPO / "prefect.yaml").read_text())["definitions"]["work_pool"]["name"]
-SMOKE_FOLD_TASKS = {f"train[{s}|fold-{k}]" for s in ("ldam", "class_weight", "smote", "custom_loss") for k in (1, 2)}
+# The deployment runs: the smoke deployment on a smaller stratified subset of PneumoniaMNIST with one of its
+# strategies (2 fold trainings a cold run), so that a cold run through the worker stays cheap.
+SUBSET = {"train": 120, "val": 40, "test": 40}
+STRATEGIES = {"class_weight": {}}
+SMOKE_FOLD_TASKS = {f"train[{s}|fold-{k}]" for s in STRATEGIES for k in (1, 2)}
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -131,7 +135,7 @@ def _wait_healthy(stack: PrefectStack, server: subprocess.Popen, timeout: float 
 
 @pytest.fixture(scope="module")
 def deployed(stack):
-    """The README's steps: work pool, GPU tag limit, `prefect deploy --all`, a worker on the pool."""
+    """The steps of docs/prefect.md: work pool, GPU tag limit, `prefect deploy --all`, a worker on the pool."""
     assert stack.cli("work-pool", "create", POOL, "--type", "process").returncode == 0
     # One training at a time through the `gpu` tag: the same command caps trainings per GPU on a GPU machine.
     assert stack.cli("concurrency-limit", "create", "gpu", "1").returncode == 0
@@ -150,10 +154,14 @@ class DeploymentRun:
 
 @pytest.fixture(scope="module")
 def smoke_runs(deployed, pneumonia_npz, tmp_path_factory) -> list[DeploymentRun]:
-    """`prefect deployment run 'medstack-ensemble/smoke' --param overrides=... --watch`, twice, one cache."""
+    """`prefect deployment run 'medstack-ensemble/smoke' --param overrides=... --watch`, twice, one cache. The
+    runs take SUBSET and STRATEGIES (a cold run here trains its own 2 folds, so they are kept small; the smoke
+    config itself is trained once per session by conftest's smoke_bundle)."""
     out = tmp_path_factory.mktemp("deployment-outputs")
     overrides = {
         "data.path": str(pneumonia_npz),
+        "data.subset": SUBSET,
+        "strategies": STRATEGIES,
         "runtime.output_dir": str(out / "runs"),
         "runtime.cache_dir": str(out / "cache"),
     }
@@ -293,19 +301,19 @@ def test_artifacts_carry_the_report_the_leaderboard_and_the_folder(deployed, smo
     board = artifacts["ensemble-leaderboard"]
     rows = json.loads(board.data) if isinstance(board.data, str) else board.data
     assert board.type == "table"
-    assert {r["model"] for r in rows} == {"ldam", "class_weight", "smote", "custom_loss", "soft_voting", "stacking"}
+    assert {r["model"] for r in rows} == {*STRATEGIES, "soft_voting", "stacking"}
     assert all(0.0 <= r["roc_auc"] <= 1.0 for r in rows)
     assert run.run_dir.is_dir() and (run.run_dir / "report.md").is_file()  # the link artifact points at it
     progress = artifacts["ensemble-training-progress"]
     assert progress.type == "progress" and float(progress.data) == 100.0
-    assert "8/8 fold trainings finished" in progress.description
+    assert "2/2 fold trainings finished" in progress.description
 
 
 def test_gpu_tag_limit_caps_concurrent_trainings(deployed, smoke_runs):
     """With `prefect concurrency-limit create gpu 1`, no two training task runs overlap in time."""
     tasks = [t for t in _task_runs(deployed, smoke_runs[0].flow_run_id) if t.name in SMOKE_FOLD_TASKS]
     spans = sorted((t.start_time, t.end_time) for t in tasks)
-    assert len(spans) == 8 and all(start and end for start, end in spans)
+    assert len(spans) == 2 and all(start and end for start, end in spans)
     for (_, previous_end), (next_start, _) in zip(spans, spans[1:]):
         assert next_start >= previous_end, spans
 
@@ -316,8 +324,8 @@ def test_cached_rerun_trains_nothing_and_is_quicker(deployed, smoke_runs):
     assert set(tasks) == SMOKE_FOLD_TASKS
     assert {t.state.name for t in tasks.values()} == {"Cached"}  # served from medstack's fold cache
     manifest = json.loads((cached.run_dir / "manifest.json").read_text())
-    assert (manifest["trained"], manifest["cache_hits"]) == (0, 8)
-    assert json.loads((first.run_dir / "manifest.json").read_text())["trained"] == 8
+    assert (manifest["trained"], manifest["cache_hits"]) == (0, 2)
+    assert json.loads((first.run_dir / "manifest.json").read_text())["trained"] == 2
     print(f"wall time of `prefect deployment run --watch`: first {first.wall_seconds:.1f} s, "
           f"cached {cached.wall_seconds:.1f} s; flow bodies {json.loads((first.run_dir / 'manifest.json').read_text())['wall_seconds']} s "
           f"vs {manifest['wall_seconds']} s")
@@ -339,13 +347,13 @@ def test_medstack_serve_runs_deployments_without_a_worker(deployed, smoke_runs, 
             assert time.monotonic() < deadline, f"no deployment from medstack serve:\n{_tail(deployed, 'serve')}"
             time.sleep(2)
     assert deployment.parameters["config"]["name"] == "pneumoniamnist-smoke" and deployment.work_pool_name is None
-    overrides = {"data.path": str(pneumonia_npz), "runtime.output_dir": str(cached.run_dir.parent),
+    overrides = {"data.path": str(pneumonia_npz), "data.subset": SUBSET, "strategies": STRATEGIES, "runtime.output_dir": str(cached.run_dir.parent),
                  "runtime.cache_dir": str(cached.run_dir.parent.parent / "cache")}
     done = deployed.cli("deployment", "run", f"{FLOW}/smoke-served", "--param", f"overrides={json.dumps(overrides)}",
                         "--watch", "--watch-timeout", "600", timeout=660)
     assert done.returncode == 0, _tail(deployed, "serve")
     run_dir = _run_folder(deployed, _flow_run_id(done.stdout))
-    assert json.loads((run_dir / "manifest.json").read_text())["cache_hits"] == 8  # same cache as the worker's runs
+    assert json.loads((run_dir / "manifest.json").read_text())["cache_hits"] == 2  # same cache as the worker's runs
 
 
 # ---------------------------------------------------------------------------------------------- the browser
@@ -379,14 +387,14 @@ def test_ui_shows_the_run_the_leaderboard_and_the_plots(deployed, smoke_runs, br
     page = browser.new_page(viewport={"width": 1400, "height": 1800})
 
     page.goto(f"{deployed.url}/runs/flow-run/{run.flow_run_id}", wait_until="networkidle")
-    page.get_by_text("train[ldam|fold-1]").first.wait_for(timeout=60_000)  # the DAG's readable task names
+    page.get_by_text("train[class_weight|fold-1]").first.wait_for(timeout=60_000)  # the DAG's readable task names
     page.screenshot(path=str(shots / "flow-run.png"))
 
     page.goto(f"{deployed.url}/artifacts/artifact/{artifacts['ensemble-leaderboard'].id}", wait_until="networkidle")
     table = page.locator("table").first
     table.wait_for(timeout=60_000)
     cells = table.locator("td").all_inner_texts()
-    assert {"stacking", "soft_voting", "ldam"} <= {c.strip() for c in cells}, cells[:20]
+    assert {"stacking", "soft_voting", "class_weight"} <= {c.strip() for c in cells}, cells[:20]
     page.screenshot(path=str(shots / "leaderboard-artifact.png"))
 
     page.goto(f"{deployed.url}/artifacts/artifact/{artifacts['ensemble-report'].id}", wait_until="networkidle")

@@ -3,6 +3,7 @@ on the patch. The bundle is trained for real (one strategy, 2 folds) through `me
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ def _planted(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, 
 
 
 @pytest.fixture(scope="module")
-def planted_bundle(tmp_path_factory) -> Path:
+def planted_bundle(tmp_path_factory, prefect_api_env) -> Path:
     base = tmp_path_factory.mktemp("planted")
     images, labels, _ = _planted(800, np.random.default_rng(0))
     np.savez(base / "planted.npz", images=images, labels=labels)
@@ -56,7 +57,7 @@ def planted_bundle(tmp_path_factory) -> Path:
     }
     (base / "planted.yaml").write_text(yaml.safe_dump(config))
     done = subprocess.run([str(Path(sys.executable).with_name("medstack")), "run", "--config", str(base / "planted.yaml")],
-                          cwd=base, capture_output=True, text=True, timeout=900)
+                          cwd=base, capture_output=True, text=True, timeout=900, env={**os.environ, **prefect_api_env})
     assert done.returncode == 0, done.stderr[-3000:]
     return Path(done.stdout.strip().splitlines()[-1].removeprefix("run folder: "))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
@@ -39,6 +40,44 @@ def cfg(tiny_config_dict) -> RunConfig:
     return RunConfig.model_validate(tiny_config_dict)
 
 
+@dataclasses.dataclass
+class Baseline:
+    """The module's one training of every strategy x fold (4 x 2) of the tiny config, into one fold cache."""
+
+    cfg: RunConfig
+    prepared: object
+    cache: FoldCache
+    results: list
+    trained: list[str]  # strategies in the order CNNClassifier.fit ran while the baseline trained
+    label_readers: list[str]  # functions that revealed the sealed test labels while it trained
+
+
+@pytest.fixture(scope="module")
+def baseline(imbalanced_digits, make_tiny_config, tmp_path_factory) -> Baseline:
+    """Trained once for the tests that need the whole grid; each test that changes something trains only that."""
+    base = tmp_path_factory.mktemp("baseline")
+    cfg = RunConfig.model_validate(make_tiny_config(base))
+    prepared = pipeline.prepare_folds(imbalanced_digits, pipeline.split_rows(imbalanced_digits, cfg), cfg)
+    cache, trained, readers = FoldCache(base / "c"), [], []
+    real_fit, real_reveal = CNNClassifier.fit, pipeline.SealedLabels.reveal
+
+    def counting_fit(self, *args, **kwargs):
+        trained.append(self.strategy)
+        return real_fit(self, *args, **kwargs)
+
+    def spying_reveal(self):
+        import sys
+
+        readers.append(sys._getframe(1).f_code.co_name)
+        return real_reveal(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CNNClassifier, "fit", counting_fit)
+        mp.setattr(pipeline.SealedLabels, "reveal", spying_reveal)
+        results = _train_all(prepared, cfg, cache)
+    return Baseline(cfg, prepared, cache, results, trained, readers)
+
+
 @pytest.fixture
 def training_counter(monkeypatch):
     """Counts real CNN trainings by strategy (wraps the real fit, does not replace it)."""
@@ -62,9 +101,8 @@ def _train_all(prepared, cfg, cache):
     ]
 
 
-def test_oof_rows_come_from_the_one_model_that_never_saw_them(imbalanced_digits, cfg, tmp_path, training_counter):
-    prepared = pipeline.prepare_folds(imbalanced_digits, pipeline.split_rows(imbalanced_digits, cfg), cfg)
-    results = _train_all(prepared, cfg, FoldCache(tmp_path / "c"))
+def test_oof_rows_come_from_the_one_model_that_never_saw_them(baseline):
+    prepared, results, cfg = baseline.prepared, baseline.results, baseline.cfg
     for r in results:
         trained_on = prepared.train_idx[prepared.fold_of != r.fold]
         assert not set(r.oof_index) & set(trained_on)
@@ -77,13 +115,12 @@ def test_oof_rows_come_from_the_one_model_that_never_saw_them(imbalanced_digits,
         for r in (r for r in results if r.strategy == strategy):
             rows = np.searchsorted(prepared.train_idx, r.oof_index)
             assert np.array_equal(oof[rows], r.oof_proba)
-    assert len(training_counter) == 4 * 2
+    assert sorted(baseline.trained) == sorted(s for s in cfg.strategies for _ in range(cfg.split.folds))
 
 
-def test_gather_refuses_overlapping_or_missing_folds(imbalanced_digits, cfg, tmp_path):
-    prepared = pipeline.prepare_folds(imbalanced_digits, pipeline.split_rows(imbalanced_digits, cfg), cfg)
-    cfg1 = cfg.model_copy(update={"strategies": {"class_weight": {}}})
-    results = _train_all(prepared, cfg1, FoldCache(tmp_path / "c"))
+def test_gather_refuses_overlapping_or_missing_folds(baseline):
+    prepared = baseline.prepared
+    results = [dataclasses.replace(r) for r in baseline.results if r.strategy == "class_weight"]
     with pytest.raises(ValueError, match=r"expected folds 0..1, got \[0\]"):
         pipeline.gather_predictions(prepared, results[:1])
     results[1].oof_index = results[0].oof_index
@@ -92,23 +129,21 @@ def test_gather_refuses_overlapping_or_missing_folds(imbalanced_digits, cfg, tmp
         pipeline.gather_predictions(prepared, results)
 
 
-def test_cache_hit_retrains_nothing_and_one_changed_strategy_retrains_only_itself(
-    imbalanced_digits, cfg, tmp_path, training_counter
-):
-    prepared = pipeline.prepare_folds(imbalanced_digits, pipeline.split_rows(imbalanced_digits, cfg), cfg)
-    cache = FoldCache(tmp_path / "c")
-    first = _train_all(prepared, cfg, cache)
-    assert len(training_counter) == 8 and not any(r.from_cache for r in first)
+def test_cache_hit_retrains_nothing_and_one_changed_strategy_retrains_only_itself(baseline, tmp_path, training_counter):
+    prepared, cfg, first = baseline.prepared, baseline.cfg, baseline.results
+    cache = FoldCache(tmp_path / "c")  # a copy of the baseline's cache: this test adds entries of its own
+    shutil.copytree(baseline.cache.root, cache.root)
+    assert len(baseline.trained) == 8 and not any(r.from_cache for r in first)
 
     again = _train_all(prepared, cfg, cache)
-    assert len(training_counter) == 8  # nothing retrained
+    assert len(training_counter) == 0  # nothing retrained
     assert all(r.from_cache for r in again)
     assert all(np.array_equal(a.test_proba, b.test_proba) for a, b in zip(first, again))
 
     # The meta-model and report settings are not part of any fold's key.
     changed_meta = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"inner_folds": 4}), "report": cfg.report.model_copy(update={"bootstrap": 7})})
     _train_all(prepared, changed_meta, cache)
-    assert len(training_counter) == 8
+    assert len(training_counter) == 0
 
     changed_smote = cfg.model_copy(update={"strategies": {**cfg.strategies, "smote": {"k_neighbors": 2}}})
     version = pipeline.code_version()
@@ -116,9 +151,9 @@ def test_cache_hit_retrains_nothing_and_one_changed_strategy_retrains_only_itsel
     assert [r.cache_key for r in pipeline.cached_folds(prepared, cfg, cache, version)] == [r.cache_key for r in first]
     with pytest.raises(LookupError, match="smote fold 1: not in the fold cache"):
         pipeline.cached_folds(prepared, changed_smote, cache, version)
-    assert len(training_counter) == 8
+    assert len(training_counter) == 0
     _train_all(prepared, changed_smote, cache)
-    assert training_counter[8:] == ["smote", "smote"]
+    assert training_counter == ["smote", "smote"]
 
 
 def test_code_version_covers_what_training_imports_and_not_the_ensembles():
@@ -137,12 +172,14 @@ def test_code_version_covers_what_training_imports_and_not_the_ensembles():
     assert "training" in loaded and loaded <= modules
 
 
-def test_changed_data_retrains_every_fold(imbalanced_digits, cfg, tmp_path, training_counter):
-    """What the weekly retrain relies on: unchanged data is served from the cache, one changed pixel is not."""
+def test_changed_data_retrains_every_fold(imbalanced_digits, baseline, tmp_path, training_counter):
+    """What the weekly retrain relies on: unchanged data is served from the cache, one changed pixel is not.
+    One strategy (2 folds) stands for all: every fold key holds the data fingerprint."""
     cache = FoldCache(tmp_path / "c")
+    shutil.copytree(baseline.cache.root, cache.root)
+    cfg = baseline.cfg.model_copy(update={"strategies": {"class_weight": {}}})
     prepared = pipeline.prepare_folds(imbalanced_digits, pipeline.split_rows(imbalanced_digits, cfg), cfg)
-    _train_all(prepared, cfg, cache)
-    assert len(training_counter) == 8
+    assert all(r.from_cache for r in _train_all(prepared, cfg, cache)) and training_counter == []
 
     images = imbalanced_digits.images.copy()
     images[0, 0, 0, 0] ^= 1  # one pixel of one image, labels and everything else unchanged
@@ -150,11 +187,11 @@ def test_changed_data_retrains_every_fold(imbalanced_digits, cfg, tmp_path, trai
     prepared_changed = pipeline.prepare_folds(changed, pipeline.split_rows(changed, cfg), cfg)
     assert prepared_changed.fingerprint != prepared.fingerprint
     retrained = _train_all(prepared_changed, cfg, cache)
-    assert len(training_counter) == 16 and not any(r.from_cache for r in retrained)
+    assert training_counter == ["class_weight", "class_weight"] and not any(r.from_cache for r in retrained)
 
 
-def test_ensembles_thresholds_and_the_sealed_test_labels(imbalanced_digits, cfg, tmp_path, monkeypatch):
-    prepared = pipeline.prepare_folds(imbalanced_digits, pipeline.split_rows(imbalanced_digits, cfg), cfg)
+def test_ensembles_thresholds_and_the_sealed_test_labels(imbalanced_digits, baseline, monkeypatch):
+    prepared, cfg = baseline.prepared, baseline.cfg
     with pytest.raises(TypeError, match="sealed"):
         np.asarray(prepared.test_labels) + 0
     readers: list[str] = []
@@ -167,7 +204,8 @@ def test_ensembles_thresholds_and_the_sealed_test_labels(imbalanced_digits, cfg,
         return real_reveal(self)
 
     monkeypatch.setattr(pipeline.SealedLabels, "reveal", spying_reveal)
-    preds = pipeline.gather_predictions(prepared, _train_all(prepared, cfg, FoldCache(tmp_path / "c")))
+    assert baseline.label_readers == []  # the baseline's 8 trainings never opened the test labels
+    preds = pipeline.gather_predictions(prepared, _train_all(prepared, cfg, baseline.cache))  # from the cache
     ensembles = pipeline.fit_ensembles(prepared, preds, cfg)
     assert readers == []  # training, OOF, meta-model and thresholds never opened the test labels
     assert set(ensembles.predictions.test) == {"ldam", "class_weight", "smote", "custom_loss", "soft_voting", "stacking"}
@@ -269,7 +307,8 @@ def test_multiclass_decisions_are_offsets_chosen_on_oof(cfg, tmp_path):
     labels = np.searchsorted([1, 4, 7], digits.labels[keep])  # 1 -> 0, 4 -> 1 (rarest), 7 -> 2
     dataset = Dataset(name="digits-3", images=digits.images[keep], labels=labels.astype(np.int64),
                       class_names=("one", "four", "seven"), official_split=None, sources=None)
-    cfg3 = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"critical_classes": {"four": 0.9}})})
+    cfg3 = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"critical_classes": {"four": 0.9}}),
+                                  "strategies": {"ldam": {"drw_epoch": 1}, "smote": {}}})  # 2 members, 2 ensembles
     prepared = pipeline.prepare_folds(dataset, pipeline.split_rows(dataset, cfg3), cfg3)
     ensembles = pipeline.fit_ensembles(prepared, pipeline.gather_predictions(prepared, _train_all(prepared, cfg3, FoldCache(tmp_path / "c"))), cfg3)
     assert {d["kind"] for d in ensembles.decisions.values()} == {"offsets"}
