@@ -144,6 +144,8 @@ def _models(args: argparse.Namespace) -> int:
     models = read_registry(args.registry)["models"]
     if not models:
         print(f"no models registered in {registry_path(args.registry)}")
+    else:  # say which registry: the rule picks one file, and a person should see which
+        print(f"registry: {registry_path(args.registry)}", file=sys.stderr)
     for name, entry in models.items():
         for alias, target in entry["aliases"].items():
             print(f"{name}@{alias} -> {target['run_id']} ({target['path']}, since {target['since']})")
