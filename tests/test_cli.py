@@ -148,7 +148,7 @@ def folder_runs(tmp_path_factory, prefect_api_env):
     tmp = tmp_path_factory.mktemp("cli")
     folder = _folder(tmp / "images", counts=(16, 16))
     tree = _tiny(tmp, {"data": {"source": "npz", "name": "pneumoniamnist", "path": "x.npz", "image_size": [12, 12],
-                                "channels": 1}})
+                                "channels": 1}, "runtime": {"max_workers": 2}})  # a user's default: 2 at a time
     config = _write_config(tmp, tree)
     first = medstack("run", "--config", config, "--data", folder, "--set", "split.fractions=[0.5,0.25,0.25]")
     second = medstack("run", "-q", "--config", config, "--data", folder, "--set", "split.fractions=[0.5,0.25,0.25]",
