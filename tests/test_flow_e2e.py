@@ -146,9 +146,10 @@ def test_every_fold_model_is_calibrated_on_val_and_the_report_lists_each_t(smoke
 
 
 def test_test_labels_are_read_only_by_the_final_evaluation(smoke_runs):
-    # write_run reads them afterwards to put them next to the predictions in test_predictions.csv. That no
-    # training reads them is tests/test_pipeline.py's baseline (a spy on every reveal while 8 folds train).
-    assert smoke_runs["readers"] == ["evaluate_on_test", "write_run"]
+    # compose_run (the run folder's content) reads them afterwards to put them next to the predictions in
+    # test_predictions.csv. That no training reads them is tests/test_pipeline.py's baseline (a spy on every reveal
+    # while 8 folds train).
+    assert smoke_runs["readers"] == ["evaluate_on_test", "compose_run"]
 
 
 def test_rerun_is_served_from_the_cache(smoke_runs):
