@@ -36,6 +36,7 @@ from medstack.config_sections import (  # noqa: F401  (re-exported: import every
     StrategyParams,
     TrainingConfig,
 )
+from medstack.errors import BAD_INPUT, MedstackError
 
 
 
@@ -255,8 +256,16 @@ class RunConfig(Section):
         return STRATEGY_PARAMS[name](**self.strategies[name])
 
 
-class ConfigError(ValueError):
+class ConfigError(MedstackError, ValueError):
     """A configuration file that cannot be read or does not validate."""
+
+    exit_code, kind = BAD_INPUT, "config error"
+
+    @property
+    def hint(self) -> str | None:  # type: ignore[override]  # only a validation error names key(s) to fix
+        if isinstance(self.__cause__, ValidationError):
+            return "fix the key(s) named above; `medstack check-config --config FILE` checks a config without training"
+        return None
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:

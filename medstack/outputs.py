@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from medstack.config import RunConfig, stable_hash
+from medstack.errors import BAD_INPUT, MedstackError
 from medstack.run_folder import (
     BUNDLE_FILE, CONFIG_FILE, LEADERBOARD_FILE, MANIFEST_FILE, META_MODEL_FILE, METRICS_FILE, OOF_PREDICTIONS_FILE,
     PLOTS_DIR, REPORT_FILE, TEST_PREDICTIONS_FILE,
@@ -33,8 +34,11 @@ if TYPE_CHECKING:
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a plain folder name: no separators, no '..'
 
 
-class OutputError(OSError):
+class OutputError(MedstackError, OSError):
     """The output folder cannot be created or written."""
+
+    exit_code, kind = BAD_INPUT, "output error"
+    hint = "choose a writable folder: --output-dir DIR (run folders) or --cache-dir DIR (fold cache)"
 
 
 def new_run_id(cfg: RunConfig, now: dt.datetime | None = None) -> str:

@@ -23,12 +23,16 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from medstack.config import SplitConfig, SubsetConfig
+from medstack.errors import BAD_INPUT, MedstackError
 
 SPLIT_NAMES = ("train", "val", "test")
 
 
-class SplitError(ValueError):
+class SplitError(MedstackError, ValueError):
     """A split or fold cannot be made from these labels (names the class and its counts)."""
+
+    exit_code, kind = BAD_INPUT, "split error"
+    hint = "add images of the class named above, or lower split.folds / change split.fractions"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from medstack.errors import BAD_INPUT, MedstackError
+
 CHUNK_BYTES = 64 * 2**20  # float64 working set of one chunk of synthetic rows
+
+
+class SmoteError(MedstackError, ValueError):
+    """A class of fewer than two samples in the rows SMOTE is given: bad data for this split, not a bug."""
+
+    exit_code, kind = BAD_INPUT, "data error"
+    hint = ("a fold's training part holds a single image of a class: add images, lower split.folds, "
+            "or leave out the smote strategy")
 
 
 def smote_resample(x: np.ndarray, y: np.ndarray, k_neighbors: int, seed: int, *,
@@ -42,7 +52,7 @@ def smote_resample(x: np.ndarray, y: np.ndarray, k_neighbors: int, seed: int, *,
     smallest = int(counts[counts > 0].min())
     notes = []
     if smallest < 2:
-        raise ValueError(f"SMOTE needs at least 2 samples per class, class counts are {counts.tolist()}")
+        raise SmoteError(f"SMOTE needs at least 2 samples per class, class counts are {counts.tolist()}")
     k = min(k_neighbors, smallest - 1)
     if k < k_neighbors:
         notes.append(f"SMOTE k_neighbors lowered from {k_neighbors} to {k}: smallest class has {smallest} samples")

@@ -14,6 +14,8 @@ from medstack.console import errors, progress
 from medstack.console.datapath import fit_data_path
 from medstack.console.quiet import TerminalLines, filtered_stderr
 from medstack.data import DataError
+from medstack.data.download import DownloadError
+from medstack.models.smote import SmoteError
 from medstack.splits import SplitError
 
 
@@ -23,8 +25,8 @@ from medstack.splits import SplitError
         (DataError("x.npz: missing keys"), 2, "data error"),
         (SplitError("cannot stratify"), 2, "split error"),
         (ConfigError("config file not found: c.yaml"), 2, "config error"),
-        (ValueError("SMOTE needs at least 2 samples per class, class counts are [5, 1]"), 2, "data error"),
-        (OSError("download of https://x failed: timed out"), 1, "download failed"),
+        (SmoteError("SMOTE needs at least 2 samples per class, class counts are [5, 1]"), 2, "data error"),
+        (DownloadError("download of https://x failed: timed out"), 1, "download failed"),
         (KeyError("oops"), 1, "run failed (KeyError)"),
     ],
 )

@@ -14,11 +14,17 @@ from typing import Sequence
 
 import numpy as np
 
+from medstack.errors import BAD_INPUT, MedstackError
+
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 
-class DataError(ValueError):
+class DataError(MedstackError, ValueError):
     """Bad input data; the message names the file, key or class."""
+
+    exit_code, kind = BAD_INPUT, "data error"
+    hint = "fix the data (or the data.* keys of the config) and run again"
+
 
 @dataclass(frozen=True, eq=False)  # eq=False: identity equality/hash; comparing arrays field-wise is ambiguous
 class Dataset:

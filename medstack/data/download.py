@@ -10,11 +10,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medstack.data.dataset import DataError
+from medstack.errors import RUN_FAILED, MedstackError
 from medstack.storage import atomic_file, sweep_stale_temporaries
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+
+
+class DownloadError(MedstackError, OSError):
+    """The network failed a download. An ``OSError``, so the load_dataset task retries it (a DataError it would not)."""
+
+    exit_code, kind = RUN_FAILED, "download failed"
+    hint = "check the network and try again, or download the file yourself and pass --data FILE.npz"
+
+
+class ChecksumError(DataError):
+    """A download that arrived whole but with the wrong md5: not retried (a DataError), yet a failed run (exit 1)."""
+
+    exit_code, kind = RUN_FAILED, "download failed"
+    hint = "try again, or download the file yourself and pass it with --data FILE.npz"
 
 
 @dataclass(frozen=True)
@@ -84,9 +99,9 @@ def download_file(url: str, dest: Path, md5: str, timeout: float = 60) -> Path:
                     digest.update(chunk)
                     out.write(chunk)
         except OSError as exc:  # URLError, HTTPError, timeouts
-            raise OSError(f"download of {url} failed: {exc}") from exc
+            raise DownloadError(f"download of {url} failed: {exc}") from exc
         if digest.hexdigest() != md5.lower():
-            raise DataError(f"download of {url}: md5 mismatch, expected {md5.lower()}, got {digest.hexdigest()}")
+            raise ChecksumError(f"download of {url}: md5 mismatch, expected {md5.lower()}, got {digest.hexdigest()}")
     log.info("downloaded %s to %s", url, dest)
     return dest
 

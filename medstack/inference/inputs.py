@@ -17,12 +17,13 @@ import numpy as np
 
 from medstack.data.dataset import SPLIT_CODES, DataError
 from medstack.data.images import IMAGE_EXTENSIONS, BadImage, decode_image
+from medstack.errors import UsageError
 from medstack.inference.stats import pixel_warnings, source_warnings
 
 _COLOUR_PROBE = 64  # colour check on a thumbnail of at most this side: cheap, and enough to tell grey from colour
 
 
-class InputError(ValueError):
+class InputError(UsageError, ValueError):
     """Input that cannot be predicted; the message names the file."""
 
 

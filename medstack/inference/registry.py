@@ -16,6 +16,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from medstack.errors import UsageError
+
 SCHEMA = 1
 REGISTRY_ENV = "MEDSTACK_REGISTRY"
 # The rule in words, for help texts and docs (one place, so they cannot drift from registry_path).
@@ -25,7 +27,7 @@ REGISTRY_HELP = f"registry file (default: {REGISTRY_RULE})"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-class RegistryError(ValueError):
+class RegistryError(UsageError, ValueError):
     """A registry file or reference that cannot be used; the message names the file."""
 
 

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import medstack
+from medstack.errors import UsageError
 
 SCHEMA_VERSION = 2  # 2: the stacking meta-model says which inputs it reads ("inputs": log_odds | probabilities)
 READABLE_VERSIONS = (1, 2)  # 1: stacking on probabilities, no "inputs" key
 
 
-class BundleError(ValueError):
+class BundleError(UsageError, ValueError):
     """A run folder that cannot be used as a model; the message names the file."""
 
 

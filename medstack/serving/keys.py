@@ -17,13 +17,15 @@ import threading
 from pathlib import Path
 from typing import Any, Mapping
 
+from medstack.errors import UsageError
+
 ENV = "MEDSTACK_API_KEYS"
 MIN_LENGTH = 16
 _PRINTABLE = re.compile(r"[!-~]+")  # printable ASCII, no spaces: what an Authorization header carries unchanged
 _MAKE_ONE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
-class ApiKeyError(ValueError):
+class ApiKeyError(UsageError, ValueError):
     """Keys that cannot be used, or a server that must not start without one; the message says what to do."""
 
 
