@@ -1,7 +1,8 @@
 """The ``medstack`` sub-commands that use a trained ensemble: predict, promote, export, models.
 
 :func:`add_parsers` adds them to the main CLI's sub-parsers; :func:`run` runs one. Errors in the user's input
-(a bad bundle, image, registry or reference) print one line naming the file and exit with status 2.
+(a bad bundle, image, registry or reference) are medstack errors: ``medstack.cli.main`` reports them through
+:func:`medstack.console.errors.report`, one line naming the file, and exit status 2.
 """
 
 from __future__ import annotations
@@ -60,17 +61,9 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         # TensorFlow's C++ start-up lines are dropped, as for `medstack run`; the progress bar goes to the terminal.
         terminal = sys.stderr if debug_enabled(args.debug) else stack.enter_context(filtered_stderr())
-        from medstack.inference.bundle import BundleError
-        from medstack.inference.inputs import InputError
-        from medstack.inference.registry import RegistryError
-
-        try:
-            if args.command == "predict":
-                return _predict(args, progress=terminal if terminal.isatty() else None)
-            return {"promote": _promote, "export": _export, "models": _models}[args.command](args)
-        except (BundleError, InputError, RegistryError) as exc:
-            print(f"medstack: {exc}", file=sys.stderr)
-            return 2
+        if args.command == "predict":
+            return _predict(args, progress=terminal if terminal.isatty() else None)
+        return {"promote": _promote, "export": _export, "models": _models}[args.command](args)
 
 
 def _predict(args: argparse.Namespace, progress: TextIO | None = None) -> int:

@@ -1,7 +1,8 @@
 """``medstack serve-model``: load a bundle once, bind a port (loopback by default), serve it with uvicorn until Ctrl-C.
 
 The socket is bound here, before uvicorn starts, so a port in use is one clear line (exit 2) and ``--port 0`` picks
-a free port; the line ``listening on http://HOST:PORT`` is printed once the model is loaded and the port bound.
+a free port; the line ``listening on http://HOST:PORT`` is printed once the model is loaded and the port bound. Every
+start-up error is a :class:`~medstack.errors.UsageError`, reported by ``medstack.cli.main`` like any other error.
 Whether the address needs API keys (:mod:`medstack.serving.keys`) is decided before either.
 """
 
@@ -12,6 +13,12 @@ import os
 import signal
 import socket
 import sys
+
+from medstack.errors import UsageError
+
+
+class ServeError(UsageError, ValueError):
+    """A server that cannot start: limits out of range, a model file the OS cannot read, an address not to bind."""
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -60,12 +67,9 @@ def serve_model(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from medstack.console.errors import BAD_INPUT
-    from medstack.inference.bundle import BundleError
-    from medstack.inference.registry import RegistryError
     from medstack.inference.predict import decision_text
     from medstack.serving.app import create_app
-    from medstack.serving.keys import ApiKeyError, check_exposure, load_api_keys
+    from medstack.serving.keys import check_exposure, load_api_keys
     from medstack.serving.model import ModelHolder
     from medstack.serving.uploads import Limits
 
@@ -73,33 +77,29 @@ def _serve(args: argparse.Namespace) -> int:
         limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_files=args.max_files,
                         max_pixels=args.max_pixels)
     except ValueError as exc:
-        print(f"medstack: {exc}", file=sys.stderr)
-        return BAD_INPUT
-    try:  # before the bind and the load: a server that must not start says so at once
-        keys = load_api_keys(args.api_key_file, os.environ)
-        warning = check_exposure(args.host, keys is not None, args.insecure)
-    except ApiKeyError as exc:
-        print(f"medstack: {exc}", file=sys.stderr)
-        return BAD_INPUT
+        raise ServeError(str(exc)) from exc
+    # Before the bind and the load: a server that must not start says so at once (an ApiKeyError).
+    keys = load_api_keys(args.api_key_file, os.environ)
+    warning = check_exposure(args.host, keys is not None, args.insecure)
     if warning:
         print(f"medstack: warning: {warning}", file=sys.stderr, flush=True)
     elif args.insecure and keys is not None:
         print("medstack: --insecure does nothing here: API keys were given, so they are required", file=sys.stderr)
     sock = _bind(args.host, args.port)  # bound now (a port in use fails before the load), listening after it
-    if sock is None:
-        return BAD_INPUT
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the server's own handler: the load resolves the alias anyway
     signal.signal(signal.SIGTERM, _stop)  # uvicorn re-raises SIGTERM after its graceful shutdown: end cleanly
     try:
         holder = ModelHolder(args.model, args.registry, args.use, max(1, args.max_batch))
         sock.listen(128)
-    except (BundleError, RegistryError, OSError) as exc:
-        sock.close()
-        print(f"medstack: {exc}", file=sys.stderr)
-        return BAD_INPUT
     except _Stopped:  # SIGTERM while loading
         sock.close()
         return 0
+    except OSError as exc:
+        sock.close()
+        raise ServeError(str(exc)) from exc
+    except BaseException:  # a BundleError or RegistryError, reported by medstack.cli.main
+        sock.close()
+        raise
     served = holder.current
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
@@ -133,12 +133,11 @@ def _stop(signum, frame) -> None:
     raise _Stopped()
 
 
-def _bind(host: str, port: int) -> socket.socket | None:
+def _bind(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        print(f"medstack: --host {host}: {exc.strerror}", file=sys.stderr)
-        return None
+        raise ServeError(f"--host {host}: {exc.strerror}") from exc
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -146,8 +145,7 @@ def _bind(host: str, port: int) -> socket.socket | None:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        print(f"medstack: cannot listen on {host}:{port}: {exc.strerror} (another server there? choose --port)",
-              file=sys.stderr)
-        return None
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror} (another server there? choose --port)") \
+            from exc
     sock.set_inheritable(True)
     return sock
