@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -74,6 +76,30 @@ def make_tiny_config():
 @pytest.fixture
 def tiny_config_dict(tmp_path: Path) -> dict:
     return tiny_config(tmp_path)
+
+
+@contextlib.contextmanager
+def spy_on_training():
+    """Within: every real CNN training (its strategy, in order) and every function that opens the sealed test labels
+    are recorded in the yielded ``{"trained": [...], "label_readers": [...]}``; the real methods still run."""
+    from medstack import pipeline
+    from medstack.models.training import CNNClassifier
+
+    seen: dict[str, list[str]] = {"trained": [], "label_readers": []}
+    real_fit, real_reveal = CNNClassifier.fit, pipeline.SealedLabels.reveal
+
+    def counting_fit(self, *args, **kwargs):
+        seen["trained"].append(self.strategy)
+        return real_fit(self, *args, **kwargs)
+
+    def spying_reveal(self):
+        seen["label_readers"].append(sys._getframe(1).f_code.co_name)
+        return real_reveal(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CNNClassifier, "fit", counting_fit)
+        mp.setattr(pipeline.SealedLabels, "reveal", spying_reveal)
+        yield seen
 
 
 @pytest.fixture

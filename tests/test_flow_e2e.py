@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import spy_on_training
 from medstack.config import load_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -34,35 +35,16 @@ def smoke_runs(prefect_harness, smoke_bundle, smoke_cache, pneumonia_npz, tmp_pa
     """The session's cold smoke run (``medstack run``, conftest's ``smoke_bundle``), then a re-run of the same
     config through the flow in this process against its fold cache, counting trainings and test-label readers."""
     from medstack.flows.ensemble import ensemble_flow
-    from medstack import pipeline
-    from medstack.models.training import CNNClassifier
 
     cfg = _smoke_config(pneumonia_npz, smoke_bundle.parent, smoke_cache, **{"registry.promote": "auto"})
     rerun_cfg = _smoke_config(pneumonia_npz, tmp_path_factory.mktemp("smoke") / "runs", smoke_cache)
-    trainings, readers = [], []
-    real_fit, real_reveal = CNNClassifier.fit, pipeline.SealedLabels.reveal
-
-    def counting_fit(self, *a, **k):
-        trainings.append(self.strategy)
-        return real_fit(self, *a, **k)
-
-    def spying_reveal(self):
-        import sys
-
-        readers.append(sys._getframe(1).f_code.co_name)
-        return real_reveal(self)
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(CNNClassifier, "fit", counting_fit)
-    mp.setattr(pipeline.SealedLabels, "reveal", spying_reveal)
-    try:
+    with spy_on_training() as seen:
         t0 = time.perf_counter()
         second = ensemble_flow(config=rerun_cfg)
         t1 = time.perf_counter()
-    finally:
-        mp.undo()
     print(f"\nsmoke re-run from the cache: {t1 - t0:.1f}s")
-    return {"cfg": cfg, "first": str(smoke_bundle), "second": second, "n_rerun": len(trainings), "readers": readers}
+    return {"cfg": cfg, "first": str(smoke_bundle), "second": second, "n_rerun": len(seen["trained"]),
+            "readers": seen["label_readers"]}
 
 
 def test_smoke_run_writes_every_file(smoke_runs):

@@ -13,6 +13,7 @@ from medstack.config import RunConfig
 from medstack.data import Dataset, load_digits_dataset
 from medstack.pipeline import FoldCache
 from medstack.models.training import CNNClassifier
+from conftest import spy_on_training
 
 pytestmark = pytest.mark.slow
 
@@ -58,24 +59,10 @@ def baseline(imbalanced_digits, make_tiny_config, tmp_path_factory) -> Baseline:
     base = tmp_path_factory.mktemp("baseline")
     cfg = RunConfig.model_validate(make_tiny_config(base))
     prepared = pipeline.prepare_folds(imbalanced_digits, pipeline.split_rows(imbalanced_digits, cfg), cfg)
-    cache, trained, readers = FoldCache(base / "c"), [], []
-    real_fit, real_reveal = CNNClassifier.fit, pipeline.SealedLabels.reveal
-
-    def counting_fit(self, *args, **kwargs):
-        trained.append(self.strategy)
-        return real_fit(self, *args, **kwargs)
-
-    def spying_reveal(self):
-        import sys
-
-        readers.append(sys._getframe(1).f_code.co_name)
-        return real_reveal(self)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(CNNClassifier, "fit", counting_fit)
-        mp.setattr(pipeline.SealedLabels, "reveal", spying_reveal)
+    cache = FoldCache(base / "c")
+    with spy_on_training() as seen:
         results = _train_all(prepared, cfg, cache)
-    return Baseline(cfg, prepared, cache, results, trained, readers)
+    return Baseline(cfg, prepared, cache, results, seen["trained"], seen["label_readers"])
 
 
 @pytest.fixture
