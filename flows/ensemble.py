@@ -21,7 +21,8 @@ from medstack.tasks.data import load_dataset, make_folds, make_splits, store_dat
 from medstack.tasks.ensemble import evaluate_on_test, fit_ensembles, gather_oof
 from medstack.tasks.registry import promote_if_better
 from medstack.tasks.report import publish_artifacts, write_report
-from medstack.tasks.training import TrainingProgress, placement, shared_api, train_fold, training_runner
+from medstack.tasks.training import (placement, shared_api, train_fold, training_progress, training_runner,
+                                     wait_for_folds)
 
 FLOW_NAME = "medstack-ensemble"
 
@@ -42,18 +43,20 @@ def ensemble_flow(config: RunConfig, overrides: dict[str, Any] | None = None) ->
     prepared = store_dataset(make_folds(dataset, splits, config), config.runtime.cache_dir)
     del dataset  # from here on every task reads the stored, memory-mapped copy; tasks receive only its path
 
-    with shared_api(config.runtime), training_runner(config.runtime) as runner, placement(runner, config.runtime):
+    folds = [(strategy, fold) for strategy in config.strategies for fold in range(config.split.folds)]
+    with (shared_api(config.runtime), training_runner(config.runtime) as runner, placement(runner, config.runtime),
+          training_progress(runner, config.runtime, run.run_id, total=len(folds)) as progress):
         futures = [
             runner.submit(
                 train_fold.with_options(
                     task_run_name=f"train[{strategy}|fold-{fold + 1}]", tags=[config.runtime.gpu_tag, strategy]
                 ),
-                parameters={"prepared": prepared, "cfg": config, "strategy": strategy, "fold": fold},
+                parameters={"prepared": prepared, "cfg": config, "strategy": strategy, "fold": fold,
+                            "events": progress.publisher},
             )
-            for strategy in config.strategies
-            for fold in range(config.split.folds)
+            for strategy, fold in folds
         ]
-        results = TrainingProgress(len(futures)).wait(futures)
+        results = wait_for_folds(futures, progress)
 
     predictions = gather_oof(prepared, results)
     ensembles = fit_ensembles(prepared, predictions, config)

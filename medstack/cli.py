@@ -120,6 +120,7 @@ def run_command(args: argparse.Namespace) -> int:
     from medstack.console.quiet import filtered_stderr, silence_prefect_console_at_exit, terminal_logging
     from medstack.console.runs import leaderboard_lines
     from medstack.flows.ensemble import ensemble_flow
+    from medstack.progress import listening
 
     debug = errors.debug_enabled(args.debug)
     with contextlib.ExitStack() as stack:
@@ -140,6 +141,7 @@ def run_command(args: argparse.Namespace) -> int:
                                              on_line=progress.print_line if progress else None))
         if progress is not None:
             stack.enter_context(progress)
+            stack.enter_context(listening(progress))  # the run's progress events, for this flow call only
         run_dir = ensemble_flow(config=cfg)
     if args.verbosity == QUIET:
         print(run_dir)  # -q: the run folder alone, for scripts

@@ -6,8 +6,8 @@ downstream. Validation data drives early stopping and the learning-rate schedule
 
 from __future__ import annotations
 
-import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,6 @@ from medstack.models.calibration import calibration_note, fit_temperature, nll, 
 from medstack.models.network import build_model, tta_views, with_tta
 from medstack.models.recipe import Recipe, SoftmaxAUC, callbacks, learning_rate, resolve_recipe
 from medstack.models.strategies import get_strategy
-
-log = logging.getLogger(__name__)
 
 
 class CNNClassifier:
@@ -38,7 +36,7 @@ class CNNClassifier:
         seed: int = 0,
         verbose: int = 0,
         positive_class: int = 1,
-        fold: int | None = None,
+        on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
     ):
         self.strategy = strategy
         self.params = params
@@ -50,7 +48,7 @@ class CNNClassifier:
         self.seed = seed
         self.verbose = verbose
         self.positive_class = positive_class
-        self.fold = fold  # for progress records only
+        self.on_epoch = on_epoch  # (epoch done, 1-based; epochs planned; that epoch's logs) for progress listeners
 
     def fit(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray) -> "CNNClassifier":
         """Train on (x, y) with the strategy's resampling/weights/loss schedule, early-stopping on (x_val, y_val),
@@ -97,7 +95,7 @@ class CNNClassifier:
                 epochs=end,
                 initial_epoch=start,
                 class_weight=plan.class_weight,
-                callbacks=[*lr_callbacks, self._progress(recipe), *([early_stopping] if last else [])],
+                callbacks=[*lr_callbacks, *self._progress(recipe), *([early_stopping] if last else [])],
                 verbose=self.verbose,
                 **train_fit,
             )
@@ -136,16 +134,16 @@ class CNNClassifier:
         }
         return self
 
-    def _progress(self, recipe: Recipe) -> keras.callbacks.Callback:
-        """One DEBUG record per finished epoch on this module's logger (``record.medstack_epoch``), for live
-        progress displays; nothing is printed unless a handler asks for DEBUG."""
-        where = {"strategy": self.strategy, "fold": self.fold, "epochs": recipe.epochs}
+    def _progress(self, recipe: Recipe) -> list[keras.callbacks.Callback]:
+        """A callback that hands every finished epoch to ``on_epoch`` (none without it). It only reads the logs."""
+        if self.on_epoch is None:
+            return []
+        on_epoch = self.on_epoch
 
         def on_epoch_end(epoch: int, logs: dict | None = None) -> None:
-            log.debug("%s fold %s: epoch %d/%d", self.strategy, self.fold, epoch + 1, recipe.epochs,
-                      extra={"medstack_epoch": {**where, "epoch": epoch + 1}})
+            on_epoch(epoch + 1, recipe.epochs, _floats(logs or {}))
 
-        return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
+        return [keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)]
 
     def predict_proba(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         logits = predict_logits(self.model_, x, batch_size)
@@ -162,6 +160,16 @@ class CNNClassifier:
         obj.model_ = net
         obj.num_classes = int(net.output_shape[-1])
         return obj
+
+
+def _floats(logs: dict) -> dict[str, float]:
+    out = {}
+    for key, value in logs.items():
+        try:
+            out[str(key)] = float(value)
+        except (TypeError, ValueError):  # not a number: not a metric
+            pass
+    return out
 
 
 def _one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
@@ -13,32 +12,29 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Completed, State
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
-from medstack import pipeline
+from medstack import pipeline, progress
 from medstack.config import RunConfig, RuntimeConfig
 from medstack.pipeline import FoldCache, FoldResult
 
 PROGRESS_KEY = "ensemble-training-progress"
-# Fold events for a live display (``medstack run`` in a terminal): DEBUG records carrying ``medstack_fold``
-# {"event": "planned" | "started" | "finished", ...}; plain logging, so the flow never knows who listens.
-events = logging.getLogger(__name__)
-
-
-def _event(event: str, **fields) -> None:
-    events.debug("fold %s: %s", event, fields, extra={"medstack_fold": {"event": event, **fields}})
 
 
 @task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
-def train_fold(prepared: pipeline.PreparedData, cfg: RunConfig, strategy: str, fold: int) -> State:
-    """Train one base model on folds != fold (or load it from the fold cache) and predict OOF, val and test.
+def train_fold(prepared: pipeline.PreparedData, cfg: RunConfig, strategy: str, fold: int,
+               events: progress.Publisher | None = None) -> State:
+    """Train one base model on folds != fold (or load it from the fold cache) and predict OOF, val and test;
+    ``events`` (the run's publisher, see :func:`training_progress`) hears the start and every epoch.
 
     A fold served from medstack's fold cache ends in a Completed state named "Cached", so the Prefect UI
     shows at a glance which folds a run retrained."""
     from medstack.models.training import configure_accelerators
 
     configure_accelerators()
-    _event("started", strategy=strategy, fold=fold)
+    if events is not None:
+        events(progress.FoldStarted(strategy, fold))
     cache = FoldCache(cfg.runtime.cache_dir)
-    result = pipeline.train_one_fold(prepared, cfg, strategy, fold, cache, pipeline.code_version())
+    result = pipeline.train_one_fold(prepared, cfg, strategy, fold, cache, pipeline.code_version(),
+                                     on_epoch=progress.epoch_reporter(events, strategy, fold))
     if result.from_cache:
         return Completed(data=result, name="Cached", message=f"fold cache hit {result.cache_key}")
     return Completed(data=result, message=f"trained {result.info.get('epochs_run')} epochs")
@@ -88,13 +84,42 @@ def placement(runner: TaskRunner, runtime: RuntimeConfig) -> AbstractContextMana
     return nullcontext()
 
 
+def progress_transport(runner: TaskRunner, runtime: RuntimeConfig, run_id: str) -> progress.Transport:
+    """How the trainings' events reach the flow under this runner (see :mod:`medstack.progress`)."""
+    if runtime.task_runner == "dask":
+        return progress.DaskTopic(runner.client, f"medstack-progress-{run_id}")
+    if runtime.task_runner == "processes":
+        return progress.ManagerQueue()
+    return progress.InProcessQueue()
+
+
+@contextmanager
+def training_progress(runner: TaskRunner, runtime: RuntimeConfig, run_id: str,
+                      total: int) -> Iterator[progress.ProgressStream]:
+    """The run's progress stream over the runner's transport, with the Prefect progress artifact listening;
+    ``total`` fold trainings are announced. Every event published inside has reached the listeners on leaving."""
+    with progress.ProgressStream(progress_transport(runner, runtime, run_id), (TrainingProgress(total),)) as stream:
+        stream.publish(progress.FoldsPlanned(total))
+        yield stream
+
+
+def wait_for_folds(futures: list[PrefectFuture], stream: progress.ProgressStream) -> list[FoldResult]:
+    """Results in submission order; a ``FoldFinished`` event for every completion, in whatever order they finish.
+    A failed fold raises."""
+    for done, future in enumerate(as_completed(futures), start=1):
+        result: FoldResult = future.result()
+        stream.publish(progress.FoldFinished(result.strategy, result.fold, result.from_cache,
+                                             result.info.get("seconds"), done, len(futures)))
+    return [future.result() for future in futures]
+
+
 class TrainingProgress:
-    """A Prefect progress artifact that advances as fold trainings finish (in whatever order they finish)."""
+    """A Prefect progress artifact that advances as fold trainings finish: a listener of the run's
+    :class:`~medstack.progress.FoldFinished` events (created here, in the flow; updated on the dispatch thread)."""
 
     def __init__(self, total: int):
         self.total = total
         self.done = self.cached = 0
-        _event("planned", total=total)
         self._artifact = create_progress_artifact(
             progress=0.0, key=PROGRESS_KEY, description=self._describe()
         )
@@ -102,15 +127,9 @@ class TrainingProgress:
     def _describe(self) -> str:
         return f"{self.done}/{self.total} fold trainings finished ({self.cached} from the fold cache)"
 
-    def advance(self, result: FoldResult) -> None:
-        self.done += 1
-        self.cached += result.from_cache
-        _event("finished", strategy=result.strategy, fold=result.fold, from_cache=result.from_cache,
-               seconds=result.info.get("seconds"), done=self.done, total=self.total)
+    def __call__(self, event: progress.Event) -> None:
+        if not isinstance(event, progress.FoldFinished):
+            return
+        self.done = event.done
+        self.cached += event.from_cache
         update_progress_artifact(self._artifact, progress=100.0 * self.done / self.total, description=self._describe())
-
-    def wait(self, futures: list[PrefectFuture]) -> list[FoldResult]:
-        """Results in submission order; the artifact moves on with every completion. A failed fold raises."""
-        for future in as_completed(futures):
-            self.advance(future.result())
-        return [future.result() for future in futures]

@@ -16,6 +16,7 @@ from medstack.console.quiet import TerminalLines, filtered_stderr
 from medstack.data import DataError
 from medstack.data.download import DownloadError
 from medstack.models.smote import SmoteError
+from medstack.progress import EpochEnded, FoldFinished, FoldsPlanned, FoldStarted
 from medstack.splits import SplitError
 
 
@@ -68,29 +69,28 @@ def test_progress_counts_folds_and_estimates_the_time_left():
     state = progress.ProgressState(workers=2, started=0.0)
     shown = progress.RunProgress(2, live=False, stream=io.StringIO())
     shown.state = state
-    events = [("planned", {"total": 4}), ("started", {"strategy": "ldam", "fold": 0}),
-              ("started", {"strategy": "ldam", "fold": 1})]
-    for event, fields in events:
-        shown._fold({"event": event, **fields})
-    shown._epoch({"strategy": "ldam", "fold": 1, "epoch": 2, "epochs": 4})
+    for event in (FoldsPlanned(4), FoldStarted("ldam", 0), FoldStarted("ldam", 1)):
+        shown(event)
+    shown(EpochEnded("ldam", 1, 2, 4, {"loss": 0.7}))
     assert progress.fold_lines(state, now=state.running[("ldam", 1)].started + 5)[1].startswith(
         "  training ldam fold 2, epoch 2/4")
-    line = shown._fold({"event": "finished", "strategy": "ldam", "fold": 0, "from_cache": False, "seconds": 10.0})
-    assert line == "[1/4] ldam fold 1 trained in 10.0 s"
-    assert shown._fold({"event": "finished", "strategy": "ldam", "fold": 1, "from_cache": True}).endswith(
-        "from the fold cache")
+    shown(FoldFinished("ldam", 0, from_cache=False, seconds=10.0, done=1, total=4))
+    shown(FoldFinished("ldam", 1, from_cache=True, seconds=None, done=2, total=4))
+    assert shown.stream.getvalue().splitlines() == [  # plain lines: the plan and every finished fold
+        "training 4 fold models (2 at a time)", "[1/4] ldam fold 1 trained in 10.0 s",
+        "[2/4] ldam fold 2 from the fold cache"]
     assert (state.trained, state.cached, state.done) == (1, 1, 2)
     # Two folds left, none running, 10 s per trained fold, two workers: 10 s.
     assert state.seconds_left(now=state.started + 20) == pytest.approx(10.0)
     assert "folds 2/4 (1 trained, 1 cached)" in progress.summary_line(state, now=state.started + 20)
 
 
-def test_an_unknown_epoch_record_changes_nothing():
+def test_an_epoch_of_a_fold_not_in_training_changes_nothing():
     shown = progress.RunProgress(1, live=False, stream=io.StringIO())
-    shown._fold({"event": "planned", "total": 1})
-    shown._fold({"event": "started", "strategy": "smote", "fold": 0})
-    shown._epoch({"strategy": "smote", "fold": None, "epoch": 1, "epochs": 3})
-    assert shown.state.running[("smote", 0)].epoch is None
+    shown(FoldsPlanned(2))
+    shown(FoldStarted("smote", 0))
+    shown(EpochEnded("smote", 1, 1, 3))
+    assert shown.state.running[("smote", 0)].epoch is None and ("smote", 1) not in shown.state.running
 
 
 def test_filtered_stderr_drops_tensorflow_start_up_lines_and_keeps_the_rest(capfd):
@@ -139,8 +139,8 @@ def test_the_plan_line_says_where_the_trainings_run():
     for name, (runtime, width, where) in cases.items():
         assert progress.parallelism(RuntimeConfig.model_validate(runtime)) == (width, where), name
     shown = progress.RunProgress(None, live=False, stream=io.StringIO(), where="on the Dask cluster at tcp://x:1")
-    assert shown._fold({"event": "planned", "total": 20}) == "training 20 fold models (on the Dask cluster at tcp://x:1)"
-    shown._fold({"event": "finished", "strategy": "ldam", "fold": 0, "from_cache": False, "seconds": 10.0})
+    assert shown.apply(FoldsPlanned(20)) == "training 20 fold models (on the Dask cluster at tcp://x:1)"
+    shown(FoldFinished("ldam", 0, from_cache=False, seconds=10.0, done=1, total=20))
     # Width unknown: estimated from the folds in flight, at least one at a time (19 folds left x 10 s).
     assert shown.state.seconds_left(now=shown.state.started) == pytest.approx(190.0)
 

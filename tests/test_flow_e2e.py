@@ -192,16 +192,26 @@ def test_cli_rejects_a_bad_config_before_any_work(tmp_path, capsys):
 
 
 def test_process_pool_task_runner_runs_the_flow(prefect_harness, tiny_config_dict, tmp_path):
-    """runtime.task_runner: processes -> trainings in worker processes, results back in the flow."""
+    """runtime.task_runner: processes -> trainings in worker processes, results back in the flow, and every fold's
+    epochs heard in the flow process as progress events from the worker that trained it."""
     from medstack.flows.ensemble import ensemble_flow
     from medstack.config import RunConfig
+    from medstack.progress import EpochEnded, FoldStarted, listening
 
     tiny_config_dict["data"]["subset"] = {"train": 200, "val": 60, "test": 60}
     tiny_config_dict["strategies"] = {"class_weight": {}}
     tiny_config_dict["runtime"].update(task_runner="processes", max_workers=2)
     cfg = RunConfig.model_validate(tiny_config_dict)
-    run = Path(ensemble_flow(config=cfg))
+    heard = []
+    with listening(heard.append):
+        run = Path(ensemble_flow(config=cfg))
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["trained"] == 2 and sorted(manifest["folds"]) == ["class_weight|fold-1", "class_weight|fold-2"]
     assert len({fold["worker"]["pid"] for fold in manifest["folds"].values()} - {os.getpid()}) == 2  # 2 processes
+    for key, fold in manifest["folds"].items():
+        index = int(key.rpartition("-")[2]) - 1
+        epochs = [e for e in heard if isinstance(e, EpochEnded) and e.fold == index]
+        assert [e.epoch for e in epochs] == list(range(1, fold["epochs_run"] + 1)), key
+        assert {e.pid for e in epochs} == {fold["worker"]["pid"]} != {os.getpid()}, key
+        assert FoldStarted("class_weight", index, fold["worker"]["pid"], fold["worker"]["host"]) in heard, key
     assert set(json.loads((run / "metrics.json").read_text())["models"]) == {"class_weight", "soft_voting", "stacking"}

@@ -1,15 +1,12 @@
 """Live progress of ``medstack run``: folds trained / from cache / total, the folds in training with their epoch,
 elapsed time and an estimate of the time left. Plain lines, one per finished fold, when stdout is not a terminal.
 
-It listens to logging only (same process, threads runner): fold events from ``medstack.tasks.training``
-(``medstack_fold``) and, when the training code sends them, per-epoch records from ``medstack.models.training``
-(``medstack_epoch``). Without epoch records the folds in training show without an epoch; with the processes
-runner, only finished folds arrive (the flow process sees those).
+:class:`RunProgress` is a listener of the run's progress events (:mod:`medstack.progress`): ``medstack run`` attaches
+it with ``progress.listening`` around the flow. Epochs arrive under every task runner (threads, processes, Dask).
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 import time
@@ -17,12 +14,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
 from medstack.console.quiet import write_line
+from medstack.progress import EpochEnded, Event, FoldFinished, FoldsPlanned, FoldStarted
 
 if TYPE_CHECKING:
     from medstack.config import RuntimeConfig
-
-FOLD_LOGGER = "medstack.tasks.training"
-EPOCH_LOGGER = "medstack.models.training"
 
 
 @dataclass
@@ -34,7 +29,7 @@ class _Fold:
 
 @dataclass
 class ProgressState:
-    """What the display shows; fed by :meth:`RunProgress.emit`, read by the renderers."""
+    """What the display shows; fed by :class:`RunProgress`'s events, read by the renderers."""
 
     workers: int | None  # trainings at once; None: unknown (a Dask cluster's workers come and go)
     started: float = field(default_factory=time.monotonic)
@@ -105,11 +100,11 @@ def parallelism(runtime: RuntimeConfig) -> tuple[int | None, str]:
     return runtime.max_workers, f"{runtime.max_workers} at a time"
 
 
-class RunProgress(logging.Handler):
-    """A logging handler that keeps :class:`ProgressState` and shows it: live (rich) or as plain lines."""
+class RunProgress:
+    """A progress listener that keeps :class:`ProgressState` and shows it: live (rich) or as plain lines. As a
+    context manager it starts and stops the live display."""
 
     def __init__(self, workers: int | None, *, live: bool, stream: TextIO | None = None, where: str | None = None):
-        super().__init__(logging.DEBUG)
         self.state = ProgressState(workers=workers)
         self.where = where or f"{workers} at a time"
         self.stream = stream or sys.stderr
@@ -148,10 +143,6 @@ class RunProgress(logging.Handler):
             write_line(self.stream, line)
 
     def __enter__(self) -> "RunProgress":
-        for name in (FOLD_LOGGER, EPOCH_LOGGER):
-            logger = logging.getLogger(name)
-            logger.setLevel(logging.DEBUG)
-            logger.addHandler(self)
         if self._live is not None:
             self._live.start()
         return self
@@ -159,48 +150,42 @@ class RunProgress(logging.Handler):
     def __exit__(self, *exc) -> None:
         if self._live is not None:
             self._live.stop()
-        for name in (FOLD_LOGGER, EPOCH_LOGGER):
-            logging.getLogger(name).removeHandler(self)
 
     # -- events --------------------------------------------------------------------------------------------------
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            fold_event = getattr(record, "medstack_fold", None)
-            epoch_event = getattr(record, "medstack_epoch", None)
-            with self._lock:
-                line = self._fold(fold_event) if fold_event else None
-                if epoch_event:
-                    self._epoch(epoch_event)
-            if line and self._live is None:
-                write_line(self.stream, line)
-        except Exception:  # a display problem must never fail a run
-            self.handleError(record)
+    def __call__(self, event: Event) -> None:
+        """Takes one event (on the run's dispatch thread); a plain line when a fold finishes or the plan is known."""
+        with self._lock:
+            line = self.apply(event)
+        if line and self._live is None:
+            write_line(self.stream, line)
 
-    def _fold(self, event: dict) -> str | None:
-        now, state, kind = time.monotonic(), self.state, event.get("event")
-        if kind == "planned":
-            state.total = int(event["total"])
+    def apply(self, event: Event) -> str | None:
+        """The state after ``event``, and the plain line it prints, if any."""
+        now, state = time.monotonic(), self.state
+        if isinstance(event, FoldsPlanned):
+            state.total = event.total
             return f"training {state.total} fold models ({self.where})"
-        key = (str(event.get("strategy")), int(event.get("fold", -1)))
-        if kind == "started":
+        key = (event.strategy, event.fold) if isinstance(event, (FoldStarted, EpochEnded, FoldFinished)) else None
+        if isinstance(event, FoldStarted):
             state.running.setdefault(key, _Fold(started=now))
-            return None
-        if kind != "finished":
-            return None
+        elif isinstance(event, EpochEnded):
+            info = state.running.get(key)  # a fold not (or no longer) in training shows no epoch
+            if info is not None:
+                info.epoch, info.epochs = event.epoch, event.epochs
+        elif isinstance(event, FoldFinished):
+            return self._finished(key, event, now)
+        return None
+
+    def _finished(self, key: tuple[str, int], event: FoldFinished, now: float) -> str:
+        state = self.state
         info = state.running.pop(key, None)
-        if event.get("from_cache"):
+        if event.from_cache:
             state.cached += 1
             how = "from the fold cache"
         else:
             state.trained += 1
-            seconds = event.get("seconds") or (now - info.started if info else None)
+            seconds = event.seconds or (now - info.started if info else None)
             if seconds:
                 state.trained_seconds.append(float(seconds))
             how = f"trained in {seconds:.1f} s" if seconds else "trained"
         return f"[{state.done}/{state.total}] {key[0]} fold {key[1] + 1} {how}"
-
-    def _epoch(self, event: dict) -> None:
-        # Same fold numbering as the fold events (0-based index); an unknown fold shows no epoch rather than a wrong one.
-        info = self.state.running.get((str(event.get("strategy")), event.get("fold")))
-        if info is not None:
-            info.epoch, info.epochs = event.get("epoch"), event.get("epochs")

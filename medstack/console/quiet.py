@@ -122,10 +122,6 @@ class _NoTraceback(logging.Formatter):
             record.exc_info, record.exc_text, record.stack_info = saved
 
 
-def _not_progress(record: logging.LogRecord) -> bool:
-    return not (hasattr(record, "medstack_epoch") or hasattr(record, "medstack_fold"))
-
-
 class TerminalLines(logging.Handler):
     """One plain line per medstack warning and per retry; nothing else (default and ``-q`` modes)."""
 
@@ -150,7 +146,7 @@ class TerminalLines(logging.Handler):
     def line(record: logging.LogRecord) -> str | None:
         if record.name.startswith("prefect"):
             return _retry_line(record)
-        if record.name.startswith("medstack") and record.levelno >= logging.WARNING and _not_progress(record):
+        if record.name.startswith("medstack") and record.levelno >= logging.WARNING:
             return f"medstack: {record.levelname.lower()}: {record.getMessage()}"
         return None
 
@@ -181,7 +177,6 @@ def terminal_logging(verbosity: int, *, debug: bool = False, on_line=None,
     medstack_logger = logging.getLogger("medstack")
     saved_level = medstack_logger.level
     for handler in consoles:
-        handler.addFilter(_not_progress)
         if not debug and handler.formatter is not None:
             handler.setFormatter(_NoTraceback(handler.formatter))
         if verbosity < VERBOSE:
@@ -199,7 +194,6 @@ def terminal_logging(verbosity: int, *, debug: bool = False, on_line=None,
                 logging.getLogger(name).removeHandler(lines)
         medstack_logger.setLevel(saved_level)
         for handler, (level, formatter) in saved.items():
-            handler.removeFilter(_not_progress)
             handler.setLevel(level)
             handler.setFormatter(formatter)
 

@@ -10,6 +10,7 @@ import socket
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +97,12 @@ def fold_seed(seed: int, strategy: str, fold: int) -> int:
 
 
 def train_one_fold(
-    prepared: PreparedData, cfg: RunConfig, strategy: str, fold: int, cache: FoldCache, version: str
+    prepared: PreparedData, cfg: RunConfig, strategy: str, fold: int, cache: FoldCache, version: str,
+    on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
 ) -> FoldResult:
-    """Train one strategy on folds != ``fold`` (or load it from the cache) and predict the held-out fold, val, test."""
+    """Train one strategy on folds != ``fold`` (or load it from the cache) and predict the held-out fold, val, test.
+
+    ``on_epoch(epoch, epochs, metrics)`` hears every finished epoch (progress only: it never changes the result)."""
     from medstack.models.training import CNNClassifier  # TensorFlow loads only where training happens
 
     key = fold_cache_key(prepared, cfg, strategy, fold, version)
@@ -118,7 +122,7 @@ def train_one_fold(
         image_size=cfg.data.image_size,
         seed=fold_seed(cfg.seed, strategy, fold),
         positive_class=prepared.positive_class,
-        fold=fold,
+        on_epoch=on_epoch,
     ).fit(data.x_train, data.y_train, data.x_val, data.y_val)
     result = FoldResult(
         strategy=strategy,
