@@ -158,20 +158,33 @@ def test_a_dask_cluster_run_survives_a_killed_worker_and_equals_the_threads_run(
     assert yaml.safe_load((run / "config.yaml").read_text())["runtime"]["dask"]["address"] == dask_cluster.address
 
 
-def test_trainings_go_only_to_workers_that_declare_a_gpu(tmp_path, tiny_config_dict, prefect_api_env):
+def test_trainings_go_only_to_workers_that_declare_a_gpu(tmp_path, tiny_config_dict, prefect_harness):
     """gpus_per_training: auto. One worker declares `--resources GPU=1` (and has two threads), the other none: every
-    training runs on the GPU worker, one at a time, although the other worker sits idle."""
+    training runs on the GPU worker, one at a time, although the other worker sits idle. The flow runs in this
+    process and hears every epoch of both trainings from the GPU worker's process (Dask's structured events)."""
+    from medstack.config import load_config
+    from medstack.flows.ensemble import ensemble_flow
+    from medstack.progress import EpochEnded, listening
+
     cluster = _cluster(tmp_path, [["--resources", "GPU=1", "--nthreads", "2"], []])
     gpu_worker = next(cluster)
+    heard = []
     try:
         tiny_config_dict["data"]["subset"] = {"train": 120, "val": 40, "test": 40}
         tiny_config_dict["strategies"] = {"class_weight": {}}  # 2 trainings: enough to see where and one at a time
         config = tmp_path / "tiny.yaml"
         config.write_text(yaml.safe_dump(tiny_config_dict))
-        run = _finish(_medstack_run(config, tmp_path, "gpu", *_dask(gpu_worker), env=prefect_api_env))
+        cfg = load_config(config, {"runtime.task_runner": "dask", "runtime.dask.address": gpu_worker.address})
+        with listening(heard.append):
+            run = Path(ensemble_flow(config=cfg))
     finally:
         cluster.close()
-    spans = sorted((f["worker"]["started"], f["worker"]["finished"], f["worker"]["pid"])
-                   for f in json.loads((run / "manifest.json").read_text())["folds"].values())
-    assert {pid for _, _, pid in spans} == {next(iter(gpu_worker.workers))}
+    folds = json.loads((run / "manifest.json").read_text())["folds"]
+    spans = sorted((f["worker"]["started"], f["worker"]["finished"], f["worker"]["pid"]) for f in folds.values())
+    gpu_pid = next(iter(gpu_worker.workers))
+    assert {pid for _, _, pid in spans} == {gpu_pid}
     assert all(end <= next_start for (_, end, _), (next_start, _, _) in zip(spans, spans[1:]))  # never two at once
+    for key, fold in folds.items():
+        epochs = [e.epoch for e in heard if isinstance(e, EpochEnded) and e.pid == gpu_pid and
+                  e.fold == int(key.rpartition("-")[2]) - 1]
+        assert epochs == list(range(1, fold["epochs_run"] + 1)), key
