@@ -82,7 +82,7 @@ class CNNClassifier:
             end = phases[i + 1][0] if i + 1 < len(phases) else recipe.epochs
             last = i + 1 == len(phases)
             # Same optimizer object across phases: Adam moments and the LR schedule carry over the DRW switch.
-            net.compile(optimizer=optimizer, loss=loss, metrics=["accuracy", auc])
+            net.compile(optimizer=optimizer, loss=loss, metrics=["accuracy", auc], jit_compile=cfg.jit_compile)
             last_phase_start = len(history.get("loss", []))
             train_data, train_fit = feed.next_epochs(end - start)
             fitted = net.fit(

@@ -58,8 +58,8 @@ def tiny_config(root: Path) -> dict:
         "data": {"source": "digits", "name": "digits"},
         "split": {"folds": 2, "seed": 3},
         "model": {"filters": [4, 8], "convs_per_block": 1, "dense_units": 16, "batch_norm": False, "head": "gap"},
-        "augmentation": {"rotation": 0.0, "zoom": 0.0, "shift": 0.0},
-        "training": {"epochs": 2, "batch_size": 64, "min_steps": 0, "min_epoch_steps": 0, "stop_after_steps": 0, "patience_steps": 1},
+        "augmentation": {"rotation": 0.0, "zoom": 0.0, "shift": 0.0},  # no random layers, so XLA would compile: jit_compile off
+        "training": {"epochs": 2, "jit_compile": False, "batch_size": 64, "min_steps": 0, "min_epoch_steps": 0, "stop_after_steps": 0, "patience_steps": 1},
         "strategies": {"ldam": {"drw_epoch": 1}, "class_weight": {}, "smote": {}, "custom_loss": {}},
         "ensemble": {"inner_folds": 3},
         "report": {"bootstrap": 50},

@@ -128,8 +128,8 @@ CONFIG_CASES: list[tuple[str, dict, str]] = [
 def _tiny(tmp_path: Path, overrides: dict) -> dict:
     tree = {
         "model": {"filters": [4], "convs_per_block": 1, "dense_units": 8, "batch_norm": False, "head": "gap"},
-        "augmentation": {"rotation": 0.0, "zoom": 0.0, "shift": 0.0},
-        "training": {"epochs": 1},
+        "augmentation": {"rotation": 0.0, "zoom": 0.0, "shift": 0.0},  # no random layers, so XLA would compile: jit_compile off
+        "training": {"epochs": 1, "jit_compile": False},
         "split": {"folds": 2},
         "strategies": {"class_weight": {}},
         "ensemble": {"inner_folds": 2},

@@ -83,7 +83,7 @@ def test_classifier_calibrates_on_val_without_changing_its_ranking(rng):
     x_val, y_val = x[::4], y[::4]
 
     def fit(calibration):
-        training = TrainingConfig(epochs=3, batch_size=16, learning_rate=0.01, calibration=calibration, min_steps=0, min_epoch_steps=0, tta="none")
+        training = TrainingConfig(epochs=3, jit_compile=False, batch_size=16, learning_rate=0.01, calibration=calibration, min_steps=0, min_epoch_steps=0, tta="none")
         return CNNClassifier("class_weight", NoParams(), 2, small, None, training, seed=3).fit(x, y, x_val, y_val)
 
     plain, calibrated = fit("none"), fit("temperature")

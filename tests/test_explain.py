@@ -46,8 +46,8 @@ def planted_bundle(tmp_path_factory, prefect_api_env) -> Path:
         "split": {"folds": 2, "seed": 1},
         "model": {"filters": [8, 16], "convs_per_block": 1, "dense_units": 16, "batch_norm": False, "head": "gap",
                   "dropout": 0.0},
-        "augmentation": {"rotation": 0.0, "zoom": 0.0, "shift": 0.0},
-        "training": {"epochs": 8, "batch_size": 32, "learning_rate": 0.003, "min_steps": 0, "min_epoch_steps": 0,
+        "augmentation": {"rotation": 0.0, "zoom": 0.0, "shift": 0.0},  # no random layers, so XLA would compile: jit_compile off
+        "training": {"epochs": 8, "jit_compile": False, "batch_size": 32, "learning_rate": 0.003, "min_steps": 0, "min_epoch_steps": 0,
                      # Val ROC AUC reaches 1.0 in the first epoch and ties never count as improvements, so an early
                      # stop watched from step 0 restored first-epoch weights (10 steps): no early stop here.
                      "stop_after_steps": 10_000, "patience_steps": 1000},

@@ -100,7 +100,7 @@ def test_a_minimum_number_of_steps_is_always_trained(rng):
     after patience + 1 epochs; with it every planned step up to the earliest stop is trained."""
     x = rng.integers(0, 255, (32, 8, 8, 1)).astype("uint8")
     y = np.array([0] * 24 + [1] * 8)
-    training = TrainingConfig(epochs=1, batch_size=16, min_steps=12, min_epoch_steps=0, stop_after_steps=12, patience_steps=1,
+    training = TrainingConfig(epochs=1, jit_compile=False, batch_size=16, min_steps=12, min_epoch_steps=0, stop_after_steps=12, patience_steps=1,
                               tta="none", calibration="none")
     clf = CNNClassifier("class_weight", NoParams(), 2, SMALL, None, training, seed=0)
     clf.fit(x, y, x[:16], rng.integers(0, 2, 16))
@@ -168,7 +168,7 @@ def test_tta_setting_reaches_the_predicting_model(rng, tta, views):
     x = rng.integers(0, 255, (32, 8, 8, 1)).astype("uint8")
     y = np.array([0] * 24 + [1] * 8)
     aug = AugmentationConfig(flip="none", shift=0.25, rotation=0.0, zoom=0.0)
-    training = TrainingConfig(epochs=1, batch_size=16, min_steps=0, min_epoch_steps=0, tta=tta, calibration="none")
+    training = TrainingConfig(epochs=1, jit_compile=False, batch_size=16, min_steps=0, min_epoch_steps=0, tta=tta, calibration="none")
     clf = CNNClassifier("class_weight", NoParams(), 2, SMALL, aug, training, seed=0).fit(x, y, x[:16], y[:16])
     assert sum(isinstance(layer, TTAView) for layer in clf.model_.layers) == views
     assert clf.info_["tta_views"] == max(views, 1)

@@ -32,7 +32,7 @@ def test_resizing_happens_inside_the_model(rng):
 def test_inverse_time_schedule_trains_and_decays(rng):
     x = rng.integers(0, 255, (64, 8, 8, 1)).astype("uint8")
     y = np.array([0] * 48 + [1] * 16)
-    training = TrainingConfig(epochs=2, batch_size=16, learning_rate=0.01, min_steps=0, min_epoch_steps=0, lr_schedule={"kind": "inverse_time", "decay_steps": 1, "decay_rate": 1.0})
+    training = TrainingConfig(epochs=2, jit_compile=False, batch_size=16, learning_rate=0.01, min_steps=0, min_epoch_steps=0, lr_schedule={"kind": "inverse_time", "decay_steps": 1, "decay_rate": 1.0})
     clf = CNNClassifier("class_weight", NoParams(), 2, SMALL, None, training, seed=0).fit(x, y, x[:16], y[:16])
     lr = clf.network_.optimizer.learning_rate
     assert float(np.asarray(lr)) < 0.01 / 5  # 8 steps of 1/(1 + t): well below the start value
