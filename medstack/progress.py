@@ -25,6 +25,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -184,8 +185,10 @@ class ManagerQueue:
 
     def open(self, deliver: Callable[[Event], None]) -> None:
         import multiprocessing
+        from multiprocessing.managers import SyncManager
 
-        self._manager = multiprocessing.get_context("spawn").Manager()
+        self._manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
+        self._manager.start(_exit_with_parent, (os.getpid(),))
         self.publisher = QueuePublisher(self._manager.Queue())
         self._forwarder = threading.Thread(target=self._forward, args=(self.publisher.proxy, deliver),
                                            name="medstack-progress-queue", daemon=True)
@@ -211,6 +214,16 @@ class ManagerQueue:
             self._forwarder.join(timeout=30)
         finally:
             self._manager.shutdown()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In the manager process: leave when the flow process is gone (killed, it could not shut the manager down)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="medstack-progress-watch", daemon=True).start()
 
 
 class DaskPublisher(_Guarded):
