@@ -12,7 +12,7 @@ import yaml
 from medstack.config import ConfigError, load_config
 from medstack.console import errors, progress
 from medstack.console.datapath import fit_data_path
-from medstack.console.quiet import TerminalLines, filtered_stderr
+from medstack.console.quiet import TerminalLines, filtered_stderr, logger_level
 from medstack.data import DataError
 from medstack.data.download import DownloadError
 from medstack.models.smote import SmoteError
@@ -91,6 +91,16 @@ def test_an_epoch_of_a_fold_not_in_training_changes_nothing():
     shown(FoldStarted("smote", 0))
     shown(EpochEnded("smote", 1, 1, 3))
     assert shown.state.running[("smote", 0)].epoch is None and ("smote", 1) not in shown.state.running
+
+
+def test_a_logger_level_is_set_for_a_block_only():
+    logger = logging.getLogger("medstack-test-level")
+    logger.setLevel(logging.INFO)
+    with pytest.raises(KeyError):
+        with logger_level("medstack-test-level", logging.ERROR):
+            assert logger.level == logging.ERROR
+            raise KeyError("a failed command")
+    assert logger.level == logging.INFO
 
 
 def test_filtered_stderr_drops_tensorflow_start_up_lines_and_keeps_the_rest(capfd):

@@ -198,6 +198,18 @@ def terminal_logging(verbosity: int, *, debug: bool = False, on_line=None,
             handler.setFormatter(formatter)
 
 
+@contextlib.contextmanager
+def logger_level(name: str, level: int) -> Iterator[None]:
+    """Logger ``name`` at ``level`` inside the block, at its own level again afterwards."""
+    logger = logging.getLogger(name)
+    saved = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
+
+
 def _all_loggers() -> list[logging.Logger]:
     manager = logging.Logger.manager
     found = [logging.getLogger()]

@@ -54,11 +54,11 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from medstack.console.errors import debug_enabled
-    from medstack.console.quiet import filtered_stderr
+    from medstack.console.quiet import filtered_stderr, logger_level
 
-    # Each fold model is traced once; TensorFlow's "retracing" warning about that says nothing useful here.
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     with contextlib.ExitStack() as stack:
+        # Each fold model is traced once; TensorFlow's "retracing" warning about that says nothing useful here.
+        stack.enter_context(logger_level("tensorflow", logging.ERROR))
         # TensorFlow's C++ start-up lines are dropped, as for `medstack run`; the progress bar goes to the terminal.
         terminal = sys.stderr if debug_enabled(args.debug) else stack.enter_context(filtered_stderr())
         if args.command == "predict":

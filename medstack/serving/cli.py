@@ -55,10 +55,10 @@ def serve_model(args: argparse.Namespace) -> int:
     import logging
 
     from medstack.console.errors import debug_enabled
-    from medstack.console.quiet import filtered_stderr
+    from medstack.console.quiet import filtered_stderr, logger_level
 
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(logger_level("tensorflow", logging.ERROR))
         if not debug_enabled(args.debug):
             stack.enter_context(filtered_stderr())  # TensorFlow's C++ start-up lines, as for `medstack run`
         return _serve(args)
