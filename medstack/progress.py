@@ -304,7 +304,12 @@ class ProgressStream:
         return self.transport.publisher
 
     def publish(self, event: Event) -> None:
-        self.transport.publish(event)
+        """From the flow process. A transport that fails here (a Dask scheduler out of reach) loses the event, not
+        the run."""
+        try:
+            self.transport.publish(event)
+        except Exception:
+            self._warn_once(self.transport, "progress event %s was lost (%s)", event, self.transport.name)
 
     def __enter__(self) -> "ProgressStream":
         # The flow's context goes with the dispatch thread: a listener may call Prefect (the progress artifact).
@@ -321,8 +326,15 @@ class ProgressStream:
     def __exit__(self, *exc: object) -> None:
         try:
             self.transport.close()
+        except Exception:
+            self._warn_once(self.transport, "the %s did not close cleanly", self.transport.name)
         finally:
             self._stop()
+
+    def _warn_once(self, culprit: object, message: str, *args: object) -> None:
+        if id(culprit) not in self._failed:  # once each: it may fail on every event
+            self._failed.add(id(culprit))
+            log.warning(message + "; the run goes on", *args, exc_info=True)
 
     def _stop(self) -> None:
         self._inbox.put(None)
@@ -338,7 +350,4 @@ class ProgressStream:
                 try:
                     listener(event)
                 except Exception:
-                    if id(listener) not in self._failed:  # once per listener: it may fail on every event
-                        self._failed.add(id(listener))
-                        log.warning("progress listener %r failed on %s; the run goes on", listener, event,
-                                    exc_info=True)
+                    self._warn_once(listener, "progress listener %r failed on %s", listener, event)

@@ -89,6 +89,29 @@ def test_a_failing_listener_is_logged_once_and_the_others_hear_everything(caplog
     assert len(failures) == 1 and "failed on FoldsPlanned(total=4)" in failures[0].getMessage()
 
 
+class BrokenTransport(progress.InProcessQueue):
+    """A transport whose flow side fails (as a Dask scheduler out of reach would)."""
+
+    name = "broken transport"
+
+    def publish(self, event):
+        raise ConnectionError("scheduler gone")
+
+    def close(self):
+        raise ConnectionError("scheduler gone")
+
+
+def test_a_failing_transport_loses_events_not_the_run(caplog):
+    heard = Recorder()
+    with caplog.at_level(logging.WARNING, logger="medstack.progress"):
+        with progress.ProgressStream(BrokenTransport(), (heard,)) as stream:
+            stream.publish(FoldsPlanned(2))
+            stream.publish(FoldsPlanned(2))
+            stream.publisher(FoldStarted("ldam", 0))  # the workers' side still works
+    assert heard.events == [FoldStarted("ldam", 0)]
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["progress event FoldsPlanned(total=2) was lost"]
+
+
 def test_a_process_listener_hears_runs_only_while_it_listens():
     heard = Recorder()
     with pytest.raises(KeyError):
