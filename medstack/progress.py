@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Protocol, Union
+from typing import Any, Union
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +124,21 @@ def listening(listener: Listener) -> Iterator[Listener]:
 
 
 # -- transports -----------------------------------------------------------------------------------------------------
-class Transport(Protocol):
-    name: str
-    publisher: Publisher  # what tasks are given (valid once opened)
+class Transport:
+    """Brings events to ``deliver`` in the flow process: ``publisher`` (once opened) is what tasks are given,
+    :meth:`publish` the flow's own way in, and :meth:`close` returns once every event published before is delivered."""
 
-    def open(self, deliver: Callable[[Event], None]) -> None: ...
-    def publish(self, event: Event) -> None: ...
+    name = "transport"
+    publisher: Publisher
+
+    def open(self, deliver: Callable[[Event], None]) -> None:
+        raise NotImplementedError
+
+    def publish(self, event: Event) -> None:
+        self.publisher(event)
+
     def close(self) -> None:
-        """Returns once every event published before it has been delivered."""
+        pass
 
 
 class _Guarded:
@@ -147,23 +154,14 @@ class _Guarded:
                 self._failed = True
                 log.warning("progress events from this worker are lost (%s)", self, exc_info=True)
 
-    def send(self, message: dict[str, Any]) -> None:
-        raise NotImplementedError
 
-
-class InProcessQueue:
+class InProcessQueue(Transport):
     """Threads runner: producers put events straight on the dispatch queue."""
 
     name = "in-process queue"
 
     def open(self, deliver: Callable[[Event], None]) -> None:
         self.publisher = deliver
-
-    def publish(self, event: Event) -> None:
-        self.publisher(event)
-
-    def close(self) -> None:
-        pass
 
 
 class QueuePublisher(_Guarded):
@@ -177,7 +175,7 @@ class QueuePublisher(_Guarded):
         return "a multiprocessing manager queue"
 
 
-class ManagerQueue:
+class ManagerQueue(Transport):
     """Processes runner: a queue served by a manager process (spawned, as Prefect's pool workers are) and read by a
     forwarding thread here; each worker's puts arrive in the order it made them."""
 
@@ -204,9 +202,6 @@ class ManagerQueue:
             if message.get("event") == _MARK:
                 return
             deliver(from_message(message))
-
-    def publish(self, event: Event) -> None:
-        self.publisher(event)
 
     def close(self) -> None:
         try:
@@ -239,7 +234,7 @@ class DaskPublisher(_Guarded):
         return f"Dask topic {self.topic}"
 
 
-class DaskTopic:
+class DaskTopic(Transport):
     """Dask runner: workers log events under ``topic`` (one per run); the scheduler relays them to this client's
     subscription, on the client's event loop. The flow publishes under the same topic through the scheduler."""
 
