@@ -22,6 +22,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from medstack.config_sections import (  # noqa: F401  (re-exported: import every section from medstack.config)
     STRATEGY_PARAMS,
     AugmentationConfig,
+    CertaintyReferral,
+    ConformalConfig,
     CosineSchedule,
     EnsembleConfig,
     FocalParams,
@@ -32,6 +34,7 @@ from medstack.config_sections import (  # noqa: F401  (re-exported: import every
     PlateauSchedule,
     ReportConfig,
     Section,
+    SetReferral,
     SmoteParams,
     StrategyParams,
     TrainingConfig,
@@ -225,6 +228,7 @@ class RunConfig(Section):
         default_factory=lambda: {"ldam": {}, "class_weight": {}, "smote": {}, "custom_loss": {}}
     )
     ensemble: EnsembleConfig = EnsembleConfig()
+    conformal: ConformalConfig = ConformalConfig()
     report: ReportConfig = ReportConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     registry: RegistryConfig = RegistryConfig()

@@ -1,4 +1,5 @@
-"""The model-side sections of a run's config: network, augmentation, training recipe, strategies, ensembles, report.
+"""The model-side sections of a run's config: network, augmentation, training recipe, strategies, ensembles,
+prediction sets and referral (conformal), report.
 
 They are part of :class:`medstack.config.RunConfig` (import them from there); they live here so that each config
 module can be read in one sitting. The config owns every schema, strategy parameters included
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -143,6 +144,70 @@ class EnsembleConfig(Section):
         if bad:
             raise ValueError(f"ensemble.critical_classes targets must lie in (0, 1], got {bad}")
         return value
+
+
+class SetReferral(Section):
+    """Refer an image whose prediction set at ``level`` is not one class (two or more: ambiguous; empty: unlike
+    every class). Nothing is fitted."""
+
+    rule: Literal["set"] = "set"
+    level: float = Field(default=0.9, gt=0.0, lt=1.0, description="One of conformal.levels.")
+
+
+class CertaintyReferral(Section):
+    """Refer the least certain images (conformal confidence below a threshold chosen on the calibration rows) and
+    empty sets at ``level``, at most ``max_referral`` of the calibration rows, the least referral that keeps the
+    recall of ``target_class`` at ``target_sensitivity`` or more (else the best recall within the budget)."""
+
+    rule: Literal["certainty"] = "certainty"
+    level: float = Field(default=0.9, gt=0.0, lt=1.0, description="One of conformal.levels: empty sets at this "
+                                                                   "level are referred too.")
+    max_referral: float = Field(default=0.2, ge=0.0, lt=1.0, description="Most of the calibration rows referred.")
+    target_sensitivity: float | None = Field(
+        default=None, gt=0.0, le=1.0,
+        description="Kept-case recall of target_class to reach; None refers the least certain max_referral.")
+    target_class: str | None = Field(
+        default=None, description="Class name whose kept recall is targeted; None: the positive class (binary). "
+                                  "Required with target_sensitivity for K > 2.")
+
+
+class ConformalConfig(Section):
+    """Class-conditional (Mondrian) conformal prediction sets and the referral rule of every model of a run
+    (medstack.models.conformal, medstack.models.referral; docs/how-it-works.md)."""
+
+    levels: list[float] = Field(default=[0.9, 0.95], min_length=1,
+                                description="Coverage levels of the sets (per class), each strictly in (0, 1).")
+    calibration: Literal["split", "oof"] = Field(
+        default="split",
+        description="split: a held-out stratified slice of the training split (calibration_share), carved before "
+                    "the folds and seen by no fitted part of the run: the exact split-conformal guarantee holds for "
+                    "the deployed models (the K-fold average, the vote, the stack). oof: the out-of-fold "
+                    "predictions, no slice, but they calibrate single fold models: empirical coverage only.")
+    calibration_share: float = Field(
+        default=0.1, gt=0.0, le=0.5,
+        description="split: the share of the training split held out for calibration (groups kept whole). A class "
+                    "needs ceil(level / (1 - level)) calibration rows for a level (9 for 90%, 19 for 95%); below "
+                    "that the level is refused for it and the report says so.")
+    referral: SetReferral | CertaintyReferral = Field(default=SetReferral(), discriminator="rule")
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, value: list[float]) -> list[float]:
+        if any(not 0.0 < v < 1.0 for v in value) or len(set(value)) != len(value):
+            raise ValueError(f"conformal.levels must be distinct and strictly between 0 and 1, got {value}")
+        return sorted(value)
+
+    @field_validator("referral", mode="before")
+    @classmethod
+    def _set_rule_by_default(cls, value: object) -> object:
+        return {"rule": "set", **value} if isinstance(value, dict) and "rule" not in value else value
+
+    @model_validator(mode="after")
+    def _referral_level_is_calibrated(self) -> "ConformalConfig":
+        if self.referral.level not in self.levels:
+            raise ValueError(f"conformal.referral.level {self.referral.level} must be one of conformal.levels "
+                             f"{self.levels}")
+        return self
 
 
 class ReportConfig(Section):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
@@ -37,14 +37,18 @@ class SplitError(MedstackError, ValueError):
 
 @dataclass(frozen=True)
 class Splits:
-    """Row indices into the dataset for each split; disjoint, sorted."""
+    """Row indices into the dataset for each split; disjoint, sorted. ``calibration`` (conformal.calibration split)
+    is carved from the training split before the folds (:func:`carve_calibration`); empty when there is none."""
 
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    calibration: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def as_dict(self) -> dict[str, np.ndarray]:
-        return {"train": self.train, "val": self.val, "test": self.test}
+        """train, val, test and, when carved, calibration."""
+        parts = {"train": self.train, "val": self.val, "test": self.test}
+        return parts | ({"calibration": self.calibration} if len(self.calibration) else {})
 
 
 def find_duplicate_groups(images: np.ndarray) -> np.ndarray:
@@ -125,6 +129,22 @@ def split_group_indices(
     rest, test = _carve_group_fold(labels, everything, groups, test_frac, cfg.seed, "test")
     train, val = _carve_group_fold(labels, rest, groups, val_frac / (1.0 - test_frac), cfg.seed, "val")
     return Splits(np.sort(train), np.sort(val), np.sort(test))
+
+
+def carve_calibration(labels: np.ndarray, splits: Splits, share: float, seed: int,
+                      groups: np.ndarray | None = None, by_patient: bool = False) -> Splits:
+    """A stratified slice of about ``share`` of the train split, held out for conformal calibration, with every
+    group of ``groups`` whole on one side: patient groups (``by_patient``) as the val/test splits carve them
+    (one StratifiedGroupKFold fold), exact duplicates over one representative per group. Train keeps the rest."""
+    labels, train = np.asarray(labels), splits.train
+    if by_patient:
+        rest, held = _carve_group_fold(labels, train, np.asarray(groups), share, seed, "calibration")
+    else:
+        reps = _representatives(train, groups)
+        _, held = _stratified_split(labels, reps, 1.0 - share, seed, "train vs calibration (conformal.calibration_share)")
+        held = held if groups is None else train[np.isin(groups[train], groups[held])]
+        rest = np.setdiff1d(train, held)
+    return Splits(np.sort(rest), splits.val, splits.test, np.sort(held))
 
 
 def _carve_group_fold(
@@ -231,7 +251,7 @@ def subsample_splits(labels: np.ndarray, splits: Splits, subset: SubsetConfig, s
             continue
         kept, _ = train_test_split(idx, train_size=size, stratify=labels[idx], random_state=seed)
         out[name] = np.sort(kept)
-    return Splits(**out)
+    return Splits(**out)  # before carve_calibration: the subset applies to the train split as a whole
 
 
 def assign_folds(

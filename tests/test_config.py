@@ -48,6 +48,10 @@ def _write(tmp_path, tree) -> Path:
         ({"data": {**FOLDER, "group_by": {"kind": "npz_key"}}}, "kind 'npz_key' does not work with data.source 'folder'"),
         ({"name": "../../evil"}, r"name\n.*'../../evil' is not a plain name"),
         ({"name": "a\\b"}, "is not a plain name"),
+        ({"conformal": {"levels": [0.9, 1.0]}}, "strictly between 0 and 1"),
+        ({"conformal": {"referral": {"level": 0.8}}}, r"conformal.referral.level 0.8 must be one of conformal.levels"),
+        ({"conformal": {"calibration_share": 0.7}}, "conformal.calibration_share"),
+        ({"conformal": {"referral": {"rule": "certainty", "max_referral": 1.0}}}, "max_referral"),
     ],
 )
 def test_bad_configs_fail_with_a_message_naming_the_key(tmp_path, tree, message):

@@ -368,7 +368,7 @@ def test_official_split_with_groups_keeps_it_and_reports_crossing_patients(tmp_p
                           "group_by": {"kind": "npz_key", "key": "patient"}},
                     split={"use_official": True, "folds": 3})
     prepared = pipeline.prepare_folds(dataset, pipeline.split_rows(dataset, cfg), cfg)
-    assert len(prepared.train_idx) == 60 and len(prepared.val_idx) == 12
+    assert len(prepared.train_idx) + len(prepared.cal_idx) == 60 and len(prepared.val_idx) == 12  # calibration from train
     assert prepared.grouping["crossing_splits"] == 1 and prepared.grouping["crossing_folds"] == 0
     assert "official split is used as published" in prepared.grouping["handling"]
 
@@ -381,3 +381,28 @@ def test_group_by_without_group_ids_in_the_dataset_is_refused():
     cfg = RunConfig(data={"source": "folder", "path": "x", "image_size": [8, 8], "group_by": {"kind": "breakhis"}})
     with pytest.raises(ValueError, match="data.group_by is 'breakhis' but dataset 'digits' has no group ids"):
         pipeline.split_rows(load_digits_dataset(), cfg)
+
+
+@pytest.mark.parametrize("by_patient", [False, True])
+def test_calibration_slice_is_stratified_disjoint_and_keeps_groups_whole(by_patient):
+    """conformal.calibration split: a slice of about calibration_share of train, every class in proportion, no
+    group (patient or exact duplicate) on both sides, val and test untouched, folds drawn on the rest only."""
+    from medstack.splits import carve_calibration
+
+    rng = np.random.default_rng(4)
+    labels = (rng.random(2000) < 0.25).astype(np.int64)
+    groups = np.arange(2000) // (4 if by_patient else 1)
+    groups[10:14] = 10  # a few duplicate-like groups either way
+    labels[groups == 10] = labels[10]
+    splits = (split_group_indices(labels, SplitConfig(seed=2), groups) if by_patient
+              else split_indices(labels, SplitConfig(seed=2), groups=groups))
+    carved = carve_calibration(labels, splits, 0.1, 2, groups, by_patient=by_patient)
+    assert np.array_equal(carved.val, splits.val) and np.array_equal(carved.test, splits.test)
+    assert np.array_equal(np.sort(np.concatenate([carved.train, carved.calibration])), splits.train)
+    assert not set(carved.train) & set(carved.calibration)
+    assert abs(len(carved.calibration) / len(splits.train) - 0.1) < 0.02
+    share = labels[carved.calibration].mean()
+    assert abs(share - labels[splits.train].mean()) < 0.03  # stratified
+    _assert_group_pure(groups, carved.as_dict())
+    fold_of = assign_folds(labels, carved.train, 3, 2, groups)
+    assert len(fold_of) == len(carved.train)  # folds cover the rest of train, never the slice

@@ -32,6 +32,7 @@ def _result(key=K1) -> FoldResult:
         oof_proba=np.array([[0.2, 0.8], [0.6, 0.4]]),
         val_proba=np.array([[0.5, 0.5]]),
         test_proba=np.array([[0.1, 0.9]]),
+        cal_proba=np.array([[0.3, 0.7], [0.8, 0.2]]),
         history={"loss": [1.0, 0.5]},
         info={"epochs_run": 2},
     )

@@ -1,4 +1,5 @@
-"""Combine stage: the OOF matrix, fold-averaged val/test predictions, soft vote and stacking, the determinism record."""
+"""Combine stage: the OOF matrix, fold-averaged val/test/calibration predictions, soft vote and stacking, every
+model's decision, conformal calibration and referral point, the determinism record."""
 
 from __future__ import annotations
 
@@ -11,22 +12,25 @@ import numpy as np
 from medstack.config import RunConfig, array_sha
 from medstack.pipeline.fold_cache import FoldResult
 from medstack.pipeline.prepare import PreparedData
+from medstack.pipeline.trust import calibrate_models
 
 ENSEMBLES = ("soft_voting", "stacking")
 
 
 @dataclass
 class Predictions:
-    """Probabilities of every model on OOF (aligned with ``train_idx``), val and test rows.
+    """Probabilities of every model on OOF (aligned with ``train_idx``), val, test and calibration-slice rows.
 
-    ``val``/``test`` of a base model are the mean of its K fold models; ``val_folds``/``test_folds`` keep each fold
-    model's own, which is what the stacking meta-model is applied to (it learned from single fold models)."""
+    ``val``/``test``/``cal`` of a base model are the mean of its K fold models; ``*_folds`` keep each fold model's
+    own, which is what the stacking meta-model is applied to (it learned from single fold models)."""
 
     oof: dict[str, np.ndarray] = field(default_factory=dict)
     val: dict[str, np.ndarray] = field(default_factory=dict)
     test: dict[str, np.ndarray] = field(default_factory=dict)
+    cal: dict[str, np.ndarray] = field(default_factory=dict)  # aligned with cal_idx; (0, K) without a slice
     val_folds: dict[str, list[np.ndarray]] = field(default_factory=dict)
     test_folds: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    cal_folds: dict[str, list[np.ndarray]] = field(default_factory=dict)
     histories: dict[str, dict[int, dict[str, list[float]]]] = field(default_factory=dict)
     fold_info: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     model_paths: dict[str, dict[int, str]] = field(default_factory=dict)
@@ -34,7 +38,7 @@ class Predictions:
 
 def gather_predictions(prepared: PreparedData, results: list[FoldResult]) -> Predictions:
     """Assemble the OOF matrix (each training row predicted by exactly one model that never saw it) and average
-    the K fold models' val/test predictions per strategy."""
+    the K fold models' val/test/calibration predictions per strategy."""
     position = {int(row): i for i, row in enumerate(prepared.train_idx)}
     preds = Predictions()
     for strategy in dict.fromkeys(r.strategy for r in results):
@@ -53,10 +57,9 @@ def gather_predictions(prepared: PreparedData, results: list[FoldResult]) -> Pre
         if np.isnan(oof).any():
             raise ValueError(f"{strategy}: {int(np.isnan(oof).any(axis=1).sum())} training rows have no OOF prediction")
         preds.oof[strategy] = oof
-        preds.val_folds[strategy] = [r.val_proba for r in mine]
-        preds.test_folds[strategy] = [r.test_proba for r in mine]
-        preds.val[strategy] = np.mean(preds.val_folds[strategy], axis=0)
-        preds.test[strategy] = np.mean(preds.test_folds[strategy], axis=0)
+        for split in ("val", "test", "cal"):
+            getattr(preds, f"{split}_folds")[strategy] = [getattr(r, f"{split}_proba") for r in mine]
+            getattr(preds, split)[strategy] = np.mean(getattr(preds, f"{split}_folds")[strategy], axis=0)
         preds.histories[strategy] = {r.fold: r.history for r in mine}
         preds.fold_info[strategy] = {r.fold: {**r.info, "cache_key": r.cache_key, "from_cache": r.from_cache} for r in mine}
         preds.model_paths[strategy] = {r.fold: r.model_path for r in mine}
@@ -70,6 +73,8 @@ class EnsembleFit:
     decisions: dict[str, dict[str, Any]]  # per model, chosen on OOF (models.decision)
     threshold_policy: str
     recommended: dict[str, Any] = field(default_factory=dict)  # {"model", "reason"}, chosen on OOF
+    conformal: dict[str, Any] = field(default_factory=dict)  # per model, a ConformalCalibration (calibration rows)
+    referral: dict[str, dict[str, Any]] = field(default_factory=dict)  # per model, its operating point (same rows)
 
     @property
     def thresholds(self) -> dict[str, float | None]:
@@ -81,9 +86,10 @@ def fit_ensembles(prepared: PreparedData, preds: Predictions, cfg: RunConfig) ->
     predictions; the model to recommend chosen on OOF ROC AUC.
 
     The stacking model's OOF predictions are the meta-model's own cross-validated predictions, so its decision and
-    OOF metrics are not in-sample. It learned from single fold models' probabilities, so on val and test it is
-    applied to each fold's models separately and its K outputs averaged, rather than to the (smoother) K-model
-    means. ``preds`` is left as it was."""
+    OOF metrics are not in-sample. It learned from single fold models' probabilities, so on val, test and the
+    calibration slice it is applied to each fold's models separately and its K outputs averaged, rather than to the
+    (smoother) K-model means. Then every model's prediction sets and referral point are fitted on the calibration
+    rows (:func:`medstack.pipeline.trust.calibrate_models`). ``preds`` is left as it was."""
     from medstack.models.decision import choose_decision
     from medstack.models.ensemble import StackingMetaModel, soft_vote
 
@@ -91,12 +97,15 @@ def fit_ensembles(prepared: PreparedData, preds: Predictions, cfg: RunConfig) ->
     base_oof = {s: preds.oof[s] for s in base}
     meta = StackingMetaModel(cfg.ensemble.meta_Cs, cfg.ensemble.inner_folds, cfg.seed,
                              features=cfg.ensemble.meta_features).fit(base_oof, prepared.y_train)
-    out = replace(preds, oof=dict(preds.oof), val=dict(preds.val), test=dict(preds.test))
-    for split in ("oof", "val", "test"):
+    out = replace(preds, oof=dict(preds.oof), val=dict(preds.val), test=dict(preds.test), cal=dict(preds.cal))
+    for split in ("oof", "val", "test", "cal"):
         getattr(out, split)["soft_voting"] = soft_vote({s: getattr(preds, split)[s] for s in base})
     out.oof["stacking"] = meta.cross_val_proba(base_oof, prepared.y_train)
-    out.val["stacking"] = meta.predict_proba_per_fold({s: preds.val_folds[s] for s in base})
-    out.test["stacking"] = meta.predict_proba_per_fold({s: preds.test_folds[s] for s in base})
+    for split in ("val", "test", "cal"):
+        folds = {s: getattr(preds, f"{split}_folds")[s] for s in base}
+        empty = not len(next(iter(folds.values()))[0])  # no calibration slice (conformal.calibration oof)
+        getattr(out, split)["stacking"] = (np.zeros((0, prepared.num_classes)) if empty
+                                           else meta.predict_proba_per_fold(folds))
     critical = _critical_classes(cfg, prepared.class_names)
     decisions = {
         name: choose_decision(
@@ -111,7 +120,8 @@ def fit_ensembles(prepared: PreparedData, preds: Predictions, cfg: RunConfig) ->
         for name, proba in out.oof.items()
     }
     recommended = recommend_model(prepared.y_train, out.oof, base, prepared.positive_class)
-    return EnsembleFit(out, meta, decisions, cfg.ensemble.threshold_policy, recommended)
+    conformal, referral = calibrate_models(prepared, out.oof, out.cal, decisions, cfg)
+    return EnsembleFit(out, meta, decisions, cfg.ensemble.threshold_policy, recommended, conformal, referral)
 
 
 def _critical_classes(cfg: RunConfig, class_names: tuple[str, ...]) -> dict[int, float]:

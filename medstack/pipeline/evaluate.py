@@ -10,8 +10,10 @@ from medstack.pipeline.prepare import PreparedData
 
 
 def evaluate_on_test(prepared: PreparedData, ensembles: EnsembleFit, cfg: RunConfig) -> dict:
-    """The only reader of the test labels: test and OOF metrics of all models, with bootstrap CIs on test."""
+    """The only reader of the test labels: test and OOF metrics of all models, with bootstrap CIs on test; each
+    model's prediction sets and referral point (fitted on calibration rows) judged on test."""
     from medstack.models.metrics import bootstrap_ci, compute_metrics
+    from medstack.models.trust import judge_trust
 
     y_test = prepared.test_labels.reveal()
     preds = ensembles.predictions
@@ -32,6 +34,10 @@ def evaluate_on_test(prepared: PreparedData, ensembles: EnsembleFit, cfg: RunCon
                 ).items()
             },
         }
+        if model_name in ensembles.conformal:
+            models[model_name].update(judge_trust(y_test, preds.test[model_name], decision,
+                                                  ensembles.conformal[model_name], ensembles.referral[model_name],
+                                                  names))
     paired = _pair_with_recommended(y_test, preds.test, ensembles.recommended.get("model"), prepared.positive_class, cfg)
     for name, pairing in paired.items():
         models[name]["test_vs_recommended"] = pairing
@@ -45,7 +51,18 @@ def evaluate_on_test(prepared: PreparedData, ensembles: EnsembleFit, cfg: RunCon
         },
         "models": models,
         "recommended": {k: v for k, v in ensembles.recommended.items() if k != "oof_roc_auc"},
+        **({"conformal": conformal_setup(prepared, cfg)} if ensembles.conformal else {}),
     }
+
+
+def conformal_setup(prepared: PreparedData, cfg: RunConfig) -> dict:
+    """How the run's prediction sets were calibrated: kind, rows per class, the slice's share, levels, the rule."""
+    split = cfg.conformal.calibration == "split"
+    y = prepared.y_cal if split else prepared.y_train
+    return {"kind": cfg.conformal.calibration, "calibration_share": cfg.conformal.calibration_share if split else None,
+            "calibration_rows": int(len(y)),
+            "calibration_counts": dict(zip(prepared.class_names, np.bincount(y, minlength=prepared.num_classes).tolist())),
+            "levels": list(cfg.conformal.levels), "referral": cfg.conformal.referral.model_dump()}
 
 
 def _pair_with_recommended(y_test: np.ndarray, test_probas: dict[str, np.ndarray], recommended: str | None,

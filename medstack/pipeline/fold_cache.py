@@ -1,7 +1,7 @@
 """The fold cache: what one (strategy, fold) training leaves, stored content-addressed and shared by runs.
 
 An entry is ``<cache>/folds/<key>/`` holding ``model.keras``, ``predictions.npz`` (the held-out fold's rows and
-the OOF, val and test probabilities) and ``meta.json`` (format, strategy, fold, history, info, writer). It is
+the OOF, val, test and calibration-slice probabilities) and ``meta.json`` (format, strategy, fold, history, info, writer). It is
 written atomically (:func:`medstack.storage.atomic_directory`); an entry that fails to load is discarded with a
 warning and the caller trains the fold again. The key is :func:`medstack.pipeline.train.fold_cache_key`.
 """
@@ -24,7 +24,7 @@ from medstack.storage import STALE_AFTER_S, atomic_directory, atomic_write_json,
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: cal_proba, the calibration slice's probabilities
 CACHE_KEY = re.compile(r"[0-9a-f]{16,64}")
 
 
@@ -39,6 +39,7 @@ class FoldResult:
     oof_proba: np.ndarray  # (len(oof_index), K)
     val_proba: np.ndarray
     test_proba: np.ndarray
+    cal_proba: np.ndarray  # (len(cal_idx), K): the calibration slice, predicted like test
     history: dict[str, list[float]]
     info: dict[str, Any] = field(default_factory=dict)  # epochs run, best epoch, seconds, notes, resampling
     model_path: str = ""
@@ -48,7 +49,7 @@ class FoldResult:
 class FoldCache:
     """Content-addressed store of :class:`FoldResult` folders under ``<root>/folds/<key>/``."""
 
-    _ARRAYS = ("oof_index", "oof_proba", "val_proba", "test_proba")
+    _ARRAYS = ("oof_index", "oof_proba", "val_proba", "test_proba", "cal_proba")
 
     def __init__(self, root: str | Path):
         self.root = Path(root)

@@ -1,4 +1,8 @@
-"""Prepare stage: train/val/test splits, K folds on train, duplicate and grouping summaries, sealed test labels.
+"""Prepare stage: train/val/test splits, the calibration slice, K folds on train, duplicate and grouping summaries,
+sealed test labels.
+
+The calibration slice (``conformal.calibration: split``) is carved from the training split before the folds: no
+fold model, meta-model, temperature or decision ever learns from it; every model only predicts it, like test.
 
 The test split's labels travel sealed (:class:`SealedLabels`) and only ``evaluate_on_test`` opens them.
 """
@@ -19,6 +23,7 @@ from medstack.splits import (
     Splits,
     SplitError,
     class_counts,
+    carve_calibration,
     crossing_groups,
     describe_duplicates,
     describe_groups,
@@ -72,6 +77,7 @@ class FoldData:
     x_val: np.ndarray
     y_val: np.ndarray
     x_test: np.ndarray
+    x_cal: np.ndarray  # the calibration slice: predicted, never trained on
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,8 @@ class PreparedData:
     fold_of: np.ndarray  # fold of each train_idx row
     y_train: np.ndarray
     y_val: np.ndarray
+    cal_idx: np.ndarray  # the calibration slice (conformal.calibration split); empty for oof
+    y_cal: np.ndarray
     test_labels: SealedLabels
     counts: dict[str, dict[str, int]]
     fingerprint: str  # of the data and the exact split/fold indices
@@ -116,6 +124,7 @@ class PreparedData:
             x_val=self.images[self.val_idx],
             y_val=self.y_val,
             x_test=self.images[self.test_idx],
+            x_cal=self.images[self.cal_idx],
         )
 
 
@@ -144,16 +153,21 @@ def _row_groups(dataset: Dataset, cfg: RunConfig) -> _RowGroups:
 
 
 def split_rows(dataset: Dataset, cfg: RunConfig) -> Splits:
-    """Stratified (or official) train/val/test indices, then the optional smoke-run subsample.
+    """Stratified (or official) train/val/test indices, then the optional smoke-run subsample, then the calibration
+    slice carved from train (``conformal.calibration: split``).
 
     With group ids (``data.group_by``) the split is group-aware (StratifiedGroupKFold), otherwise row-level with
-    exact duplicates kept together."""
+    exact duplicates kept together; the calibration slice keeps the same groups whole."""
     groups = _row_groups(dataset, cfg)
     if groups.patients is not None:
         splits = split_group_indices(dataset.labels, cfg.split, groups.enforce, dataset.official_split)
     else:
         splits = split_indices(dataset.labels, cfg.split, dataset.official_split, groups.enforce)
-    return subsample_splits(dataset.labels, splits, cfg.data.subset, cfg.split.seed)
+    splits = subsample_splits(dataset.labels, splits, cfg.data.subset, cfg.split.seed)
+    if cfg.conformal.calibration != "split":
+        return splits
+    return carve_calibration(dataset.labels, splits, cfg.conformal.calibration_share, cfg.split.seed,
+                             groups.enforce, by_patient=groups.patients is not None)
 
 
 def prepare_folds(dataset: Dataset, splits: Splits, cfg: RunConfig) -> PreparedData:
@@ -172,7 +186,7 @@ def prepare_folds(dataset: Dataset, splits: Splits, cfg: RunConfig) -> PreparedD
     }
     positive = positive_class_index(cfg.data.positive_class, len(names))
     index_hash = hashlib.sha256()
-    for arr in (splits.train, splits.val, splits.test, fold_of):
+    for arr in (splits.train, splits.val, splits.test, fold_of, splits.calibration):
         index_hash.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
     notes = tuple(f"skipped unreadable image {path}: {why}" for path, why in dataset.skipped) + (duplicates["summary"],)
     notes += (grouping["summary"],) if grouping.get("summary") else ()
@@ -186,9 +200,12 @@ def prepare_folds(dataset: Dataset, splits: Splits, cfg: RunConfig) -> PreparedD
         fold_of=fold_of,
         y_train=dataset.labels[splits.train],
         y_val=dataset.labels[splits.val],
+        cal_idx=splits.calibration,
+        y_cal=dataset.labels[splits.calibration],
         test_labels=SealedLabels(dataset.labels[splits.test]),
         counts=counts,
-        fingerprint=stable_hash(dataset.fingerprint(), index_hash.hexdigest()),
+        # the slice's size too: an empty slice (oof) adds no bytes above, and its folds must not meet older entries
+        fingerprint=stable_hash(dataset.fingerprint(), index_hash.hexdigest(), len(splits.calibration)),
         positive_class=positive,
         duplicates=duplicates,
         grouping=grouping,

@@ -24,7 +24,7 @@ from medstack.pipeline.prepare import PreparedData, SealedLabels
 from medstack.storage import atomic_directory, atomic_write_json
 
 STORE_FORMAT = 1
-_ARRAYS = ("images", "train_idx", "val_idx", "test_idx", "fold_of", "y_train", "y_val")
+_ARRAYS = ("images", "train_idx", "val_idx", "test_idx", "fold_of", "y_train", "y_val", "cal_idx", "y_cal")
 _META = ("name", "class_names", "counts", "fingerprint", "positive_class", "duplicates", "grouping", "notes")
 
 

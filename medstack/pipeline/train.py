@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medstack.config import RunConfig, stable_hash
 from medstack.pipeline.fold_cache import FoldCache, FoldResult
 from medstack.pipeline.prepare import PreparedData
@@ -100,7 +102,8 @@ def train_one_fold(
     prepared: PreparedData, cfg: RunConfig, strategy: str, fold: int, cache: FoldCache, version: str,
     on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
 ) -> FoldResult:
-    """Train one strategy on folds != ``fold`` (or load it from the cache) and predict the held-out fold, val, test.
+    """Train one strategy on folds != ``fold`` (or load it from the cache) and predict the held-out fold, val, test
+    and the calibration slice (which no training sees).
 
     ``on_epoch(epoch, epochs, metrics)`` hears every finished epoch (progress only: it never changes the result)."""
     from medstack.models.training import CNNClassifier  # TensorFlow loads only where training happens
@@ -132,6 +135,7 @@ def train_one_fold(
         oof_proba=clf.predict_proba(data.x_holdout),
         val_proba=clf.predict_proba(data.x_val),
         test_proba=clf.predict_proba(data.x_test),
+        cal_proba=clf.predict_proba(data.x_cal) if len(data.x_cal) else np.zeros((0, prepared.num_classes)),
         history=clf.history_,
         info={**clf.info_, "worker": _worker(started)},
     )
