@@ -18,7 +18,8 @@ from medstack.console import errors
 from medstack.console.flags import add_common_flags
 from medstack.console.quiet import NORMAL, QUIET, VERBOSE, quiet_environment
 
-COMMAND_MODULES = ("medstack.console.runs", "medstack.inference.cli", "medstack.serving.cli")
+COMMAND_MODULES = ("medstack.console.runs", "medstack.inference.cli", "medstack.evaluation.cli",
+                   "medstack.serving.cli")
 
 
 def _config_flags(parser: argparse.ArgumentParser) -> None:

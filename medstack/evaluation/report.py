@@ -1,0 +1,197 @@
+"""The evaluation's ``report.md``: the new data beside the run's own test split, for people.
+
+Written from ``evaluation.json``'s content alone (:func:`medstack.evaluation.evaluate.evaluate_scored`), with the
+run report's conventions (:mod:`medstack.report_text`: numbers to 3 decimals, "n/a" where undefined, intervals in
+brackets). The Prefect artifact is the same text with its plots inlined (:func:`medstack.report.inline_images`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from medstack.models.conformal import format_level
+from medstack.models.decision import describe_decision
+from medstack.report_text import cell, format_number
+from medstack.run_folder import HEADLINE_METRICS
+
+THIS, RUN_TEST = "this data", "run's test split"
+PLOTS = {"Reliability": "reliability.png", "Confusion matrices": "confusion.png"}
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(cell(c) for c in row) + " |" for row in rows)]
+
+
+def _with_ci(point: Any, ci: Sequence[float] | None) -> str:
+    if not ci or any(v is None for v in ci):
+        return format_number(point)
+    return f"{format_number(point)} [{format_number(ci[0])}, {format_number(ci[1])}]"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def render_evaluation_report(ev: Mapping[str, Any]) -> str:
+    """The whole report (plots linked as ``plots/<file>``)."""
+    model, data = ev["model"], ev["data"]
+    chosen = model["chosen"]
+    out = [f"# medstack evaluation: {cell(data['source'])}", "",
+           f"Model **{cell(model['source'])}** (run {model['run_id']}, {cell(model['bundle'])}); labels and "
+           f"headline figures from **{chosen}** ({cell(model['decision'])}).", "",
+           ("Nothing was refitted on this data: every decision, calibration and referral rule is the bundle's, "
+            "frozen." if not ev["refitted"] else
+            "The numbers below use the bundle's frozen decisions; the recalibration section refits one model on a "
+            "stated part of this data and judges it on the rest."), ""]
+    out += _data_section(ev)
+    out += _metrics_section(ev)
+    out += _calibration_section(ev)
+    out += _trust_section(ev["models"][chosen], ev["classes"], chosen)
+    out += _drift_section(ev["drift"])
+    if ev.get("recalibration"):
+        out += _recalibration_section(ev["recalibration"], ev["classes"])
+    out += ["## Plots", ""]
+    for label, file in PLOTS.items():
+        out += [f"### {label}", "", f"![{label}](plots/{file})", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _data_section(ev: Mapping[str, Any]) -> list[str]:
+    data, classes = ev["data"], ev["classes"]
+    rows = [[THIS, *(data["counts"][c] for c in classes), data["images"]]]
+    if data.get("run_test_counts"):
+        rows.append([RUN_TEST, *(data["run_test_counts"][c] for c in classes), sum(data["run_test_counts"].values())])
+    notes = [f"- the data names its classes {', '.join(data['classes_as_named'])}; matched to the model's by name",
+             f"- {data['skipped']} image(s) skipped as unreadable" if data["skipped"] else "- no image skipped"]
+    return ["## Data", "", *_table(["images", *classes, "total"], rows), "", *notes, ""]
+
+
+def _metrics_section(ev: Mapping[str, Any]) -> list[str]:
+    s = ev["settings"]
+    rows = []
+    for name, result in ev["models"].items():
+        ext, ref = result["external"], result.get("run_test")
+        rows.append([name, THIS, *(_with_ci(ext["metrics"].get(k), ext["ci"].get(k)) for k in HEADLINE_METRICS),
+                     describe_decision(result["decision"], ev["classes"])])
+        if ref:
+            rows.append(["", RUN_TEST, *(_with_ci(ref["metrics"].get(k), ref["ci"].get(k)) for k in HEADLINE_METRICS),
+                         ""])
+    intro = (f"Every model at its frozen decision (chosen on the run's out-of-fold predictions). Intervals: "
+             f"{format_level(s['ci'])} percentile bootstrap, {s['bootstrap']} resamples, seed {s['seed']}, as the run "
+             "computed its test intervals. Binary metrics are for the positive class; multi-class ones are macro "
+             "averages.")
+    return ["## Metrics beside the run's test split", "", intro, "",
+            *_table(["model", "images", *HEADLINE_METRICS, "decision"], rows), ""]
+
+
+def _calibration_section(ev: Mapping[str, Any]) -> list[str]:
+    s = ev["settings"]
+    any_model = next(iter(ev["models"].values()))
+    intro = (f"Expected calibration error over {s['ece_bins']} equal-width bins of "
+             f"{any_model['external']['calibration']['score']}: the image-weighted mean gap between the predicted "
+             "and the observed frequency (0 is perfectly calibrated), with its bootstrap interval. The reliability "
+             "plot shows the bins.")
+    rows = []
+    for name, result in ev["models"].items():
+        ext, ref = result["external"]["calibration"], (result.get("run_test") or {}).get("calibration")
+        rows.append([name, _with_ci(ext["ece"], ext["ece_ci"]),
+                     _with_ci(ref["ece"], ref["ece_ci"]) if ref else "n/a"])
+    return ["## Calibration", "", intro, "", *_table(["model", f"ECE, {THIS}", f"ECE, {RUN_TEST}"], rows), ""]
+
+
+def _coverage_rows(levels: Sequence[Mapping], reference: Sequence[Mapping] | None, classes: Sequence[str]
+                   ) -> list[list[Any]]:
+    ref = {(e["level"], r["class"]): r for e in (reference or []) for r in e["classes"]}
+    rows = []
+    for entry in levels:
+        for r in entry["classes"]:
+            other = ref.get((entry["level"], r["class"]))
+            if not r["available"]:
+                rows.append([format_level(entry["level"]), classes[r["class"]], r["n"], "not available (too few "
+                             "calibration rows: the class is in every set)", "", ""])
+                continue
+            verdict = ("no images" if not r["n"] else "lost: the interval lies below the level"
+                       if r["ci_high"] < entry["level"] else "below the level, within noise"
+                       if r["coverage"] < entry["level"] else "holds")
+            rows.append([format_level(entry["level"]), classes[r["class"]], r["n"],
+                         f"{_percent(r['coverage'])} [{_percent(r['ci_low'])}, {_percent(r['ci_high'])}]",
+                         _percent(other["coverage"]) if other and other["available"] else "n/a", verdict])
+    return rows
+
+
+def _trust_section(result: Mapping[str, Any], classes: Sequence[str], chosen: str) -> list[str]:
+    trust, ref = result["external"]["trust"], (result.get("run_test") or {}).get("trust") or {}
+    out = ["## Conformal coverage and referral", ""]
+    if not trust["available"]:
+        return out + [f"{chosen}: {trust['note']}, so no coverage or referral can be measured.", ""]
+    out += [f"{chosen}'s prediction sets, calibrated by the bundle ({trust['kind']}), applied unchanged. Per class "
+            "and level: the share of its images whose set holds it, with a 95% Clopper-Pearson interval. Coverage "
+            "lost on new data, where the run's test split held it, is the signature of a shifted site.", ""]
+    out += [f"- {format_level(e['level'])}: {cell(e['guarantee'])}" for e in trust["levels"]] + [""]
+    out += _table(["level", "class", "images", f"coverage, {THIS}", f"coverage, {RUN_TEST}", "verdict"],
+                  _coverage_rows(trust["levels"], ref.get("levels"), classes))
+    sizes = [[format_level(e["level"]), format_number(e["sets"]["mean_size"]), _percent(e["sets"]["single"]),
+              _percent(e["sets"]["empty"])] for e in trust["levels"]]
+    out += ["", *_table(["level", "mean set size", "single-class sets", "empty sets"], sizes), ""]
+    referral = trust.get("referral")
+    if referral is None:
+        return out + ["The bundle holds no referral operating point for this model.", ""]
+    ref_rate = (ref.get("referral") or {}).get("referred")
+    on_cal = (referral.get("on_calibration") or {}).get("referred")
+    kept = referral["kept"]
+    out += [f"Referral (rule {cell(referral['rule'])} at {format_level(referral['level'])}, unchanged): "
+            f"**{_percent(referral['referred'])}** of this data referred ({referral['n_referred']} images), "
+            f"against {_percent(ref_rate)} of the run's test split and {_percent(on_cal)} of its calibration rows. "
+            f"Kept cases: balanced accuracy {format_number(kept['balanced_accuracy'])}"
+            + (f", sensitivity {format_number(kept.get('sensitivity'))}, specificity "
+               f"{format_number(kept.get('specificity'))}" if "sensitivity" in kept else "") + ".",
+            f"Reasons: {', '.join(f'{k} {n}' for k, n in referral['reasons'].items()) or 'none'}.", ""]
+    return out
+
+
+def _drift_section(drift: Mapping[str, Any]) -> list[str]:
+    out = ["## Drift guard", "",
+           f"{drift['warned']} of {drift['images']} images ({_percent(drift['share'])}) look unlike the training "
+           "images (size, colour, bit depth, brightness or contrast far outside the training range); the "
+           "'warnings' column of predictions.csv says which and why.", ""]
+    if drift["kinds"]:
+        out += _table(["warning", "images"], [[k, n] for k, n in drift["kinds"].items()]) + [""]
+    return out
+
+
+def _recalibration_section(rc: Mapping[str, Any], classes: Sequence[str]) -> list[str]:
+    fitted, judged = rc["fitted_on"], rc["judged_on"]
+    before, after = rc["before"], rc["after"]
+    out = ["## Recalibration on this data (asked for with --recalibrate)", "",
+           f"{rc['model']} refitted on a stratified {_percent(rc['fraction'])} of each class (seed {rc['seed']}: "
+           f"{', '.join(f'{c} {n}' for c, n in fitted.items())}) and judged on the rest "
+           f"({', '.join(f'{c} {n}' for c, n in judged.items())}): temperature {rc['temperature']:.3f} on its output "
+           f"log-probabilities, decision {describe_decision(before['decision'], classes)} -> "
+           f"{describe_decision(after['decision'], classes)}, split conformal quantiles refitted. Before and after "
+           "are judged on the same images.", ""]
+    rows = [[label, *(_with_ci(part["metrics"].get(k), part["ci"].get(k)) for k in HEADLINE_METRICS),
+             _with_ci(part["calibration"]["ece"], part["calibration"]["ece_ci"])]
+            for label, part in (("before (frozen)", before), ("after (refitted)", after))]
+    out += _table(["", *HEADLINE_METRICS, "ECE"], rows) + [""]
+    if before["conformal_sets"] is None:
+        out += ["Coverage (frozen): no conformal calibration in this bundle.", ""]
+    out += _table(["level", "class", "images", "coverage (frozen)", "coverage (refitted) [95% CP]", "refitted"],
+                  _paired_coverage(before["conformal_sets"], after["conformal_sets"], classes))
+    return out + [""]
+
+
+def _paired_coverage(before: Sequence[Mapping] | None, after: Sequence[Mapping], classes: Sequence[str]
+                     ) -> list[list[Any]]:
+    old = {(e["level"], r["class"]): r for e in (before or []) for r in e["classes"]}
+    rows = []
+    for entry in after:
+        for r in entry["classes"]:
+            prior = old.get((entry["level"], r["class"]))
+            rows.append([format_level(entry["level"]), classes[r["class"]], r["n"],
+                         _percent(prior["coverage"]) if prior and prior["available"] else "n/a",
+                         f"{_percent(r['coverage'])} [{_percent(r['ci_low'])}, {_percent(r['ci_high'])}]"
+                         if r["available"] else "not available",
+                         "holds" if r["available"] and r["coverage"] is not None and r["coverage"] >= entry["level"]
+                         else "below the level" if r["available"] else ""])
+    return rows
