@@ -108,3 +108,23 @@ def test_a_failing_write_leaves_no_evaluation_folder(tmp_path):
     folder = write_evaluation(out, "20260101-000000-site-abcd", {"x": 1}, pd.DataFrame({"input": ["a"]}), "# r\n",
                               lambda folder: None)
     assert sorted(p.name for p in folder.iterdir()) == ["evaluation.json", "plots", "predictions.csv", "report.md"]
+
+
+def test_the_evaluate_deployments_follow_an_alias_and_ask_for_the_data():
+    """prefect.yaml deploys medstack-evaluate by registry alias (no run folder baked in); each run gives its data."""
+    from pathlib import Path
+
+    import yaml
+    from prefect.utilities.callables import parameter_schema
+
+    from medstack.flows.evaluate import FLOW_NAME, evaluate_flow
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())
+    mine = {d["name"]: d for d in spec["deployments"] if d["entrypoint"] == "flows/evaluate.py:evaluate_flow"}
+    assert set(mine) == {"pneumoniamnist", "smoke"} and evaluate_flow.name == FLOW_NAME == "medstack-evaluate"
+    for deployment in mine.values():
+        name, at, alias = deployment["parameters"]["model"].partition("@")
+        assert at and name and alias == "champion" and deployment["enforce_parameter_schema"]
+    schema = parameter_schema(evaluate_flow.fn).model_dump()
+    assert schema["required"] == ["data"]
+    assert {"model", "recalibrate", "class_names", "registry", "output_dir"} <= set(schema["properties"])
