@@ -128,3 +128,29 @@ def test_the_evaluate_deployments_follow_an_alias_and_ask_for_the_data():
     schema = parameter_schema(evaluate_flow.fn).model_dump()
     assert schema["required"] == ["data"]
     assert {"model", "recalibrate", "class_names", "registry", "output_dir"} <= set(schema["properties"])
+
+
+def test_recalibration_of_a_three_class_model_refits_on_one_part_and_judges_both_on_the_other(rng):
+    """An overconfident 3-class model (its logits doubled): the temperature refitted on half of each class comes out
+    near 2, and the ECE judged on the other half falls; the refitted offsets follow the run's policy."""
+    from medstack.evaluation.measures import Settings
+    from medstack.evaluation.recalibrate import recalibrate
+    from medstack.inference.bundle import softmax
+
+    y = rng.choice(3, size=900, p=[0.6, 0.3, 0.1])
+    logits = rng.normal(0, 1, (900, 3)) + 1.5 * np.eye(3)[y]
+    honest = softmax(logits)
+    y = np.array([rng.choice(3, p=p) for p in honest])  # labels drawn from the honest probabilities
+    overconfident = softmax(2 * logits)
+    settings = Settings(n_boot=50, ci=0.95, seed=3, positive_class=1, threshold_policy="f1", target_sensitivity=0.9,
+                        multiclass_policy="balanced_accuracy")
+    out = recalibrate(y, overconfident, {"kind": "argmax"}, None, settings, ["a", "b", "c"], fraction=0.5)
+    assert 1.6 < out["temperature"] < 2.5
+    assert out["after"]["calibration"]["ece"] < out["before"]["calibration"]["ece"]
+    assert out["after"]["calibration"]["score"].startswith("top-label confidence")
+    assert out["decision"]["kind"] == "offsets" and out["before"]["decision"] == {"kind": "argmax"}
+    fitted = np.zeros(len(y), bool)
+    fitted[out["fitted_rows"]] = True
+    assert out["judged_on"] == {name: int((y[~fitted] == k).sum()) for k, name in enumerate("abc")}
+    assert out["before"]["conformal_sets"] is None  # no calibration in the "bundle": nothing invented
+    assert [entry["level"] for entry in out["after"]["conformal_sets"]] == [0.9, 0.95]

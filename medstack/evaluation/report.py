@@ -81,8 +81,22 @@ def _metrics_section(ev: Mapping[str, Any]) -> list[str]:
              f"{format_level(s['ci'])} percentile bootstrap, {s['bootstrap']} resamples, seed {s['seed']}, as the run "
              "computed its test intervals. Binary metrics are for the positive class; multi-class ones are macro "
              "averages.")
-    return ["## Metrics beside the run's test split", "", intro, "",
-            *_table(["model", "images", *HEADLINE_METRICS, "decision"], rows), ""]
+    out = ["## Metrics beside the run's test split", "", intro, "",
+           *_table(["model", "images", *HEADLINE_METRICS, "decision"], rows), ""]
+    return out + (_per_class(ev) if len(ev["classes"]) > 2 else [])
+
+
+def _per_class(ev: Mapping[str, Any]) -> list[str]:
+    """K > 2: the chosen model's recall and precision per class, this data beside the run's test split."""
+    chosen = ev["model"]["chosen"]
+    result = ev["models"][chosen]
+    ours = result["external"]["metrics"]["per_class"]
+    theirs = ((result.get("run_test") or {}).get("metrics") or {}).get("per_class") or {}
+    rows = [[name, ours[name]["support"], format_number(ours[name]["recall"]),
+             format_number((theirs.get(name) or {}).get("recall")), format_number(ours[name]["precision"]),
+             format_number((theirs.get(name) or {}).get("precision"))] for name in ev["classes"]]
+    return [f"Per class, {chosen}:", "", *_table(["class", "images", f"recall, {THIS}", f"recall, {RUN_TEST}",
+                                                  f"precision, {THIS}", f"precision, {RUN_TEST}"], rows), ""]
 
 
 def _calibration_section(ev: Mapping[str, Any]) -> list[str]:
