@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.states import State
 
 from medstack import data, pipeline
 from medstack.config import DataConfig, RunConfig
 from medstack.splits import Splits
-
-
-def is_transient(task: Any, task_run: Any, state: State) -> bool:
-    """Retry I/O failures (downloads, network disks); bad data (a DataError) fails at once: retrying cannot fix it."""
-    try:
-        state.result()
-    except data.DataError:
-        return False
-    except Exception:
-        return True
-    return False
+from medstack.tasks.retry import is_transient
 
 
 @task(name="load_dataset", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=is_transient)

@@ -15,11 +15,12 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 from medstack import pipeline, progress
 from medstack.config import RunConfig, RuntimeConfig
 from medstack.pipeline import FoldCache, FoldResult
+from medstack.tasks.retry import is_transient
 
 PROGRESS_KEY = "ensemble-training-progress"
 
 
-@task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
+@task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=is_transient)
 def train_fold(prepared: pipeline.PreparedData, cfg: RunConfig, strategy: str, fold: int,
                events: progress.Publisher | None = None) -> State:
     """Train one base model on folds != fold (or load it from the fold cache) and predict OOF, val and test;

@@ -111,12 +111,20 @@ def test_cli_set_and_path_flags_become_dotted_overrides():
         _overrides(build_parser().parse_args(["run", "--config", "c.yaml", "--set", "epochs"]))
 
 
-def test_load_dataset_retries_io_failures_but_not_bad_data():
+def test_retries_are_for_io_failures_and_crashes_not_bad_input():
+    """Loading data and training a fold retry what a second try may fix; bad input (exit code 2) fails at once."""
     from prefect.states import Failed
 
     from medstack.data import DataError
-    from medstack.tasks.data import is_transient, load_dataset
+    from medstack.data.download import DownloadError
+    from medstack.models.smote import SmoteError
+    from medstack.tasks.data import load_dataset
+    from medstack.tasks.retry import is_transient
+    from medstack.tasks.training import train_fold
 
     assert load_dataset.retries == 2 and load_dataset.retry_condition_fn is is_transient
-    assert is_transient(None, None, Failed(data=OSError("download of https://x failed: timed out")))
+    assert train_fold.retries == 1 and train_fold.retry_condition_fn is is_transient
+    assert is_transient(None, None, Failed(data=OSError("No space left on device")))
+    assert is_transient(None, None, Failed(data=DownloadError("download of https://x failed: timed out")))
     assert not is_transient(None, None, Failed(data=DataError("x.npz: missing keys ['train_labels']")))
+    assert not is_transient(None, None, Failed(data=SmoteError("SMOTE needs at least 2 rows of class 1")))
