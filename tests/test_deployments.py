@@ -216,6 +216,11 @@ def _task_runs(stack: PrefectStack, flow_run_id: str):
         return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
 
 
+def _flow_run(stack: PrefectStack, flow_run_id: str):
+    with stack.client() as client:
+        return client.read_flow_run(flow_run_id)
+
+
 def _deployment(stack: PrefectStack, name: str):
     with stack.client() as client:
         return client.read_deployment_by_name(f"{FLOW}/{name}")
@@ -417,7 +422,9 @@ def test_ui_shows_the_run_the_leaderboard_and_the_plots(deployed, smoke_runs, br
 
 def test_predict_deployment_follows_the_registry_alias(deployed, smoke_runs, tmp_path):
     """`prefect deployment run 'medstack-predict/smoke' --param input=...`: the deployment names
-    pneumoniamnist-smoke@champion; promoting another run changes what the next run scores with, no redeploy."""
+    pneumoniamnist-smoke@champion and was created (`prefect deploy --all`) before any run existed; promoting the
+    second run makes the next run score with it, no redeploy. (tests/test_predict_flow.py moves the alias between
+    two runs in-process.)"""
     import numpy as np
     import pandas as pd
     from PIL import Image
@@ -432,14 +439,16 @@ def test_predict_deployment_follows_the_registry_alias(deployed, smoke_runs, tmp
     with deployed.client() as client:
         deployment = client.read_deployment_by_name("medstack-predict/smoke")
     assert deployment.parameters == {"model": "pneumoniamnist-smoke@champion"}
-    for run in smoke_runs:  # two runs of the ensemble deployment, two run ids
-        promote(run.run_dir, "champion", registry=registry)
-        out = tmp_path / f"{run.run_dir.name}.csv"
-        done = deployed.cli("deployment", "run", "medstack-predict/smoke", "--param", f"input={incoming}",
-                            "--param", f"registry={registry}", "--param", f"output={out}", "--watch",
-                            "--watch-timeout", "600", timeout=660)
-        assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{_tail(deployed, 'worker')}"
-        frame = pd.read_csv(out)
-        assert len(frame) == 5 and set(frame["run_id"]) == {run.run_dir.name}
-        keys = {a.key for a in _artifacts(deployed, _flow_run_id(done.stdout))}
-        assert {"predict-class-counts", "predict-least-confident", "predict-heatmaps"} <= keys
+    assert deployment.created < min(_flow_run(deployed, run.flow_run_id).start_time for run in smoke_runs)
+    run = smoke_runs[1]
+    promote(smoke_runs[0].run_dir, "champion", registry=registry)
+    promote(run.run_dir, "champion", registry=registry)  # the alias moved on before the predict run
+    out = tmp_path / "predictions.csv"
+    done = deployed.cli("deployment", "run", "medstack-predict/smoke", "--param", f"input={incoming}",
+                        "--param", f"registry={registry}", "--param", f"output={out}", "--watch",
+                        "--watch-timeout", "600", timeout=660)
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{_tail(deployed, 'worker')}"
+    frame = pd.read_csv(out)
+    assert len(frame) == 5 and set(frame["run_id"]) == {run.run_dir.name}
+    keys = {a.key for a in _artifacts(deployed, _flow_run_id(done.stdout))}
+    assert {"predict-class-counts", "predict-least-confident", "predict-heatmaps"} <= keys
