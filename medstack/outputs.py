@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from medstack.config import RunConfig, stable_hash
 from medstack.errors import BAD_INPUT, MedstackError
 from medstack.run_folder import (
-    BUNDLE_FILE, CONFIG_FILE, LEADERBOARD_FILE, MANIFEST_FILE, META_MODEL_FILE, METRICS_FILE, OOF_PREDICTIONS_FILE,
-    PLOTS_DIR, REPORT_FILE, TEST_PREDICTIONS_FILE,
+    BUNDLE_FILE, CALIBRATION_PREDICTIONS_FILE, CONFIG_FILE, LEADERBOARD_FILE, MANIFEST_FILE, META_MODEL_FILE,
+    METRICS_FILE, OOF_PREDICTIONS_FILE, PLOTS_DIR, REPORT_FILE, TEST_PREDICTIONS_FILE,
 )
 from medstack.storage import atomic_directory, atomic_write_json, atomic_write_text, sweep_stale_temporaries
 
@@ -95,6 +95,7 @@ class RunContents:
     config: str  # config.yaml's text
     manifest: dict[str, Any]
     draw_plots: Callable[[Path], Any]  # draws the report's figures into the folder it is given
+    calibration_predictions: pd.DataFrame | None = None  # the calibration slice's rows; None without a slice
 
 
 def write_run(output_dir: Path, run_id: str, contents: RunContents) -> Path:
@@ -109,6 +110,8 @@ def write_run(output_dir: Path, run_id: str, contents: RunContents) -> Path:
         contents.leaderboard.to_csv(tmp / LEADERBOARD_FILE)
         contents.oof_predictions.to_csv(tmp / OOF_PREDICTIONS_FILE, index=False)
         contents.test_predictions.to_csv(tmp / TEST_PREDICTIONS_FILE, index=False)
+        if contents.calibration_predictions is not None:
+            contents.calibration_predictions.to_csv(tmp / CALIBRATION_PREDICTIONS_FILE, index=False)
         contents.draw_plots(tmp / PLOTS_DIR)
         _link_models(tmp, contents.fold_models)
         (tmp / META_MODEL_FILE).parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""The plots of a run's report: ROC, precision-recall, confusion matrices, calibration, training curves.
+"""The plots of a run's report: ROC, precision-recall, confusion matrices, calibration, risk-coverage, training
+curves.
 
 Plots use matplotlib's object API (``matplotlib.figure.Figure``, rendered by Agg on save): no pyplot, so no global
 figure registry, nothing to close and several runs may render in threads at once. matplotlib is imported inside the
@@ -202,12 +203,54 @@ def plot_reliability(path: Path | str, curves: Mapping[str, list[Mapping[str, An
     _save(fig, path)
 
 
-def plot_files(strategies: Iterable[str]) -> dict[str, str]:
-    """{label: file name} of every plot :func:`make_plots` draws for these strategies, in the report's order (known
-    before drawing, so the report can link them while the figures are drawn elsewhere)."""
+def plot_risk_coverage(path: Path | str, metrics: Mapping, class_names: list[str]) -> None:
+    """Kept-case quality as the least certain test images are referred (0% to 50%), one line per model, its
+    referral operating point marked: binary panels kept sensitivity, specificity and balanced accuracy; K > 2
+    balanced accuracy and the lowest class recall. From metrics.json's ``referral.risk_coverage`` rows."""
+    models = {n: r["referral"] for n, r in metrics["models"].items() if r.get("referral")}
+    binary = len(class_names) == 2
+    panels = ([("sensitivity", "kept sensitivity"), ("specificity", "kept specificity")] if binary else
+              [("lowest_recall", "lowest kept class recall")]) + [("balanced_accuracy", "kept balanced accuracy")]
+    fig = _figure(figsize=(4.2 * len(panels), 4.2))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for i, (name, referral) in enumerate(models.items()):
+        rows = referral["risk_coverage"]
+        x = [r["referred"] for r in rows]
+        for ax, (key, _) in zip(axes, panels):
+            y = [_risk_value(r, key) for r in rows]
+            ax.plot(x, y, marker="o", ms=2.5, lw=1.2, color=f"C{i % 10}", label=name)
+        test = referral["test"]
+        axes[-1].plot([test["referred"]], [_risk_value(test, "balanced_accuracy")], marker="*", ms=11,
+                      color=f"C{i % 10}", ls="none")
+    for ax, (_, label) in zip(axes, panels):
+        ax.set(xlabel="share of test images referred (least certain first)", ylabel=label, xlim=(-0.01, 0.55))
+    axes[-1].set_title("star: the referral rule applied", fontsize=8)
+    fig.suptitle("Risk-coverage, test split (certainty: conformal confidence)", fontsize=10)
+    axes[0].legend(fontsize=7, loc="lower right")
+    _save(fig, path)
+
+
+def _risk_value(row: Mapping, key: str) -> float:
+    """A risk-coverage figure as a number to plot (nan when undefined, e.g. no kept image of a class)."""
+    if key == "lowest_recall":
+        known = [r for r in row.get("recall", []) if r is not None]
+        return min(known) if known else math.nan
+    value = row.get(key)
+    return math.nan if value is None else float(value)
+
+
+def plot_files(strategies: Iterable[str], referral: bool = False) -> dict[str, str]:
+    """{label: file name} of every plot :func:`make_plots` draws for these strategies (``referral``: metrics with
+    risk-coverage rows), in the report's order (known before drawing, so the report can link them while the
+    figures are drawn elsewhere)."""
     files = {"ROC": "roc.png", "Precision-recall": "pr.png", "Confusion matrices": "confusion_test.png",
-             "Calibration": "calibration.png"}
+             "Calibration": "calibration.png"} | ({"Risk-coverage": "risk_coverage.png"} if referral else {})
     return files | {f"Training curves: {strategy}": f"curves_{strategy}.png" for strategy in strategies}
+
+
+def has_referral(metrics: Mapping) -> bool:
+    """Whether a run's metrics carry risk-coverage rows (runs from before conformal calibration do not)."""
+    return any(r.get("referral") for r in metrics["models"].values())
 
 
 def make_plots(
@@ -222,11 +265,13 @@ def make_plots(
     """Write every plot of the report into ``plot_dir``; returns {label: file name} (:func:`plot_files`)."""
     plot_dir = Path(plot_dir)
     plot_dir.mkdir(parents=True, exist_ok=True)
-    files = plot_files(histories)
+    files = plot_files(histories, referral=has_referral(metrics))
     plot_roc_pr(plot_dir / files["ROC"], plot_dir / files["Precision-recall"], y_test, test_probas, positive_class,
                 class_names)
     plot_confusion_matrices(plot_dir / files["Confusion matrices"], metrics, class_names)
     plot_calibration(plot_dir / files["Calibration"], y_test, test_probas, positive_class)
+    if "Risk-coverage" in files:
+        plot_risk_coverage(plot_dir / files["Risk-coverage"], metrics, class_names)
     for strategy, per_fold in histories.items():
         plot_histories(plot_dir / files[f"Training curves: {strategy}"], per_fold, strategy)
     return files

@@ -25,6 +25,7 @@ from medstack.report_text import (
     calibration_summary, cell, decision_policy_summary, detail_lines, duplicates_sentence, fmt_value, fold_notes,
     format_number, grouping_sentence, is_nan,
 )
+from medstack.report_trust import trust_section
 from medstack.run_folder import HEADLINE_METRICS, RECOMMENDED, REPORT_FILE, recommended_model
 
 if TYPE_CHECKING:
@@ -235,8 +236,8 @@ def render_report(
     metrics: Mapping, diagnoses: Mapping, plots: Mapping[str, str], notes: list[str], extra: Mapping,
     recipe: Mapping[str, Mapping[str, str]] | None = None,
 ) -> str:
-    """The run's markdown report: data, leaderboard with CIs, recommendation, OOF, per-class, fit diagnosis, notes,
-    run details and plots (``plots`` maps a label to a link relative to the report, e.g. ``plots/roc.png``)."""
+    """The run's markdown report: data, leaderboard with CIs, recommendation, OOF, per-class, prediction sets and
+    referral, training recipe, fit diagnosis, notes, run details and plots (``plots`` maps a label to a link relative to the report, e.g. ``plots/roc.png``)."""
     ds, models = metrics["dataset"], metrics["models"]
     classes = list(ds["classes"])
     order = _ranked(models)
@@ -266,6 +267,8 @@ def render_report(
             [n, cls, *(format_number(r.get(k)) for k in ("precision", "recall", "specificity", "f1")), format_number(r.get("support"))]
             for n in order for cls, r in models[n]["test"].get("per_class", {}).items()
         ])
+    trust = trust_section(metrics)
+    out += ["", *trust] if trust else []
     if recipe:
         out += ["", *_recipe_section(recipe)]
     out += ["", *_fit_section(diagnoses), ""]

@@ -22,7 +22,7 @@ from medstack.inference.bundle import bundle_record
 from medstack.models.metrics import metrics_table
 from medstack.outputs import RunContents
 from medstack.pipeline import EnsembleFit, PreparedData, code_version, determinism_record
-from medstack.plots import make_plots, plot_files
+from medstack.plots import has_referral, make_plots, plot_files
 from medstack.report import run_report
 from medstack.report_text import recipe_comment, recipe_summary
 from medstack.run_folder import member_file, plot_link, predictions_frame
@@ -38,12 +38,14 @@ def compose_run(run_id: str, cfg: RunConfig, prepared: PreparedData, ensembles: 
     names = list(prepared.class_names)
     y_test = prepared.test_labels.reveal()
     recipe = recipe_summary(preds.fold_info)
-    plots = {label: plot_link(name) for label, name in plot_files(preds.histories).items()}
+    plots = {label: plot_link(name) for label, name in plot_files(preds.histories, has_referral(metrics)).items()}
     return RunContents(
         metrics=metrics,
         leaderboard=metrics_table(metrics["models"]),
         oof_predictions=predictions_frame(prepared.train_idx, prepared.y_train, preds.oof, names, prepared.fold_of),
         test_predictions=predictions_frame(prepared.test_idx, y_test, preds.test, names),
+        calibration_predictions=(predictions_frame(prepared.cal_idx, prepared.y_cal, preds.cal, names)
+                                 if len(prepared.cal_idx) else None),
         fold_models={member_file(strategy, fold): Path(source)
                      for strategy, per_fold in preds.model_paths.items() for fold, source in per_fold.items()},
         meta_model=ensembles.meta_model,

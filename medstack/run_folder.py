@@ -27,6 +27,9 @@ METRICS_FILE = "metrics.json"  # every model's metrics per split, the dataset, t
 LEADERBOARD_FILE = "leaderboard.csv"  # one row per model of the scalar test metrics
 OOF_PREDICTIONS_FILE = "oof_predictions.csv"  # one row per training image: label, fold, every model's probabilities
 TEST_PREDICTIONS_FILE = "test_predictions.csv"  # one row per test image: label, every model's probabilities
+# one row per image of the calibration slice (conformal.calibration split): label, every model's probabilities,
+# from which model.json's conformal calibration is fitted; absent when the run calibrated on OOF predictions
+CALIBRATION_PREDICTIONS_FILE = "calibration_predictions.csv"
 REPORT_FILE = "report.md"
 CONFIG_FILE = "config.yaml"  # the run's config, headed by the training recipe it resolved to
 MANIFEST_FILE = "manifest.json"  # versions, seeds, fingerprints, per-fold facts: what made the run
@@ -155,6 +158,13 @@ def read_test_predictions(run_dir: str | Path) -> Predictions:
 def read_oof_predictions(run_dir: str | Path) -> Predictions:
     """``oof_predictions.csv`` as :func:`predictions_frame` wrote it (with folds)."""
     return _read_predictions(Path(run_dir) / OOF_PREDICTIONS_FILE)
+
+
+def read_calibration_predictions(run_dir: str | Path) -> Predictions | None:
+    """``calibration_predictions.csv`` (the rows model.json's conformal calibration was fitted on), or None for a
+    run without a calibration slice (calibrated on its OOF predictions: :func:`read_oof_predictions`, or older)."""
+    path = Path(run_dir) / CALIBRATION_PREDICTIONS_FILE
+    return _read_predictions(path) if path.is_file() else None
 
 
 def _read_predictions(path: Path) -> Predictions:

@@ -78,18 +78,21 @@ def guarantee_text(calibration: ConformalCalibration, level: float, class_names:
     return text
 
 
-def describe_rule(point: Mapping[str, Any], class_names: Sequence[str]) -> str:
-    """The referral rule in words: ``refer when the 90% set is not a single class`` or the certainty threshold."""
+def describe_rule(point: Mapping[str, Any], class_names: Sequence[str], with_threshold: bool = True) -> str:
+    """The referral rule in words: ``refer when the 90% set is not a single class`` or the certainty threshold
+    (``with_threshold`` False: "a threshold", for a sentence about several models, each with its own)."""
     at = format_level(float(point["level"]))
     if point["rule"] == "set":
         return f"refer when the {at} set is not a single class (two or more classes, or empty)"
-    text = f"refer when certainty < {float(point['threshold']):.4g} or the {at} set is empty"
+    below = f"{float(point['threshold']):.4g}" if with_threshold else "a threshold chosen per model"
+    text = f"refer when certainty < {below} or the {at} set is empty"
     target = point.get("target_sensitivity")
     if target is not None:
         cls = class_names[int(point["target_class"])]
-        reached = "reached" if point.get("reached") else "not reached: best recall within the budget"
-        text += (f" (at most {point['max_referral']:.0%} referred on the calibration rows, kept recall of {cls} "
-                 f">= {target:g}: {reached})")
+        reached = ("" if not with_threshold else ": reached" if point.get("reached") else
+                   ": not reached, best recall within the budget")
+        text += (f" (at most {point['max_referral']:.0%} referred on the calibration rows, the least referral that "
+                 f"keeps the recall of {cls} >= {target:g}{reached})")
     else:
         text += f" (the least certain {point['max_referral']:.0%} of the calibration rows)"
     return text

@@ -15,6 +15,7 @@ from medstack.inference.bundle import Bundle
 COUNTS_KEY = "predict-class-counts"
 UNSURE_KEY = "predict-least-confident"
 HEATMAPS_KEY = "predict-heatmaps"
+REFERRALS_KEY = "predict-referrals"
 
 
 @task(name="load_bundle", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
@@ -43,7 +44,8 @@ def score_batches(bundle: Bundle, input: str, output: str, use: str | None, batc
 
 @task(name="publish_predictions", cache_policy=NO_CACHE)
 def publish_predictions(summary: dict, bundle: Bundle) -> None:
-    """A table of class counts, a table of the least confident cases, a markdown artifact with heatmaps."""
+    """A table of class counts, a table of the least confident cases, a table of referred cases by reason, a
+    markdown artifact with the referral count and heatmaps."""
     create_table_artifact(
         [{"class": name, "images": n} for name, n in summary["class_counts"].items()],
         key=COUNTS_KEY, description=f"{summary['scored']} images scored by {summary['model']} of run {summary['run_id']}",
@@ -57,6 +59,15 @@ def publish_predictions(summary: dict, bundle: Bundle) -> None:
              f"{summary['scored']} images, labels from **{summary['model']}**, written to `{summary['output']}`.",
              f"Skipped: {len(summary['skipped'])}. Inputs with drift warnings: {summary['warned_inputs']} "
              f"{summary['warnings'] or ''}.", ""]
+    if summary["referred"] is not None:
+        lines += [f"Referred to a person: **{summary['referred']}** of {summary['scored']} "
+                  f"({summary['referral_rule']}); the output's `refer` and `refer_reason` columns say which.", ""]
+        create_table_artifact(
+            [{"reason": reason, "images": n} for reason, n in summary["referral_reasons"].items()]
+            or [{"reason": "none referred", "images": 0}],
+            key=REFERRALS_KEY, description=f"{summary['referred']} of {summary['scored']} images referred",
+        )
+    lines += [f"Note: {note}." for note in summary["notes"]] + ([""] if summary["notes"] else [])
     for path in summary["heatmaps"]:
         data = base64.b64encode(Path(path).read_bytes()).decode()
         lines += [f"**{Path(path).name}**", "", f"![Grad-CAM](data:image/png;base64,{data})", ""]

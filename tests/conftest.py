@@ -80,16 +80,18 @@ def tiny_config_dict(tmp_path: Path) -> dict:
 
 @contextlib.contextmanager
 def spy_on_training():
-    """Within: every real CNN training (its strategy, in order) and every function that opens the sealed test labels
-    are recorded in the yielded ``{"trained": [...], "label_readers": [...]}``; the real methods still run."""
+    """Within: every real CNN training (its strategy, in order, and the image arrays it fitted and validated on) and
+    every function that opens the sealed test labels are recorded in the yielded ``{"trained": [...], "inputs":
+    [(x_train, x_val), ...], "label_readers": [...]}``; the real methods still run."""
     from medstack import pipeline
     from medstack.models.training import CNNClassifier
 
-    seen: dict[str, list[str]] = {"trained": [], "label_readers": []}
+    seen: dict[str, list] = {"trained": [], "inputs": [], "label_readers": []}
     real_fit, real_reveal = CNNClassifier.fit, pipeline.SealedLabels.reveal
 
     def counting_fit(self, *args, **kwargs):
         seen["trained"].append(self.strategy)
+        seen["inputs"].append((args[0], args[2]))  # fit(x, y, x_val, y_val)
         return real_fit(self, *args, **kwargs)
 
     def spying_reveal(self):

@@ -50,6 +50,7 @@ class Baseline:
     cache: FoldCache
     results: list
     trained: list[str]  # strategies in the order CNNClassifier.fit ran while the baseline trained
+    inputs: list  # (x_train, x_val) of every one of those trainings
     label_readers: list[str]  # functions that revealed the sealed test labels while it trained
 
 
@@ -62,7 +63,7 @@ def baseline(imbalanced_digits, make_tiny_config, tmp_path_factory) -> Baseline:
     cache = FoldCache(base / "c")
     with spy_on_training() as seen:
         results = _train_all(prepared, cfg, cache)
-    return Baseline(cfg, prepared, cache, results, seen["trained"], seen["label_readers"])
+    return Baseline(cfg, prepared, cache, results, seen["trained"], seen["inputs"], seen["label_readers"])
 
 
 @pytest.fixture
@@ -213,6 +214,43 @@ def test_ensembles_thresholds_and_the_sealed_test_labels(imbalanced_digits, base
             gap = result["test"]["roc_auc"] - metrics["models"][chosen]["test"]["roc_auc"]
             assert paired["model"] == chosen and paired["roc_auc_difference"] == pytest.approx(gap)
             assert paired["ci"][0] <= paired["ci"][1]
+
+
+def test_the_calibration_slice_reaches_no_fit_and_calibrates_every_model(imbalanced_digits, baseline, monkeypatch):
+    """conformal.calibration split (the default): a stratified slice of train, disjoint from the folds, val and
+    test; no training fits or early-stops on its images, the meta-model and decisions learn from OOF rows only, and
+    every model's conformal calibration is exactly the one its calibration-row predictions give."""
+    from medstack.models.conformal import fit_conformal
+    from medstack.models.ensemble import StackingMetaModel
+
+    prepared, cfg = baseline.prepared, baseline.cfg
+    cal = prepared.cal_idx
+    labels = imbalanced_digits.labels
+    assert len(cal) == pytest.approx(0.1 * (len(cal) + len(prepared.train_idx)), abs=2)
+    assert abs(labels[cal].mean() - labels[prepared.train_idx].mean()) < 0.06  # stratified
+    assert not set(cal) & (set(prepared.train_idx) | set(prepared.val_idx) | set(prepared.test_idx))
+    assert np.array_equal(prepared.y_cal, labels[cal]) and prepared.counts["calibration"]["zero"] > 0
+    cal_images = {imbalanced_digits.images[i].tobytes() for i in cal}  # exact duplicates share a side, so pixels tell
+    assert len(baseline.inputs) == 8
+    for x_train, x_val in baseline.inputs:
+        assert not cal_images & {x.tobytes() for x in np.asarray(x_train)}
+        assert not cal_images & {x.tobytes() for x in np.asarray(x_val)}
+    assert all(r.cal_proba.shape == (len(cal), 2) for r in baseline.results)
+
+    fitted_on: list[int] = []
+    real_fit = StackingMetaModel.fit
+    monkeypatch.setattr(StackingMetaModel, "fit", lambda self, oof, y: fitted_on.append(len(y)) or real_fit(self, oof, y))
+    ensembles = pipeline.fit_ensembles(prepared, pipeline.gather_predictions(prepared, baseline.results), cfg)
+    assert fitted_on == [len(prepared.train_idx)]  # the OOF rows, never the slice
+    preds = ensembles.predictions
+    assert set(ensembles.conformal) == set(ensembles.decisions) == set(preds.cal)
+    stacked = ensembles.meta_model.predict_proba_per_fold({s: preds.cal_folds[s] for s in cfg.strategies})
+    np.testing.assert_array_equal(preds.cal["stacking"], stacked)  # the stack predicts the slice as it does test
+    for name, calibration in ensembles.conformal.items():
+        assert calibration.kind == "split" and calibration.counts.sum() == len(cal)
+        assert calibration.to_dict() == fit_conformal(prepared.y_cal, preds.cal[name], kind="split",
+                                                      levels=cfg.conformal.levels).to_dict()
+        assert ensembles.referral[name]["on_calibration"]["n"] == len(cal)
 
 
 def test_drw_switch_happens_at_the_configured_epoch(imbalanced_digits, cfg):

@@ -209,7 +209,7 @@ def test_compare_and_auto_promotion_pair_the_same_way(two_runs):
 # --- one owner of the file names ---------------------------------------------------------------------------------
 
 FILE_NAMES = (run_folder.METRICS_FILE, run_folder.LEADERBOARD_FILE, run_folder.OOF_PREDICTIONS_FILE,
-              run_folder.TEST_PREDICTIONS_FILE, run_folder.REPORT_FILE, run_folder.CONFIG_FILE,
+              run_folder.TEST_PREDICTIONS_FILE, run_folder.CALIBRATION_PREDICTIONS_FILE, run_folder.REPORT_FILE, run_folder.CONFIG_FILE,
               run_folder.MANIFEST_FILE, run_folder.BUNDLE_FILE, run_folder.META_MODEL_FILE.rpartition("/")[2])
 SOURCES = ("medstack", "flows", "tasks", "models", "benchmarks")
 

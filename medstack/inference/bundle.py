@@ -2,6 +2,7 @@
 
 ``model.json`` describes the run folder as a model: classes, the input contract, every member's fold files and
 temperatures, every model's decision, the stacking meta-model as plain JSON numbers, the recommended model,
+every model's conformal calibration and referral point (``conformal``; absent from bundles written before them),
 training-data statistics for the drift guard, the data fingerprint and a metrics summary. Loading it runs no
 pickle (``meta_model.joblib`` stays as an export and is never read here); ``.keras`` files load in safe mode after
 their sha256 is checked. Every problem is a :class:`BundleError` naming the file.
@@ -21,6 +22,7 @@ import medstack
 from medstack.inference.schema import SCHEMA_VERSION, BundleError
 from medstack.inference.stacking import JsonStacking
 from medstack.inference.stats import training_statistics
+from medstack.inference.trust import Trust, read_trust, trust_columns
 from medstack.run_folder import BUNDLE_FILE, HEADLINE_METRICS, bundle_recommendation, member_file, read_bundle
 
 if TYPE_CHECKING:
@@ -75,11 +77,20 @@ def bundle_record(run_id: str, cfg: RunConfig, prepared: PreparedData, ensembles
         "recommended": dict(metrics.get("recommended") or {}),
         "data": {"name": prepared.name, "fingerprint": prepared.fingerprint, "counts": prepared.counts,
                  "source": cfg.data.source},
+        **({"conformal": conformal_record(metrics, ensembles)} if ensembles.conformal else {}),
         "training_statistics": training_statistics(prepared.images[prepared.train_idx]),
         "metrics": {name: {split: {k: m[split].get(k) for k in HEADLINE_METRICS if k in m[split]}
                            for split in ("test", "oof")}
                     for name, m in metrics["models"].items()},
     }
+
+
+def conformal_record(metrics: dict, ensembles: EnsembleFit) -> dict[str, Any]:
+    """model.json's ``conformal``: how the sets were calibrated (metrics.json's ``conformal``) and, per model, its
+    calibration (:meth:`~medstack.models.conformal.ConformalCalibration.to_dict`) and referral point."""
+    return {**metrics.get("conformal", {}),
+            "models": {name: {"calibration": calibration.to_dict(), "referral": ensembles.referral[name]}
+                       for name, calibration in ensembles.conformal.items()}}
 
 
 @dataclass
@@ -91,6 +102,7 @@ class Bundle:
     stacking: JsonStacking
     source: str  # what the user named: a folder, or <name>@<alias>
     _members: dict[str, list[keras.Model]] | None = field(default=None, repr=False)
+    _trust: dict[str, tuple[Any, dict[str, Any]]] = field(default_factory=dict, repr=False)  # read_trust per model
 
     @property
     def run_id(self) -> str:
@@ -127,6 +139,17 @@ class Bundle:
 
     def decision(self, model: str) -> dict[str, Any]:
         return self.meta["decisions"][model]
+
+    def trust(self, model: str, proba: np.ndarray) -> Trust | None:
+        """``model``'s prediction sets, p-values and referral for its probabilities ``proba``
+        (:func:`medstack.inference.trust.trust_columns`); None for a bundle without conformal calibration."""
+        calibration, point = self._trust.get(model, (None, None))
+        return trust_columns(calibration, point, self.classes, proba)
+
+    @property
+    def has_trust(self) -> bool:
+        """Whether model.json carries conformal calibration (bundles from before it do not)."""
+        return isinstance(self.meta.get("conformal"), dict)
 
     def check_model_name(self, model: str) -> str:
         if model not in self.models:
@@ -177,7 +200,11 @@ def load_bundle(ref: str | Path, registry: str | Path | None = None) -> Bundle:
         stacking = JsonStacking.from_json(meta["stacking"])
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path / BUNDLE_FILE}: stacking meta-model is malformed: {exc}") from exc
-    return Bundle(root=path, meta=meta, stacking=stacking, source=str(ref))
+    try:
+        trust = {model: read_trust(meta, model) for model in (meta.get("conformal") or {}).get("models", {})}
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path / BUNDLE_FILE}: conformal calibration is malformed: {exc}") from exc
+    return Bundle(root=path, meta=meta, stacking=stacking, source=str(ref), _trust=trust)
 
 
 def _load_keras(root: Path, spec: dict[str, Any]) -> keras.Model:

@@ -88,6 +88,11 @@ def _predict(args: argparse.Namespace, progress: TextIO | None = None) -> int:
           f"scored {summary.scored:,} image(s) in {summary.seconds:.1f} s ({rate:.2f}/s, mostly tracing the graph once",
           end=f"); wrote {args.output}\n", file=sys.stderr)
     print("predicted: " + ", ".join(f"{name} {n:,}" for name, n in summary.class_counts.items()), file=sys.stderr)
+    if summary.referred is not None:
+        print(f"referred to a person: {summary.referred:,} of {summary.scored:,} ({summary.referral_rule}); see the "
+              f"'refer' and 'refer_reason' columns", file=sys.stderr)
+    for note in summary.notes:
+        print(f"note: {note}", file=sys.stderr)
     for ident, reason in summary.skipped[:10]:
         print(f"skipped {ident}: {reason}", file=sys.stderr)
     if summary.skipped:

@@ -2,7 +2,10 @@
 
 Columns: ``input`` (the file path, or ``<npz>:<row>``), every model's class probabilities under the run's
 ``test_predictions.csv`` names (``stacking:p(pneumonia)``), ``predicted`` (the chosen model's label under its
-decision from ``model.json``), ``model`` (which model chose it), ``run_id`` and ``warnings`` (input drift).
+decision from ``model.json``), ``model`` (which model chose it), then the chosen model's prediction set at every
+calibrated level (``set_90`` = ``{pneumonia}``; ``{}`` when no class is plausible), its conformal p-value of every
+class (``p_value:pneumonia``), ``refer`` (true/false) and ``refer_reason`` (:mod:`medstack.inference.trust`; a bundle
+without conformal calibration gets none of these columns and a note), then ``run_id`` and ``warnings`` (input drift).
 CSV, or Parquet when the output ends in ``.parquet``. Skipped images go to ``<output>.skipped.csv`` with the reason.
 """
 
@@ -21,6 +24,7 @@ import pandas as pd
 from medstack.inference.bundle import Bundle
 from medstack.inference.inputs import InputError, count_inputs, iter_batches, list_inputs
 from medstack.inference.stats import summarise_warnings
+from medstack.inference.trust import NO_TRUST, Trust
 from medstack.models.decision import apply_decision
 from medstack.run_folder import probability_column
 
@@ -37,6 +41,10 @@ class PredictSummary:
     warned_inputs: int = 0
     least_confident: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    referred: int | None = None  # images the referral rule hands to a person; None without conformal calibration
+    referral_reasons: dict[str, int] = field(default_factory=dict)  # "set of 2 classes at 90%" -> images
+    referral_rule: str | None = None  # the rule in words
+    notes: list[str] = field(default_factory=list)  # said once per run (e.g. no conformal calibration)
 
     @property
     def images_per_second(self) -> float:
@@ -82,7 +90,7 @@ def predict(bundle: Bundle, source: str | Path, output: str | Path, *, scorer: C
     scorer = scorer or make_scorer(bundle)
     classes = bundle.classes
     summary = PredictSummary(output=str(output), run_id=bundle.run_id, model=model)
-    counts, kinds, worst = Counter(), Counter(), []
+    counts, kinds, worst, reasons = Counter(), Counter(), [], Counter()
     started = time.perf_counter()
     with atomic_file(output, mode=0o644) as handle, _Writer(handle, output.suffix.lower()) as writer:
         for batch in iter_batches(listing, bundle.input_shape, bundle.meta["training_statistics"], batch_size,
@@ -92,7 +100,11 @@ def predict(bundle: Bundle, source: str | Path, output: str | Path, *, scorer: C
                 continue
             scores = scorer(batch.images)
             labels = apply_decision(scores[model], decision)
-            writer.write(_frame(batch, scores, labels, bundle, model))
+            trust = bundle.trust(model, scores[model])
+            writer.write(_frame(batch, scores, labels, bundle, model, trust))
+            if trust is not None:
+                reasons.update(_reason_kind(r) for r in trust.reasons if r)
+                summary.referred = (summary.referred or 0) + int(trust.refer.sum())
             counts.update(classes[i] for i in labels)
             kinds.update(summarise_warnings(batch.warnings))
             summary.warned_inputs += sum(1 for w in batch.warnings if w)
@@ -115,6 +127,11 @@ def predict(bundle: Bundle, source: str | Path, output: str | Path, *, scorer: C
     summary.seconds = time.perf_counter() - started
     summary.class_counts = {name: int(counts.get(name, 0)) for name in classes}
     summary.warnings = dict(kinds)
+    summary.referral_reasons = dict(reasons)
+    if bundle.has_trust:
+        summary.referral_rule = referral_text(bundle, model)
+    else:
+        summary.notes.append(NO_TRUST)
     summary.least_confident = [{"input": i, "predicted": lab, "confidence": round(-c, 4), "probabilities": p}
                                for c, i, lab, p in sorted(worst, reverse=True)]
     return summary
@@ -124,13 +141,29 @@ def skipped_path(output: Path) -> Path:
     return output.with_name(output.name + ".skipped.csv")
 
 
-def _frame(batch, scores: dict[str, np.ndarray], labels: np.ndarray, bundle: Bundle, model: str) -> pd.DataFrame:
+def referral_text(bundle: Bundle, model: str) -> str | None:
+    """The model's referral rule in words, from model.json; None without one."""
+    from medstack.inference.trust import read_trust
+    from medstack.models.trust import describe_rule
+
+    _, point = read_trust(bundle.meta, model)
+    return None if point is None else describe_rule(point, bundle.classes)
+
+
+def _reason_kind(reason: str) -> str:
+    """``set of 2 classes at 90%`` stays; ``certainty 0.61 < 0.72`` -> ``certainty below the threshold``."""
+    return "certainty below the threshold" if reason.startswith("certainty") else reason
+
+
+def _frame(batch, scores: dict[str, np.ndarray], labels: np.ndarray, bundle: Bundle, model: str,
+           trust: Trust | None) -> pd.DataFrame:
     columns: dict[str, Any] = {"input": batch.ids}
     for name in bundle.models:
         for k, cls in enumerate(bundle.classes):
             columns[probability_column(name, cls)] = scores[name][:, k]
     columns["predicted"] = [bundle.classes[int(i)] for i in labels]
     columns["model"] = model
+    columns.update(trust.columns() if trust is not None else {})
     columns["run_id"] = bundle.run_id
     columns["warnings"] = ["; ".join(text for _, text in found) for found in batch.warnings]
     return pd.DataFrame(columns)

@@ -30,6 +30,7 @@ from starlette.requests import ClientDisconnect
 
 import medstack
 from medstack.inference.predict import confidence, decision_text
+from medstack.inference.trust import NO_TRUST
 from medstack.models.decision import apply_decision
 from medstack.serving.keys import ApiKeys
 from medstack.serving.model import ModelHolder, ServedModel
@@ -48,6 +49,13 @@ class Prediction(BaseModel):
                                           "threshold, else the margin of the best class's (offset) log-probability")
     models: dict[str, dict[str, float]] = Field(description="every model of the ensemble: class -> probability")
     warnings: list[str] = Field(description="input drift: how this image differs from the training images")
+    sets: dict[str, list[str]] | None = Field(
+        default=None, description="the served model's conformal prediction set at every calibrated level, keyed as "
+                                  "medstack predict's columns (set_90: the classes in the 90% set; [] when no class "
+                                  "is plausible); null for a bundle without conformal calibration")
+    p_values: dict[str, float] | None = Field(default=None, description="conformal p-value of every class")
+    refer: bool | None = Field(default=None, description="whether the referral rule hands this image to a person")
+    refer_reason: str | None = Field(default=None, description="why it is referred ('' when it is not)")
 
 
 class PredictResponse(BaseModel):
@@ -56,6 +64,7 @@ class PredictResponse(BaseModel):
     decision: dict[str, Any] = Field(description="the decision from model.json plus a readable 'text'")
     classes: list[str]
     predictions: list[Prediction]
+    note: str | None = Field(default=None, description="said when the bundle has no conformal calibration")
 
 
 def create_app(holder: ModelHolder, limits: Limits = Limits(), keys: ApiKeys | None = None,
@@ -237,6 +246,7 @@ def _response(served: ServedModel, decoded: list[DecodedUpload], scores: dict) -
     chosen = scores[served.model]
     labels = apply_decision(chosen, served.decision)
     margins = confidence(chosen, served.decision)
+    trust = served.bundle.trust(served.model, chosen)
 
     def named(row) -> dict[str, float]:
         return {name: float(p) for name, p in zip(classes, row)}
@@ -245,5 +255,7 @@ def _response(served: ServedModel, decoded: list[DecodedUpload], scores: dict) -
         run_id=served.run_id, model=served.model, decision=_decision(served), classes=classes,
         predictions=[Prediction(file=d.name, predicted=classes[int(labels[i])], probabilities=named(chosen[i]),
                                 confidence=float(margins[i]),
-                                models={m: named(scores[m][i]) for m in served.bundle.models}, warnings=d.warnings)
-                     for i, d in enumerate(decoded)])
+                                models={m: named(scores[m][i]) for m in served.bundle.models}, warnings=d.warnings,
+                                **(trust.row(i) if trust is not None else {}))
+                     for i, d in enumerate(decoded)],
+        note=None if trust is not None else NO_TRUST)

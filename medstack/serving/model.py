@@ -9,6 +9,7 @@ thread stops after its last request is released.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import queue
 import threading
 import time
@@ -21,6 +22,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from medstack.inference.bundle import Bundle, bundle_folder, load_bundle
+from medstack.inference.trust import NO_TRUST
+
+log = logging.getLogger("medstack.serving")
 
 Scores = dict[str, np.ndarray]
 _STOP = object()  # queued by BatchScorer.close: everything before it is scored, then the thread ends
@@ -143,6 +147,8 @@ def load_served(ref: str | Path, registry: str | Path | None = None, use: str | 
     started = time.perf_counter()
     bundle = load_bundle(ref, registry)
     model = bundle.check_model_name(use or bundle.recommended)
+    if not bundle.has_trust:
+        log.warning("run %s: %s", bundle.run_id, NO_TRUST)
     scorer = make_scorer(bundle, engine)
     scorer(np.zeros((1, *bundle.input_shape), np.uint8))
     return ServedModel(bundle=bundle, model=model, batcher=BatchScorer(scorer, max_batch),
