@@ -5,6 +5,9 @@ logits, the mean over folds per member, the soft vote over members and the stack
 (:class:`StackingHead`) and averaged. Its outputs are a dict ``{model name: (N, K) probabilities}``; one batch is
 one call. :class:`MemberScorer` computes the same numbers fold model by fold model in NumPy (float64): it is the
 reference the fused graph is tested against, and the slower path the benchmark compares with.
+
+The fused model (and its export) outputs probabilities only: prediction sets, p-values and referral are applied to
+its outputs from model.json's calibration (:func:`medstack.inference.trust.trust_columns`), never inside the graph.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ read_dataset (medstack.data) -> split_rows -> prepare_folds (prepare) -> store_p
 (combine) -> evaluate_on_test (evaluate) -> report (medstack.outputs)
 
 Base models see test *images* only to predict them; nothing fitted anywhere learns from test or val labels,
-except early stopping and the LR schedule, which use val.
+except early stopping and the LR schedule, which use val. The calibration slice (``conformal.calibration: split``)
+is predicted like test and fits only the conformal sets and referral points (trust, called by fit_ensembles).
 """
 
 from medstack.pipeline.combine import (
