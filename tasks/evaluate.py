@@ -61,7 +61,7 @@ def write_evaluation(bundle: Bundle, evaluation: dict, scored: Scored, output_di
 
     model = evaluation["model"]["chosen"]
     labels = apply_decision(scored.probas[model], bundle.decision(model))
-    return str(save_evaluation(output_dir, evaluation, scored, labels))
+    return str(save_evaluation(output_dir, evaluation, scored, labels, bundle.trust(model, scored.probas[model])))
 
 
 @task(name="publish_evaluation", cache_policy=NO_CACHE)

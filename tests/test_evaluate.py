@@ -67,6 +67,11 @@ def test_evaluating_the_runs_own_test_split_gives_the_runs_own_test_metrics(smok
         # The run's own split, as the evaluation shows it beside: metrics.json's numbers, and the same calibration.
         assert mine["run_test"]["metrics"] == theirs["test"]
         assert ours["calibration"]["ece"] == pytest.approx(mine["run_test"]["calibration"]["ece"], abs=1e-4)
+        # Conformal coverage and referral on this data are the run's own on its test split (judge_trust's numbers).
+        assert mine["external"]["trust"]["available"], name
+        _assert_close(ours["trust"]["conformal"], result["conformal"], name)
+        _assert_close(ours["trust"]["referral"], result["referral"], name)
+        assert mine["run_test"]["trust"]["conformal"] == result["conformal"]
     table = pd.read_csv(folder / "predictions.csv")
     assert len(table) == len(frame) and table["label"].tolist() == [CLASSES[k] for k in labels]
     for column in [c for c in frame.columns if ":p(" in c]:
@@ -75,8 +80,36 @@ def test_evaluating_the_runs_own_test_split_gives_the_runs_own_test_metrics(smok
     assert set(table["model"]) == {chosen}
     assert (table["predicted"] == table["label"]).sum() == np.trace(ev["models"][chosen]["external"]["metrics"][
         "confusion_matrix"])
+    # predictions.csv carries predict's per-image sets and referral; they add up to the coverage and referral share.
+    from medstack.inference.trust import set_column
+
+    trust = ev["models"][chosen]["external"]["trust"]
+    assert table["refer"].mean() == pytest.approx(trust["referral"]["test"]["referred"])
+    for entry in trust["conformal"]["levels"]:
+        column = set_column(entry["level"])
+        holds = [label in text.strip("{}").split(", ") for label, text in zip(table["label"], table[column])]
+        for row in entry["coverage"]:
+            of_class = table["label"] == row["class"]
+            assert sum(h for h, c in zip(holds, of_class) if c) == row["covered"], (column, row)
     report = (folder / "report.md").read_text()
     assert "Nothing was refitted on this data" in report and "![Reliability](plots/reliability.png)" in report
+    assert "## Conformal coverage and referral" in report and "Referral, unchanged: refer when" in report
+
+
+def _assert_close(ours, theirs, where: str) -> None:
+    """Equal JSON trees, floats within 1e-6 (the fused scorer's float32 against the run's own)."""
+    if isinstance(theirs, dict):
+        assert set(ours) == set(theirs), where
+        for key in theirs:
+            _assert_close(ours[key], theirs[key], f"{where}.{key}")
+    elif isinstance(theirs, list):
+        assert len(ours) == len(theirs), where
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            _assert_close(a, b, f"{where}[{i}]")
+    elif isinstance(theirs, float):
+        assert ours == pytest.approx(theirs, abs=1e-6), where
+    else:
+        assert ours == theirs, where
 
 
 def test_shifted_site_through_the_flow_with_recalibration(prefect_harness, smoke_bundle, own_test, tmp_path):
@@ -127,8 +160,11 @@ def test_shifted_site_through_the_flow_with_recalibration(prefect_harness, smoke
         assert mine["metrics"]["confusion_matrix"] == recomputed["metrics"]["confusion_matrix"]
         assert mine["calibration"]["ece"] == pytest.approx(recomputed["calibration"]["ece"], abs=1e-6)
         assert mine["metrics"]["roc_auc"] == pytest.approx(recomputed["metrics"]["roc_auc"], abs=1e-6)
-    assert rc["after"]["conformal_sets"] is not None  # refitted split conformal quantiles, judged on the rest
+    # Refitted split conformal quantiles and referral point, judged on the rest; the frozen ones beside them.
     assert rc["conformal"]["kind"] == "split" and sum(rc["conformal"]["counts"]) == len(rc["fitted_rows"])
+    for part in ("before", "after"):
+        assert rc[part]["trust"]["referral"]["test"]["n"] == int(rest.sum())
+        assert [e["level"] for e in rc[part]["trust"]["conformal"]["levels"]] == rc["conformal"]["levels"]
     report = (folder / "report.md").read_text()
     assert "## Recalibration on this data" in report and "before (frozen)" in report and "after (refitted)" in report
 

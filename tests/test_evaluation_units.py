@@ -144,7 +144,7 @@ def test_recalibration_of_a_three_class_model_refits_on_one_part_and_judges_both
     overconfident = softmax(2 * logits)
     settings = Settings(n_boot=50, ci=0.95, seed=3, positive_class=1, threshold_policy="f1", target_sensitivity=0.9,
                         multiclass_policy="balanced_accuracy")
-    out = recalibrate(y, overconfident, {"kind": "argmax"}, None, settings, ["a", "b", "c"], fraction=0.5)
+    out = recalibrate(y, overconfident, {"kind": "argmax"}, None, None, settings, ["a", "b", "c"], fraction=0.5)
     assert 1.6 < out["temperature"] < 2.5
     assert out["after"]["calibration"]["ece"] < out["before"]["calibration"]["ece"]
     assert out["after"]["calibration"]["score"].startswith("top-label confidence")
@@ -152,5 +152,8 @@ def test_recalibration_of_a_three_class_model_refits_on_one_part_and_judges_both
     fitted = np.zeros(len(y), bool)
     fitted[out["fitted_rows"]] = True
     assert out["judged_on"] == {name: int((y[~fitted] == k).sum()) for k, name in enumerate("abc")}
-    assert out["before"]["conformal_sets"] is None  # no calibration in the "bundle": nothing invented
-    assert [entry["level"] for entry in out["after"]["conformal_sets"]] == [0.9, 0.95]
+    assert out["before"]["trust"] is None  # no calibration in the "bundle": nothing invented for before
+    after = out["after"]["trust"]  # refitted split conformal sets and medstack's default referral rule
+    assert [entry["level"] for entry in after["conformal"]["levels"]] == [0.9, 0.95]
+    assert after["conformal"]["kind"] == "split" and out["referral_rule"] == {"rule": "set", "level": 0.9}
+    assert after["referral"]["test"]["n"] == int((~fitted).sum())

@@ -13,15 +13,12 @@ import datetime as dt
 from collections import Counter
 from typing import Any
 
-import numpy as np
-
 import medstack
 from medstack.evaluation.labelled import LabelledData
 from medstack.evaluation.measures import Settings, calibration, class_counts, judge
 from medstack.evaluation.score import Scored
-from medstack.evaluation.trust import trust_of, trust_report
+from medstack.evaluation.trust import reference_trust, trust_report
 from medstack.inference.bundle import Bundle
-from medstack.models.decision import apply_decision
 
 FORMAT = "medstack-evaluation"
 SCHEMA_VERSION = 1
@@ -42,7 +39,7 @@ def evaluate_scored(bundle: Bundle, data: LabelledData, scored: Scored, settings
         proba = scored.probas[name]
         models[name] = {"decision": decision,
                         "external": {**judge(scored.labels, proba, decision, settings, classes),
-                                     "trust": _trust(bundle, name, scored.labels, proba, settings)},
+                                     "trust": trust_report(bundle, name, scored.labels, proba)},
                         "run_test": reference.get(name)}
     out = {
         "format": FORMAT, "schema_version": SCHEMA_VERSION, "medstack_version": medstack.__version__,
@@ -63,9 +60,11 @@ def evaluate_scored(bundle: Bundle, data: LabelledData, scored: Scored, settings
     if recalibrate is not None:
         from medstack.evaluation.recalibrate import recalibrate as refit
 
-        conformal, _ = trust_of(bundle.meta, model)
+        from medstack.inference.trust import read_trust
+
+        conformal, point = read_trust(bundle.meta, model)
         out["recalibration"] = {"model": model, **refit(scored.labels, scored.probas[model], bundle.decision(model),
-                                                        conformal, settings, classes, fraction=recalibrate,
+                                                        conformal, point, settings, classes, fraction=recalibrate,
                                                         seed=recalibrate_seed)}
     return out
 
@@ -80,14 +79,9 @@ def drift_summary(warnings: list[list[tuple[str, str]]]) -> dict[str, Any]:
             "kinds": dict(kinds.most_common())}
 
 
-def _trust(bundle: Bundle, model: str, y: np.ndarray, proba: np.ndarray, settings: Settings) -> dict[str, Any]:
-    labels = apply_decision(proba, bundle.decision(model))
-    return trust_report(bundle.meta, model, y, proba, labels, settings.positive_class)
-
-
 def _reference(bundle: Bundle, settings: Settings) -> dict[str, dict[str, Any]]:
-    """Per model, the run's own test split as the run judged it (metrics.json: metrics and intervals) with its
-    calibration and coverage computed here from test_predictions.csv; {} for a folder without them."""
+    """Per model, the run's own test split as the run judged it (metrics.json: metrics, intervals, coverage and
+    referral) with its calibration computed here from test_predictions.csv; {} for a folder without them."""
     from medstack.run_folder import RunFolderError, read_metrics, read_test_predictions
 
     try:
@@ -102,7 +96,7 @@ def _reference(bundle: Bundle, settings: Settings) -> dict[str, dict[str, Any]]:
         proba = test.probas[name]
         out[name] = {"metrics": result["test"], "ci": result.get("test_ci") or {},
                      "calibration": calibration(test.labels, proba, settings),
-                     "trust": _trust(bundle, name, test.labels, proba, settings)}
+                     "trust": reference_trust(result)}
     return out
 
 

@@ -7,7 +7,7 @@ Like a run folder it appears whole or not at all: it is assembled under a tempor
 |---|---|
 | ``evaluation.json`` | every number of the evaluation (:func:`medstack.evaluation.evaluate.evaluate_scored`) |
 | ``report.md`` | the same for people, beside the run's own test split; plots linked |
-| ``predictions.csv`` | one row per image: input, label, every model's probabilities, the chosen model's label |
+| ``predictions.csv`` | one row per image: input, label, every model's probabilities, the chosen model's label, its sets, p-values and referral as ``medstack predict`` writes them |
 | ``plots/`` | reliability diagram, confusion matrices |
 """
 
@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from medstack.evaluation.score import Scored
+from medstack.inference.trust import Trust
 from medstack.outputs import OutputError, check_output_dir
 from medstack.run_folder import probability_column
 from medstack.storage import atomic_directory, atomic_write_json, atomic_write_text
@@ -42,10 +43,12 @@ def new_evaluation_id(data_source: str, now: dt.datetime | None = None) -> str:
     return f"{now:%Y%m%d-%H%M%S}-{stem or 'data'}-{uuid.uuid4().hex[:4]}"
 
 
-def predictions_table(scored: Scored, classes: list[str], models: list[str], chosen: str, labels: np.ndarray
-                      ) -> pd.DataFrame:
+def predictions_table(scored: Scored, classes: list[str], models: list[str], chosen: str, labels: np.ndarray,
+                      trust: Trust | None = None) -> pd.DataFrame:
     """One row per scored image: ``input``, ``label``, ``<model>:p(<class>)`` for every model (the names of the
-    run's test_predictions.csv), ``predicted`` (``chosen``'s frozen decision), ``correct`` and ``warnings``."""
+    run's test_predictions.csv), ``predicted`` (``chosen``'s frozen decision), ``correct``, then ``chosen``'s
+    ``set_<level>``, ``p_value:<class>``, ``refer`` and ``refer_reason`` when the bundle has conformal calibration
+    (:meth:`medstack.inference.trust.Trust.columns`, predict's columns), and ``warnings``."""
     frame = pd.DataFrame({"input": scored.ids, "label": [classes[i] for i in scored.labels]})
     for model in models:
         for k, name in enumerate(classes):
@@ -53,6 +56,8 @@ def predictions_table(scored: Scored, classes: list[str], models: list[str], cho
     frame["predicted"] = [classes[int(i)] for i in labels]
     frame["model"] = chosen
     frame["correct"] = np.asarray(labels) == scored.labels
+    for column, values in (trust.columns() if trust is not None else {}).items():
+        frame[column] = values
     frame["warnings"] = ["; ".join(text for _, text in found) for found in scored.warnings]
     return frame
 
@@ -73,13 +78,14 @@ def write_evaluation(output_dir: str | Path, evaluation_id: str, evaluation: dic
     return final
 
 
-def save_evaluation(output_dir: str | Path, evaluation: dict[str, Any], scored: Scored, labels: np.ndarray) -> Path:
+def save_evaluation(output_dir: str | Path, evaluation: dict[str, Any], scored: Scored, labels: np.ndarray,
+                    trust: Trust | None = None) -> Path:
     """Compose the folder of ``evaluation`` (its report, predictions table and plots) and write it atomically;
-    ``labels`` are the chosen model's decisions."""
+    ``labels`` are the chosen model's decisions, ``trust`` its per-image sets and referral (None without)."""
     from medstack.evaluation.report import render_evaluation_report
 
     models, classes = list(evaluation["models"]), list(evaluation["classes"])
-    table = predictions_table(scored, classes, models, evaluation["model"]["chosen"], labels)
+    table = predictions_table(scored, classes, models, evaluation["model"]["chosen"], labels, trust)
     return write_evaluation(output_dir, evaluation["evaluation_id"], evaluation, table,
                             render_evaluation_report(evaluation), lambda folder: draw_plots(folder, evaluation))
 

@@ -8,11 +8,13 @@ on the fitting part:
   ``log p``: the refitted probabilities are ``softmax(log p / T)`` (for a binary model, the log-odds divided by T);
 * the decision, by the run's own policy (threshold policy and target, or class offsets) on the refitted
   probabilities (:func:`medstack.models.decision.choose_decision`);
-* split conformal quantiles on the refitted probabilities (:func:`medstack.models.conformal.fit_conformal`, kind
-  ``split``: the model never learned from these rows, so the exact guarantee holds for new images of this site).
+* split conformal quantiles on the refitted probabilities, and the referral point by the bundle's own rule
+  (:func:`medstack.models.trust.fit_trust`, kind ``split``: the model never learned from these rows, so the exact
+  guarantee holds for new images of this site; a bundle without a rule gets medstack's default referral rule).
 
-Both are then judged on the judged part only: *before* (the bundle's frozen probabilities, decision and conformal
-calibration) and *after* (the refitted ones), on exactly the same images.
+Both are then judged on the judged part only (:func:`medstack.models.trust.judge_trust` for the sets): *before*
+(the bundle's frozen probabilities, decision, calibration and referral point) and *after* (the refitted ones), on
+exactly the same images.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medstack.evaluation.measures import Settings, judge
-from medstack.models.conformal import DEFAULT_LEVELS, ConformalCalibration, fit_conformal
+from medstack.models.conformal import DEFAULT_LEVELS, ConformalCalibration
 
 DEFAULT_FRACTION = 0.5
 
@@ -50,12 +52,14 @@ def with_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def recalibrate(y: np.ndarray, proba: np.ndarray, decision: dict[str, Any], conformal: ConformalCalibration | None,
-                settings: Settings, class_names: Sequence[str], *, fraction: float = DEFAULT_FRACTION,
-                seed: int | None = None) -> dict[str, Any]:
+                point: dict[str, Any] | None, settings: Settings, class_names: Sequence[str], *,
+                fraction: float = DEFAULT_FRACTION, seed: int | None = None) -> dict[str, Any]:
     """Refit on the fitting part, judge before and after on the rest; plain numbers (see the module docstring).
-    ``conformal`` is the bundle's calibration of this model, or None when the bundle has none."""
+    ``conformal`` and ``point`` are the bundle's calibration and referral point of this model, or None when the
+    bundle has none."""
     from medstack.models.calibration import fit_temperature
     from medstack.models.decision import choose_decision
+    from medstack.models.trust import fit_trust, judge_trust
 
     y, proba = np.asarray(y, dtype=np.int64), np.asarray(proba, dtype=np.float64)
     seed = settings.seed if seed is None else seed
@@ -71,28 +75,35 @@ def recalibrate(y: np.ndarray, proba: np.ndarray, decision: dict[str, Any], conf
                                    multiclass_policy=settings.multiclass_policy,
                                    critical_recall=settings.critical_recall)
     levels = conformal.levels if conformal is not None else DEFAULT_LEVELS
-    new_conformal = fit_conformal(y[fit], refitted[fit], kind="split", levels=levels)
+    rule = referral_rule(point)
+    new_conformal, new_point = fit_trust(y[fit], refitted[fit], new_decision, kind="split", levels=levels, rule=rule)
     before = judge(y[rest], proba[rest], decision, settings, class_names)
     after = judge(y[rest], refitted[rest], new_decision, settings, class_names)
+    before["trust"] = (judge_trust(y[rest], proba[rest], decision, conformal, point, class_names)
+                       if conformal is not None and point is not None else None)
+    after["trust"] = judge_trust(y[rest], refitted[rest], new_decision, new_conformal, new_point, class_names)
     return {
         "fraction": fraction, "seed": seed, "stratified": True,
         "fitted_on": _counts(y[fit], class_names), "judged_on": _counts(y[rest], class_names),
         "fitted_rows": np.flatnonzero(fit).tolist(),
         "temperature": float(temperature), "decision": new_decision, "conformal": new_conformal.to_dict(),
-        "before": {**before, "decision": dict(decision), "conformal_sets": _sets(conformal, y[rest], proba[rest])},
-        "after": {**after, "decision": new_decision, "conformal_sets": _sets(new_conformal, y[rest], refitted[rest])},
+        "referral_rule": rule, "referral": new_point,
+        "before": {**before, "decision": dict(decision)},
+        "after": {**after, "decision": new_decision},
     }
+
+
+def referral_rule(point: dict[str, Any] | None) -> dict[str, Any]:
+    """The rule behind a bundle's referral point (its plain config values, without what was fitted), or medstack's
+    default rule (``conformal.referral``'s default) for a bundle without one."""
+    if point is None:
+        from medstack.config_sections import ConformalConfig
+
+        return ConformalConfig().referral.model_dump()
+    return {k: point[k] for k in ("rule", "level", "max_referral", "target_sensitivity", "target_class")
+            if k in point}
 
 
 def _counts(y: np.ndarray, class_names: Sequence[str]) -> dict[str, int]:
     counts = np.bincount(y, minlength=len(class_names))
     return {name: int(n) for name, n in zip(class_names, counts)}
-
-
-def _sets(calibration: ConformalCalibration | None, y: np.ndarray, proba: np.ndarray) -> list[dict[str, Any]] | None:
-    """Per level: per-class coverage with Clopper-Pearson intervals and the set sizes; None without calibration."""
-    if calibration is None:
-        return None
-    from medstack.evaluation.trust import coverage_at_levels
-
-    return coverage_at_levels(calibration, y, proba)

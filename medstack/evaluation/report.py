@@ -47,7 +47,7 @@ def render_evaluation_report(ev: Mapping[str, Any]) -> str:
     out += _data_section(ev)
     out += _metrics_section(ev)
     out += _calibration_section(ev)
-    out += _trust_section(ev["models"][chosen], ev["classes"], chosen)
+    out += _trust_section(ev["models"][chosen], chosen)
     out += _drift_section(ev["drift"])
     if ev.get("recalibration"):
         out += _recalibration_section(ev["recalibration"], ev["classes"])
@@ -114,53 +114,63 @@ def _calibration_section(ev: Mapping[str, Any]) -> list[str]:
     return ["## Calibration", "", intro, "", *_table(["model", f"ECE, {THIS}", f"ECE, {RUN_TEST}"], rows), ""]
 
 
-def _coverage_rows(levels: Sequence[Mapping], reference: Sequence[Mapping] | None, classes: Sequence[str]
-                   ) -> list[list[Any]]:
-    ref = {(e["level"], r["class"]): r for e in (reference or []) for r in e["classes"]}
-    rows = []
-    for entry in levels:
-        for r in entry["classes"]:
-            other = ref.get((entry["level"], r["class"]))
-            if not r["available"]:
-                rows.append([format_level(entry["level"]), classes[r["class"]], r["n"], "not available (too few "
-                             "calibration rows: the class is in every set)", "", ""])
-                continue
-            verdict = ("no images" if not r["n"] else "lost: the interval lies below the level"
-                       if r["ci_high"] < entry["level"] else "below the level, within noise"
-                       if r["coverage"] < entry["level"] else "holds")
-            rows.append([format_level(entry["level"]), classes[r["class"]], r["n"],
-                         f"{_percent(r['coverage'])} [{_percent(r['ci_low'])}, {_percent(r['ci_high'])}]",
-                         _percent(other["coverage"]) if other and other["available"] else "n/a", verdict])
-    return rows
+def _coverage_cell(row: Mapping[str, Any] | None) -> str:
+    if row is None:
+        return "n/a"
+    if not row["available"]:
+        return "not available"
+    return f"{_percent(row['coverage'])} [{_percent(row['ci_low'])}, {_percent(row['ci_high'])}]"
 
 
-def _trust_section(result: Mapping[str, Any], classes: Sequence[str], chosen: str) -> list[str]:
+def _verdict(row: Mapping[str, Any], level: float) -> str:
+    if not row["available"]:
+        return "refused: too few calibration rows, the class is in every set"
+    if not row["n"]:
+        return "no images"
+    if row["ci_high"] < level:
+        return "lost: the interval lies below the level"
+    return "below the level, within noise" if row["coverage"] < level else "holds"
+
+
+def _coverage_rows(levels: Sequence[Mapping], reference: Sequence[Mapping] | None) -> list[list[Any]]:
+    """Per level and class: images, coverage [95% CP] on this data, the reference's, the verdict on this data."""
+    ref = {(e["level"], r["class"]): r for e in (reference or []) for r in e["coverage"]}
+    return [[format_level(e["level"]), r["class"], r["n"], _coverage_cell(r),
+             _coverage_cell(ref.get((e["level"], r["class"]))), _verdict(r, e["level"])]
+            for e in levels for r in e["coverage"]]
+
+
+def _sizes(levels: Sequence[Mapping], reference: Sequence[Mapping] | None) -> list[list[Any]]:
+    ref = {e["level"]: e for e in (reference or [])}
+    return [[format_level(e["level"]), *(f"{format_number(x['mean_size'])}, {_percent(x['single'])}, "
+                                          f"{_percent(x['empty'])}" if x else "n/a" for x in (e, ref.get(e["level"])))]
+            for e in levels]
+
+
+def _trust_section(result: Mapping[str, Any], chosen: str) -> list[str]:
     trust, ref = result["external"]["trust"], (result.get("run_test") or {}).get("trust") or {}
     out = ["## Conformal coverage and referral", ""]
     if not trust["available"]:
-        return out + [f"{chosen}: {trust['note']}, so no coverage or referral can be measured.", ""]
-    out += [f"{chosen}'s prediction sets, calibrated by the bundle ({trust['kind']}), applied unchanged. Per class "
-            "and level: the share of its images whose set holds it, with a 95% Clopper-Pearson interval. Coverage "
-            "lost on new data, where the run's test split held it, is the signature of a shifted site.", ""]
-    out += [f"- {format_level(e['level'])}: {cell(e['guarantee'])}" for e in trust["levels"]] + [""]
-    out += _table(["level", "class", "images", f"coverage, {THIS}", f"coverage, {RUN_TEST}", "verdict"],
-                  _coverage_rows(trust["levels"], ref.get("levels"), classes))
-    sizes = [[format_level(e["level"]), format_number(e["sets"]["mean_size"]), _percent(e["sets"]["single"]),
-              _percent(e["sets"]["empty"])] for e in trust["levels"]]
-    out += ["", *_table(["level", "mean set size", "single-class sets", "empty sets"], sizes), ""]
-    referral = trust.get("referral")
-    if referral is None:
-        return out + ["The bundle holds no referral operating point for this model.", ""]
-    ref_rate = (ref.get("referral") or {}).get("referred")
-    on_cal = (referral.get("on_calibration") or {}).get("referred")
-    kept = referral["kept"]
-    out += [f"Referral (rule {cell(referral['rule'])} at {format_level(referral['level'])}, unchanged): "
-            f"**{_percent(referral['referred'])}** of this data referred ({referral['n_referred']} images), "
-            f"against {_percent(ref_rate)} of the run's test split and {_percent(on_cal)} of its calibration rows. "
-            f"Kept cases: balanced accuracy {format_number(kept['balanced_accuracy'])}"
-            + (f", sensitivity {format_number(kept.get('sensitivity'))}, specificity "
-               f"{format_number(kept.get('specificity'))}" if "sensitivity" in kept else "") + ".",
-            f"Reasons: {', '.join(f'{k} {n}' for k, n in referral['reasons'].items()) or 'none'}.", ""]
+        return out + [f"{chosen}: {trust['note']}.", ""]
+    conformal, ref_levels = trust["conformal"], (ref.get("conformal") or {}).get("levels")
+    out += [f"{chosen}'s prediction sets as the bundle calibrated them ({conformal['kind']}; score "
+            f"{conformal['score']}), applied unchanged. Per class and level: the share of its images whose set holds "
+            "it, with a 95% Clopper-Pearson interval. Coverage lost on new data, where the run's test split held it, "
+            "is the signature of a shifted site.", ""]
+    out += [f"- {format_level(e['level'])}: {cell(e['guarantee'])}" for e in conformal["levels"]] + [""]
+    out += _table(["level", "class", "images", f"coverage, {THIS}", f"coverage, {RUN_TEST}", f"verdict, {THIS}"],
+                  _coverage_rows(conformal["levels"], ref_levels))
+    out += ["", *_table(["level", f"mean set size, single-class, empty: {THIS}", RUN_TEST],
+                        _sizes(conformal["levels"], ref_levels)), ""]
+    referral = trust["referral"]
+    mine, theirs = referral["test"], (ref.get("referral") or {}).get("test") or {}
+    on_cal = (referral["point"].get("on_calibration") or {}).get("referred")
+    kept = ", ".join(f"{k} {format_number(mine.get(k))}" for k in ("sensitivity", "specificity", "balanced_accuracy")
+                     if k in mine)
+    out += [f"Referral, unchanged: {cell(trust['rule'])}. It refers **{_percent(mine['referred'])}** of this data "
+            f"({round(mine['referred'] * mine['n'])} of {mine['n']} images), against {_percent(theirs.get('referred'))} "
+            f"of the run's test split and {_percent(on_cal)} of its calibration rows. Kept cases on this data: {kept}.",
+            f"Reasons: {', '.join(f'{k} {n}' for k, n in trust['reasons'].items()) or 'none'}.", ""]
     return out
 
 
@@ -182,30 +192,19 @@ def _recalibration_section(rc: Mapping[str, Any], classes: Sequence[str]) -> lis
            f"{', '.join(f'{c} {n}' for c, n in fitted.items())}) and judged on the rest "
            f"({', '.join(f'{c} {n}' for c, n in judged.items())}): temperature {rc['temperature']:.3f} on its output "
            f"log-probabilities, decision {describe_decision(before['decision'], classes)} -> "
-           f"{describe_decision(after['decision'], classes)}, split conformal quantiles refitted. Before and after "
-           "are judged on the same images.", ""]
+           f"{describe_decision(after['decision'], classes)}, split conformal quantiles and the referral point "
+           "refitted. Before and after are judged on the same images.", ""]
     rows = [[label, *(_with_ci(part["metrics"].get(k), part["ci"].get(k)) for k in HEADLINE_METRICS),
-             _with_ci(part["calibration"]["ece"], part["calibration"]["ece_ci"])]
+             _with_ci(part["calibration"]["ece"], part["calibration"]["ece_ci"]),
+             _percent(part["trust"]["referral"]["test"]["referred"]) if part["trust"] else "n/a"]
             for label, part in (("before (frozen)", before), ("after (refitted)", after))]
-    out += _table(["", *HEADLINE_METRICS, "ECE"], rows) + [""]
-    if before["conformal_sets"] is None:
-        out += ["Coverage (frozen): no conformal calibration in this bundle.", ""]
-    out += _table(["level", "class", "images", "coverage (frozen)", "coverage (refitted) [95% CP]", "refitted"],
-                  _paired_coverage(before["conformal_sets"], after["conformal_sets"], classes))
+    out += _table(["", *HEADLINE_METRICS, "ECE", "referred"], rows) + [""]
+    if before["trust"] is None:
+        out += ["Coverage before: no conformal calibration in this bundle.", ""]
+    prior = {(e["level"], r["class"]): r for e in ((before["trust"] or {}).get("conformal") or {}).get("levels", [])
+             for r in e["coverage"]}
+    rows = [[format_level(e["level"]), r["class"], r["n"], _coverage_cell(prior.get((e["level"], r["class"]))),
+             _coverage_cell(r), _verdict(r, e["level"])] for e in after["trust"]["conformal"]["levels"]
+            for r in e["coverage"]]
+    out += _table(["level", "class", "images", "coverage (frozen)", "coverage (refitted)", "verdict (refitted)"], rows)
     return out + [""]
-
-
-def _paired_coverage(before: Sequence[Mapping] | None, after: Sequence[Mapping], classes: Sequence[str]
-                     ) -> list[list[Any]]:
-    old = {(e["level"], r["class"]): r for e in (before or []) for r in e["classes"]}
-    rows = []
-    for entry in after:
-        for r in entry["classes"]:
-            prior = old.get((entry["level"], r["class"]))
-            rows.append([format_level(entry["level"]), classes[r["class"]], r["n"],
-                         _percent(prior["coverage"]) if prior and prior["available"] else "n/a",
-                         f"{_percent(r['coverage'])} [{_percent(r['ci_low'])}, {_percent(r['ci_high'])}]"
-                         if r["available"] else "not available",
-                         "holds" if r["available"] and r["coverage"] is not None and r["coverage"] >= entry["level"]
-                         else "below the level" if r["available"] else ""])
-    return rows

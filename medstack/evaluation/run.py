@@ -54,7 +54,8 @@ def run_evaluation(request: EvaluationRequest) -> tuple[Path, dict[str, Any]]:
                                  evaluation_id=new_evaluation_id(data.source), recalibrate=request.recalibrate,
                                  recalibrate_seed=request.seed)
     labels = apply_decision(scored.probas[model], bundle.decision(model))
-    return save_evaluation(request.output_dir, evaluation, scored, labels), evaluation
+    folder = save_evaluation(request.output_dir, evaluation, scored, labels, bundle.trust(model, scored.probas[model]))
+    return folder, evaluation
 
 
 def summary_lines(folder: Path, evaluation: dict[str, Any]) -> list[str]:
@@ -76,12 +77,14 @@ def summary_lines(folder: Path, evaluation: dict[str, Any]) -> list[str]:
                  f"{format_number((ref.get('calibration') or {}).get('ece'))})")
     trust = ext["trust"]
     if trust["available"]:
-        for entry in trust["levels"]:
-            low = [r for r in entry["classes"] if r["available"] and r["n"] and r["ci_high"] < entry["level"]]
-            lines.append(f"  coverage at {entry['level']:.0%}: " + (f"lost for {len(low)} class(es)" if low else
-                                                                     "no class significantly below the level"))
-        if trust.get("referral"):
-            lines.append(f"  referred: {trust['referral']['referred']:.1%}")
+        from medstack.evaluation.trust import lost_classes
+
+        for level, lost in lost_classes(trust["conformal"]["levels"]).items():
+            lines.append(f"  coverage at {level:.0%}: " + (f"lost for {', '.join(lost)} (interval below the level)"
+                                                           if lost else "no class significantly below the level"))
+        theirs = ((ref.get("trust") or {}).get("referral") or {}).get("test", {}).get("referred")
+        lines.append(f"  referred: {trust['referral']['test']['referred']:.1%}"
+                     + (f" (run's test split {theirs:.1%})" if theirs is not None else ""))
     else:
         lines.append(f"  {trust['note']}")
     drift = evaluation["drift"]
