@@ -227,6 +227,38 @@ def smoke_registry_env(smoke_bundle, tmp_path_factory) -> dict[str, str]:
     return smoke_env(_shared_dir(tmp_path_factory))
 
 
+def tiny_reference_config(root: Path) -> dict:
+    """:func:`tiny_config` as the fault and cluster tests run it: 2 strategies x 2 folds on 300 digits, 60 steps a
+    fold, long enough for a run or a Dask worker to be killed mid-training."""
+    tree = tiny_config(root)
+    tree["data"]["subset"] = {"train": 300, "val": 60, "test": 60}
+    tree["training"].update(epochs=6, min_steps=60)
+    tree["strategies"] = {"class_weight": {}, "smote": {}}
+    return tree
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(prefect_harness, tmp_path_factory) -> Path:
+    """The run folder of one clean run of :func:`tiny_reference_config` in a test process, threads runner, own cache,
+    trained once per session for every pytest-xdist worker: tests/test_cluster.py (a Dask run that lost a worker) and
+    tests/test_faults.py (a run killed and resumed) must each end bitwise equal to it. Its config is the run
+    folder's config.yaml."""
+    import fcntl
+
+    from medstack.config import RunConfig
+    from medstack.flows.ensemble import ensemble_flow
+
+    shared = _shared_dir(tmp_path_factory)
+    record = shared / "tiny-reference" / "run-folder.txt"
+    with open(shared / "tiny-reference.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process trains it; the others wait here, then read where it is
+        if not record.is_file():
+            record.parent.mkdir(exist_ok=True)
+            run = ensemble_flow(config=RunConfig.model_validate(tiny_reference_config(record.parent)))
+            record.write_text(run)
+    return Path(record.read_text())
+
+
 # Modules that start servers, clusters or training subprocesses, longest first: pytest-xdist hands whole files to
 # workers in collection order (--dist loadfile), so these start first and the short unit tests fill in beside them.
 _LONG_MODULES = ("test_deployments", "test_cluster", "test_faults", "test_cli", "test_flow_e2e", "test_serving_auth",

@@ -69,7 +69,7 @@ def _cluster(tmp_path: Path, worker_args: list[list[str]]) -> Iterator[Cluster]:
                 os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs:
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=5)  # a worker or scheduler still closing its connections after 5 s is killed
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
@@ -96,27 +96,17 @@ def _dask(cluster: Cluster) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_config(make_tiny_config, tmp_path_factory) -> Path:
-    """2 strategies x 2 folds on 300 digits, long enough (60 steps a fold) for a worker to be killed mid-training."""
-    tree = make_tiny_config(tmp_path_factory.mktemp("tiny"))
-    tree["data"]["subset"] = {"train": 300, "val": 60, "test": 60}
-    tree["training"].update(epochs=6, min_steps=60)
-    tree["strategies"] = {"class_weight": {}, "smote": {}}
-    config = Path(tree["runtime"]["output_dir"]).parent / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tree))
-    return config
+def tiny_config(tiny_reference) -> Path:
+    """The config of conftest's shared tiny reference run (2 strategies x 2 folds on 300 digits, 60 steps a fold:
+    long enough for a worker to be killed mid-training)."""
+    return tiny_reference / "config.yaml"
 
 
 @pytest.fixture(scope="module")
-def threads_run(tiny_config, prefect_harness, tmp_path_factory) -> Path:
-    """The tiny config through the flow in this process with the default threads runner (own cache): what every
+def threads_run(tiny_reference) -> Path:
+    """The tiny config through the flow in a test process with the default threads runner (own cache): what every
     cluster run must equal to the last bit."""
-    from medstack.config import load_config
-    from medstack.flows.ensemble import ensemble_flow
-
-    base = tmp_path_factory.mktemp("threads")
-    cfg = load_config(tiny_config, {"runtime.output_dir": str(base / "runs"), "runtime.cache_dir": str(base / "cache")})
-    return Path(ensemble_flow(config=cfg))
+    return tiny_reference
 
 
 def _complete_entries(cache: Path) -> int:

@@ -55,20 +55,16 @@ def _plant_temporary(folder: Path, name: str, pid: int) -> Path:
     return tmp
 
 
-def test_sigkill_mid_training_then_rerun_resumes_from_cache_and_equals_a_clean_run(tiny_config_dict, tmp_path,
+def test_sigkill_mid_training_then_rerun_resumes_from_cache_and_equals_a_clean_run(tiny_reference, tmp_path,
                                                                                     prefect_api_env):
     """2 strategies x 2 folds, one training at a time: kill the run's process group once a fold is in the cache,
-    re-run it, and compare with a clean run of the same config (in this process, own cache and output folder)."""
-    from medstack.config import load_config
-    from medstack.flows.ensemble import ensemble_flow
-
-    tiny_config_dict["data"]["subset"] = {"train": 400, "val": 100, "test": 100}
-    tiny_config_dict["training"]["epochs"] = 4
-    tiny_config_dict["strategies"] = {"class_weight": {}, "smote": {}}
-    tiny_config_dict["runtime"]["max_workers"] = 1  # one training at a time: a clean point to kill between
+    re-run it, and compare with a clean run of the same config (conftest's tiny reference: a test process, its own
+    cache and output folder)."""
+    tree = yaml.safe_load((tiny_reference / "config.yaml").read_text())
+    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    tree["runtime"].update(cache_dir=str(cache), output_dir=str(runs), max_workers=1)  # a clean point to kill between
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config_dict))
-    cache, runs = Path(tiny_config_dict["runtime"]["cache_dir"]), Path(tiny_config_dict["runtime"]["output_dir"])
+    config.write_text(yaml.safe_dump(tree))
 
     proc = _run(config, tmp_path / "home1", prefect_api_env)
     deadline = time.monotonic() + 300
@@ -85,8 +81,7 @@ def test_sigkill_mid_training_then_rerun_resumes_from_cache_and_equals_a_clean_r
     leftovers = [_plant_temporary(cache / "folds", "0123456789abcdef", proc.pid), _plant_temporary(runs, "20250101-000000-abcdef-0000", proc.pid)]
 
     resumed = _run(config, tmp_path / "home2", prefect_api_env)
-    clean_run = Path(ensemble_flow(config=load_config(config, {
-        "runtime.cache_dir": str(tmp_path / "clean-cache"), "runtime.output_dir": str(tmp_path / "clean-runs")})))
+    clean_run = tiny_reference
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out[-3000:]
     run = _run_dir(out)
