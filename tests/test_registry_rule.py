@@ -64,7 +64,7 @@ def test_every_registry_flag_states_the_rule():
     helps = {name: next(a.help for a in command._actions if "--registry" in a.option_strings)
              for name, command in sub.choices.items()
              if any("--registry" in a.option_strings for a in command._actions)}
-    assert set(helps) == {"predict", "promote", "export", "models", "serve-model"}
+    assert set(helps) == {"predict", "promote", "export", "models", "serve-model", "evaluate"}
     assert set(helps.values()) == {REGISTRY_HELP}
     assert "$MEDSTACK_REGISTRY" in REGISTRY_HELP and "~/.local/share/medstack" in REGISTRY_HELP
     description = RunConfig.model_fields["registry"].annotation.model_fields["path"].description

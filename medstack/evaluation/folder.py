@@ -26,13 +26,11 @@ import pandas as pd
 from medstack.evaluation.score import Scored
 from medstack.inference.trust import Trust
 from medstack.outputs import OutputError, check_output_dir
-from medstack.run_folder import probability_column
+from medstack.run_folder import PLOTS_DIR, REPORT_FILE, probability_column  # an evaluation folder reads like a run folder
 from medstack.storage import atomic_directory, atomic_write_json, atomic_write_text
 
 EVALUATION_FILE = "evaluation.json"
-REPORT_FILE = "report.md"
 PREDICTIONS_FILE = "predictions.csv"
-PLOTS_DIR = "plots"
 DEFAULT_OUTPUT_DIR = "evaluations"
 
 
