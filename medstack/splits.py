@@ -137,13 +137,18 @@ def carve_calibration(labels: np.ndarray, splits: Splits, share: float, seed: in
     group of ``groups`` whole on one side: patient groups (``by_patient``) as the val/test splits carve them
     (one StratifiedGroupKFold fold), exact duplicates over one representative per group. Train keeps the rest."""
     labels, train = np.asarray(labels), splits.train
-    if by_patient:
-        rest, held = _carve_group_fold(labels, train, np.asarray(groups), share, seed, "calibration")
-    else:
-        reps = _representatives(train, groups)
-        _, held = _stratified_split(labels, reps, 1.0 - share, seed, "train vs calibration (conformal.calibration_share)")
-        held = held if groups is None else train[np.isin(groups[train], groups[held])]
-        rest = np.setdiff1d(train, held)
+    try:
+        if by_patient:
+            rest, held = _carve_group_fold(labels, train, np.asarray(groups), share, seed, "calibration")
+        else:
+            reps = _representatives(train, groups)
+            _, held = _stratified_split(labels, reps, 1.0 - share, seed, "train vs calibration")
+            held = held if groups is None else train[np.isin(groups[train], groups[held])]
+            rest = np.setdiff1d(train, held)
+    except SplitError as exc:
+        raise SplitError(f"conformal calibration slice ({share:.0%} of the train split): {exc}; raise "
+                         "conformal.calibration_share, or calibrate on out-of-fold predictions with "
+                         "conformal.calibration: oof (empirical coverage only)") from exc
     return Splits(np.sort(rest), splits.val, splits.test, np.sort(held))
 
 

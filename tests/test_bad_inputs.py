@@ -110,6 +110,7 @@ DATA_CASES: list[Case] = [
     ("group-csv-missing-row", _csv_missing_one, DataError, r"SOB_B_TA-14-0B-40-000\.png: not listed in group_by csv .*g\.csv \(column 'file'\)"),
     ("group-too-few-patients", lambda t: _grouped_cfg(_breakhis(t / "d", patients=(8, 2), per_patient=6)), SplitError, r"the dataset \(one group per split\): class\(es\) \[1\] have images of only \{1: 2\} groups, need at least 3 groups each"),
     ("group-folds-exceed-patients", lambda t: {**_grouped_cfg(_breakhis(t / "d", patients=(12, 5))), "split": {"folds": 4}}, SplitError, r"the train split \(folds\): class\(es\) \[1\] have images of only \{1: \d\} groups, need at least 4"),
+    ("group-calibration-too-few-patients", lambda t: {**_grouped_cfg(_breakhis(t / "d", patients=(8, 8))), "split": {"fractions": [0.5, 0.25, 0.25]}}, SplitError, r"conformal calibration slice \(10% of the train split\): cannot carve the calibration split \(about 1/10 of the rows\) from 8 groups.*conformal.calibration: oof"),
     ("output-dir-not-writable", lambda t: {**_npz_cfg(_npz(t / "x.npz")), "runtime": {"output_dir": str(t / "x.npz" / "runs")}}, OutputError, "cannot be created"),
     ("cache-dir-not-writable", lambda t: {**_npz_cfg(_npz(t / "x.npz")), "runtime": {"output_dir": str(t / "runs"), "cache_dir": str(t / "x.npz" / "cache")}}, OutputError, "cache dir .* cannot be created"),
 ]
@@ -253,7 +254,10 @@ def test_patient_groups_are_stated_in_metrics_and_report(prefect_harness, tmp_pa
     from medstack.flows.ensemble import ensemble_flow
 
     root = _breakhis(tmp_path / "d", patients=(8, 8))
-    tree = _tiny(tmp_path, {**_grouped_cfg(root), "split": {"fractions": [0.5, 0.25, 0.25]}})
+    # 8 training patients are too few for a held-out calibration slice (group-calibration-too-few-patients): the
+    # sets are calibrated on the OOF predictions, and the report labels them empirical coverage only.
+    tree = _tiny(tmp_path, {**_grouped_cfg(root), "split": {"fractions": [0.5, 0.25, 0.25]},
+                            "conformal": {"calibration": "oof"}})
     cfg = RunConfig.model_validate(tree)
     run = Path(ensemble_flow(config=cfg))
     grouping = json.loads((run / "metrics.json").read_text())["dataset"]["grouping"]
@@ -263,3 +267,4 @@ def test_patient_groups_are_stated_in_metrics_and_report(prefect_harness, tmp_pa
     report = (run / "report.md").read_text()
     assert "- Patient grouping (breakhis, ids from BreakHis file names" in report
     assert "grouping by BreakHis file names" in report and "16 groups, 3/3/3 images per group" in report
+    assert "**Empirical coverage only.**" in report and not (run / "calibration_predictions.csv").exists()

@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 RUN_FILES = [
     "metrics.json", "report.md", "leaderboard.csv", "oof_predictions.csv", "test_predictions.csv",
-    "config.yaml", "manifest.json", "models/meta_model.joblib",
-    "plots/roc.png", "plots/pr.png", "plots/confusion_test.png", "plots/calibration.png",
+    "calibration_predictions.csv", "config.yaml", "manifest.json", "models/meta_model.joblib",
+    "plots/roc.png", "plots/pr.png", "plots/confusion_test.png", "plots/calibration.png", "plots/risk_coverage.png",
 ]
 MODELS = {"ldam", "class_weight", "smote", "custom_loss", "soft_voting", "stacking"}
 METRIC_KEYS = {"accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc",
@@ -62,13 +62,16 @@ def test_metrics_json_has_the_fixed_shape(smoke_runs):
     assert metrics["dataset"]["name"] == "pneumoniamnist"
     assert metrics["dataset"]["classes"] == ["normal", "pneumonia"]
     counts = metrics["dataset"]["counts"]
-    assert sum(counts["train"].values()) == 400 and sum(counts["test"].values()) == 120
+    # conformal.calibration split (the default): 10% of the 400 training images held out, stratified
+    assert sum(counts["train"].values()) == 360 and sum(counts["calibration"].values()) == 40
+    assert sum(counts["test"].values()) == 120
     assert set(metrics["models"]) == MODELS
     assert metrics["dataset"]["duplicates"]["crossing_folds"] == 0
     for model in metrics["models"].values():
         assert METRIC_KEYS <= set(model["test"]) and METRIC_KEYS <= set(model["oof"])
         assert sum(map(sum, model["test"]["confusion_matrix"])) == 120
-        assert sum(map(sum, model["oof"]["confusion_matrix"])) == 400
+        assert sum(map(sum, model["oof"]["confusion_matrix"])) == 360
+        assert {"conformal", "referral"} <= set(model)
 
 
 def test_resolved_recipe_and_decisions_are_recorded(smoke_runs):
@@ -98,9 +101,11 @@ def test_resolved_recipe_and_decisions_are_recorded(smoke_runs):
 def test_predictions_and_leaderboard_files(smoke_runs):
     run = Path(smoke_runs["first"])
     oof = pd.read_csv(run / "oof_predictions.csv")
-    assert len(oof) == 400 and set(oof["fold"]) == {0, 1} and oof["row"].is_unique
+    assert len(oof) == 360 and set(oof["fold"]) == {0, 1} and oof["row"].is_unique
     test = pd.read_csv(run / "test_predictions.csv")
     assert len(test) == 120 and not set(test["row"]) & set(oof["row"])
+    calibration = pd.read_csv(run / "calibration_predictions.csv")
+    assert len(calibration) == 40 and not set(calibration["row"]) & (set(oof["row"]) | set(test["row"]))
     board = pd.read_csv(run / "leaderboard.csv")
     assert set(board["model"]) == MODELS
     report = (run / "report.md").read_text()
@@ -176,7 +181,19 @@ def test_cli_runs_a_multiclass_flow_on_bundled_digits(prefect_harness, tiny_conf
         assert len(model["test"]["per_class"]) == 10
         assert sum(v["support"] for v in model["test"]["per_class"].values()) == 100
         assert len(model["test"]["confusion_matrix"]) == 10
-    assert "## Per-class test metrics" in (run / "report.md").read_text()
+    report = (run / "report.md").read_text()
+    assert "## Per-class test metrics" in report
+    # Prediction sets for K > 2: 30 calibration images, 3 per class, under the 9 a class needs for 90%: every level
+    # is refused for every class, each class is in every set, and the report says so rather than promising 90%.
+    assert metrics["conformal"]["calibration_rows"] == 30 and (run / "plots" / "risk_coverage.png").is_file()
+    section = report.split("## Prediction sets and referral", 1)[1].split("## Training recipe", 1)[0]
+    assert "exact split conformal" in section and "90% needs at least 9 calibration images" in section
+    for model in metrics["models"].values():
+        for entry in model["conformal"]["levels"]:
+            assert len(entry["coverage"]) == 10 and entry["refused"] == metrics["dataset"]["classes"]
+            assert entry["mean_size"] == 10 and not any(row["available"] for row in entry["coverage"])
+        assert model["referral"]["test"]["referred"] == 1.0  # no set is a single class: every image is referred
+        assert len(model["referral"]["risk_coverage"]) == 11
     oof = pd.read_csv(run / "oof_predictions.csv")
     assert len([c for c in oof.columns if c.startswith("stacking:")]) == 10
 

@@ -84,6 +84,8 @@ def test_predict_cli_on_png_files_reproduces_test_predictions(smoke_bundle, png_
     err = capsys.readouterr().err
     assert f"scored {len(expected)} image(s)" in err and "predicted: normal" in err
     got = pd.read_csv(out)
+    assert f"referred to a person: {int(got['refer'].sum())} of {len(expected)}" in err and "note:" not in err
+    got = pd.read_csv(out)
     assert list(got.columns[:1]) == ["input"] and _probability_columns(got) == _probability_columns(expected)
     got["row"] = got["input"].str.extract(r"row(\d+)\.png$")[0].astype(int)
     merged = expected.merge(got, on="row", suffixes=("", "_predicted"))
@@ -114,6 +116,8 @@ def test_predict_npz_inputs(bundle, test_images, tmp_path):
     assert got["input"].tolist() == [f"{plain}:{i}" for i in range(len(expected))]
     for column in _probability_columns(expected):
         np.testing.assert_allclose(got[column], expected[column], atol=1e-4, err_msg=column)
+    _assert_trust_columns(bundle, got, expected)
+    assert summary.referred == int(got["refer"].sum()) and summary.notes == []
     medmnist = tmp_path / "medmnist.npz"
     parts = {"train": images[:7], "val": images[7:10], "test": images[10:15]}
     np.savez(medmnist, **{f"{k}_images": v for k, v in parts.items()},
@@ -123,6 +127,76 @@ def test_predict_npz_inputs(bundle, test_images, tmp_path):
     assert got["input"].tolist() == [f"{medmnist}:{i}" for i in range(15)]
     np.testing.assert_allclose(got[_probability_columns(expected)], expected[_probability_columns(expected)][:15],
                                atol=1e-4)
+
+
+def _assert_trust_columns(bundle, got: pd.DataFrame, expected: pd.DataFrame) -> None:
+    """predict's sets, p-values and referral are exactly what model.json's calibration gives for predict's own
+    probabilities, and the sets recomputed from test_predictions.csv agree except where a score lies within the
+    fused graph's float32 rounding (1e-4) of a class's set threshold."""
+    from medstack.inference.trust import read_trust
+
+    model = bundle.recommended
+    classes = bundle.classes
+    calibration, point = read_trust(bundle.meta, model)
+    mine = got[[f"{model}:p({c})" for c in classes]].to_numpy()
+    trust = bundle.trust(model, mine)
+    for level in calibration.levels:
+        column = f"set_{round(level * 100):g}"
+        assert got[column].tolist() == trust.columns()[column]
+        from_run = calibration.prediction_sets(expected[[f"{model}:p({c})" for c in classes]].to_numpy(), level)
+        differ = np.flatnonzero((from_run != trust.sets[level]).any(axis=1))
+        thresholds = np.array([np.nan if t is None else t for t in calibration.score_thresholds(level)])
+        near = np.abs((1 - mine) - thresholds).min(axis=1, initial=np.inf, where=~np.isnan(thresholds)) <= 1e-4
+        assert set(differ) <= set(np.flatnonzero(near)), (level, differ)
+        assert all(text.startswith("{") and text.endswith("}") for text in got[column])
+    np.testing.assert_allclose(got[[f"p_value:{c}" for c in classes]].to_numpy(), trust.p_values, rtol=1e-8)  # %.9g
+    assert got["refer"].tolist() == trust.refer.tolist()
+    assert got["refer_reason"].fillna("").tolist() == trust.reasons
+    assert point["rule"] == "set" and all(r.endswith("at 90%") for r in got["refer_reason"].dropna())
+
+
+def test_model_json_calibration_is_what_the_runs_calibration_rows_give(smoke_bundle):
+    """model.json's conformal section, refitted from calibration_predictions.csv (the slice every model predicted
+    as it predicts test) and each model's decision, is the same to the last number, referral point included."""
+    from medstack.models.trust import fit_trust
+    from medstack.run_folder import read_calibration_predictions, read_metrics
+
+    meta = json.loads((smoke_bundle / "model.json").read_text())
+    rows = read_calibration_predictions(smoke_bundle)
+    section, setup = meta["conformal"], read_metrics(smoke_bundle)["conformal"]
+    assert section["kind"] == setup["kind"] == "split" and section["calibration_rows"] == len(rows.rows) == 40
+    assert setup["calibration_counts"] == dict(zip(meta["classes"], np.bincount(rows.labels).tolist()))
+    assert meta["data"]["counts"]["calibration"] == setup["calibration_counts"]
+    assert not set(rows.rows) & set(pd.read_csv(smoke_bundle / "oof_predictions.csv")["row"])
+    assert set(section["models"]) == set(meta["models"]) == set(rows.probas)
+    for model, stored in section["models"].items():
+        calibration, point = fit_trust(rows.labels, rows.probas[model], meta["decisions"][model], kind="split",
+                                       levels=setup["levels"], rule=setup["referral"])
+        assert calibration.to_dict() == stored["calibration"], model
+        assert json.loads(json.dumps(point)) == stored["referral"], model
+    # At the smoke size the rare class (normal) has 10 calibration rows: 90% is served, 95% refused for it.
+    refused = {entry["level"]: entry["unavailable"] for entry in section["models"]["stacking"]["calibration"]["per_level"]}
+    assert refused == {0.9: [], 0.95: [0]}
+
+
+def test_bundles_without_conformal_calibration_still_predict(bundle, smoke_bundle, test_images, tmp_path):
+    """A bundle written before conformal calibration: no set, p-value or referral columns, and a note saying so."""
+    from medstack.inference.fused import FusedScorer
+    from medstack.inference.trust import NO_TRUST
+
+    copy = tmp_path / "old"
+    shutil.copytree(smoke_bundle, copy)
+    meta = json.loads((copy / "model.json").read_text())
+    del meta["conformal"]
+    (copy / "model.json").write_text(json.dumps(meta))
+    old = load_bundle(copy)
+    images, _ = test_images
+    np.savez(tmp_path / "few.npz", images=images[:6, ..., 0])
+    summary = predict(old, tmp_path / "few.npz", tmp_path / "old.csv", scorer=FusedScorer(bundle))
+    got = pd.read_csv(tmp_path / "old.csv")
+    assert summary.scored == 6 and summary.referred is None and summary.notes == [NO_TRUST]
+    assert not [c for c in got.columns if c.startswith(("set_", "p_value:", "refer"))]
+    assert old.trust(old.recommended, np.full((2, 2), 0.5)) is None
 
 
 def test_fused_model_and_its_exports_equal_the_per_member_path(bundle, test_images, tmp_path):
@@ -183,6 +257,9 @@ def _broken_copy(smoke_bundle: Path, tmp_path: Path, how: str) -> Path:
         path.write_bytes(bytes(data))
     elif how == "no_inputs":
         del meta["stacking"]["inputs"]
+    elif how == "edited_calibration":
+        scores = meta["conformal"]["models"]["stacking"]["calibration"]["scores"]
+        scores[1] = [s / 2 for s in scores[1]]  # still sorted; its stored thresholds no longer follow
     elif how == "not_json":
         (copy / "model.json").write_text("{ not json")
         return copy
@@ -207,6 +284,7 @@ def test_schema_1_bundles_still_load_and_stack_probabilities(smoke_bundle, tmp_p
     ("corrupt", r"ldam/fold-1\.keras: member model file is corrupt"),
     ("not_json", r"model\.json: not readable JSON"),
     ("no_inputs", r"model\.json: stacking meta-model is malformed: schema version 2 names the meta-model's inputs"),
+    ("edited_calibration", r"model\.json: conformal calibration is malformed: .*per_level fields do not match"),
 ])
 def test_bad_bundles_fail_naming_the_file(smoke_bundle, tmp_path, how, message):
     with pytest.raises(BundleError, match=message):

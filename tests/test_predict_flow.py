@@ -46,7 +46,15 @@ def test_predict_flow_follows_the_alias_and_publishes_artifacts(prefect_harness,
         ["normal", "pneumonia"], fill_value=0).to_dict()
     unsure = _artifact("predict-least-confident")[-1]
     assert len(json.loads(unsure.data) if isinstance(unsure.data, str) else unsure.data) == 10
-    assert "data:image/png;base64," in _artifact("predict-heatmaps")[-1].data
+    summary = _artifact("predict-heatmaps")[-1].data
+    assert "data:image/png;base64," in summary
+    # Referred cases are counted, in words and by reason, from the same refer column the output file holds.
+    referred = int(first["refer"].sum())
+    assert f"Referred to a person: **{referred}** of 12" in summary
+    reasons = _artifact("predict-referrals")[-1]
+    rows = json.loads(reasons.data) if isinstance(reasons.data, str) else reasons.data
+    assert sum(row["images"] for row in rows) == referred
+    assert {row["reason"] for row in rows if row["images"]} == set(first["refer_reason"].dropna())
 
     # A promotion changes what the next run uses, with no redeploy: the alias is resolved when a run starts.
     successor = tmp_path / "runs" / "successor"

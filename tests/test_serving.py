@@ -112,6 +112,14 @@ def test_one_image_equals_medstack_predict(served, pngs, tmp_path, capsys):
     threshold = body["decision"]["threshold"]
     assert answer["confidence"] == pytest.approx(abs(answer["probabilities"]["pneumonia"] - threshold), abs=1e-6)
     assert body["decision"]["text"].startswith("pneumonia if P >= ")
+    # The same set, p-values and referral as medstack predict's columns (one implementation: inference.trust).
+    assert set(answer["sets"]) == {"set_90", "set_95"} and body["note"] is None
+    for column, members in answer["sets"].items():
+        assert row[column] == "{" + ", ".join(members) + "}"
+    for name, p in answer["p_values"].items():
+        assert p == pytest.approx(row[f"p_value:{name}"], rel=1e-8)  # the CSV keeps 9 significant digits
+    assert answer["refer"] == bool(row["refer"]) and answer["refer_reason"] == ("" if pd.isna(row["refer_reason"])
+                                                                                else row["refer_reason"])
 
 
 def test_several_images_in_one_request_are_one_batch(served, pngs):
@@ -124,6 +132,14 @@ def test_several_images_in_one_request_are_one_batch(served, pngs):
     assert after["images"] - before["images"] == MAX_FILES
     assert after["calls"] - before["calls"] == 1  # one call of the fused model for the whole request
     singles = [_post(served["url"], [_png(p)]).json()["predictions"][0] for p in pngs[:2]]
+    from medstack.inference.bundle import load_bundle
+
+    bundle = load_bundle(served["first"])
+    model = response.json()["model"]
+    proba = np.array([[a["probabilities"][c] for c in bundle.classes] for a in answers])
+    trust = bundle.trust(model, proba)  # what model.json's calibration gives for the served probabilities
+    for i, answer in enumerate(answers):
+        assert {k: answer[k] for k in ("sets", "p_values", "refer", "refer_reason")} == trust.row(i)
     for single, batched in zip(singles, answers):
         assert single["predicted"] == batched["predicted"]
         assert single["probabilities"]["pneumonia"] == pytest.approx(batched["probabilities"]["pneumonia"], abs=1e-5)
