@@ -88,7 +88,7 @@ class PrefectStack:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 try:
-                    proc.wait(timeout=30)
+                    proc.wait(timeout=8)  # one of them sat out 30 s of the suite here before the SIGKILL
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
 
