@@ -2,15 +2,17 @@
 
 For every model of each run folder given, at each level (default 90% and 95%):
 
-1. OOF calibration, judged on test: sets calibrated on ``oof_predictions.csv`` (kind ``oof``: the fold models'
-   out-of-fold scores, so no nominal promise for the deployed model) and applied to ``test_predictions.csv``:
-   per class, test coverage with its 95% Clopper-Pearson interval, mean set size, single-class and empty shares.
-2. Split conformal by re-splitting: the test rows, all scored by the deployed model and never learned from, are
-   exchangeable by construction; ``--resplits`` (>= 100) random stratified splits into a calibration part
-   (``--cal-share``) and an evaluation part give the mean class-conditional coverage of split calibration, the
-   mean set size and the number of re-splits where a class was refused (too few calibration rows). OOF rows are
-   not pooled in: they were scored by other models (the fold models), so they are not exchangeable with test rows.
-   Once runs carry a held-out calibration slice, its rows belong in this pool.
+1. Calibration judged on test, per class and level (test coverage with its 95% Clopper-Pearson interval, mean set
+   size, single-class and empty shares), for each calibration a run has: the held-out slice
+   (``calibration_predictions.csv``, kind ``split``: what the run ships, an exact class-conditional guarantee) and
+   the out-of-fold predictions (``oof_predictions.csv``, kind ``oof``: the fold models' scores, so no nominal
+   promise for the deployed model).
+2. Split conformal by re-splitting: the calibration-slice and test rows, all scored by the deployed model and never
+   learned from, are exchangeable by construction; ``--resplits`` (>= 100) random stratified splits of them pooled
+   into a calibration part (``--cal-share``) and an evaluation part give the mean class-conditional coverage of
+   split calibration, the mean set size and the number of re-splits where a class was refused (too few calibration
+   rows). OOF rows are not pooled in: they were scored by other models (the fold models), so they are not
+   exchangeable with test rows.
 3. Referral, stacking against the best member (best out-of-fold ROC AUC among the single strategies): the
    risk-coverage curve on test (certainty from the OOF calibration, decisions as the run chose them) and, per
    target, the least referral at which the kept sensitivity (binary) or balanced accuracy (K > 2) reaches it.
@@ -33,7 +35,8 @@ import numpy as np
 from medstack.models.conformal import coverage_by_class, fit_conformal, format_level, set_summary
 from medstack.models.decision import apply_decision
 from medstack.models.referral import certainty, risk_coverage
-from medstack.run_folder import read_metrics, read_oof_predictions, read_positive_class, read_test_predictions
+from medstack.run_folder import (read_calibration_predictions, read_metrics, read_oof_predictions, read_positive_class,
+                                 read_test_predictions)
 
 ENSEMBLES = ("stacking", "soft_voting")
 FINE = tuple(round(0.01 * i, 2) for i in range(51))  # 0% to 50% referred, for "the least referral reaching S"
@@ -50,11 +53,14 @@ class Run:
     test: dict[str, np.ndarray]
     decisions: dict[str, dict]
     best_member: str
+    cal_y: np.ndarray | None = None  # the held-out calibration slice (calibration_predictions.csv), if the run has one
+    cal: dict[str, np.ndarray] | None = None
 
 
 def load_run(run_dir: Path) -> Run:
     metrics = read_metrics(run_dir)
     oof, test = read_oof_predictions(run_dir), read_test_predictions(run_dir)
+    cal = read_calibration_predictions(run_dir)
     classes = list(metrics["dataset"]["classes"])
     models = metrics["models"]
     members = [m for m in models if m not in ENSEMBLES]
@@ -62,11 +68,15 @@ def load_run(run_dir: Path) -> Run:
     return Run(name=run_dir.name, classes=classes,
                positive=read_positive_class(run_dir) if len(classes) == 2 else None,
                oof_y=oof.labels.astype(np.int64), oof=oof.probas, test_y=test.labels.astype(np.int64),
-               test=test.probas, decisions={m: models[m]["decision"] for m in models}, best_member=best)
+               test=test.probas, decisions={m: models[m]["decision"] for m in models}, best_member=best,
+               cal_y=None if cal is None else cal.labels.astype(np.int64), cal=None if cal is None else cal.probas)
 
 
-def oof_on_test(run: Run, model: str, levels: tuple[float, ...]) -> list[dict]:
-    calibration = fit_conformal(run.oof_y, run.oof[model], kind="oof", levels=levels)
+def calibrated_on_test(run: Run, model: str, levels: tuple[float, ...], kind: str) -> list[dict]:
+    """Sets calibrated on the OOF predictions (``oof``) or on the held-out slice (``split``, what the run ships),
+    judged on the test rows."""
+    y, proba = (run.oof_y, run.oof[model]) if kind == "oof" else (run.cal_y, run.cal[model])
+    calibration = fit_conformal(y, proba, kind=kind, levels=levels)
     rows = []
     for lv in levels:
         sets = calibration.prediction_sets(run.test[model], lv)
@@ -130,24 +140,35 @@ def _pct(value: float | None) -> str:
 
 
 def print_run(run: Run, levels: tuple[float, ...], args: argparse.Namespace) -> dict:
-    out: dict = {"run": run.name, "best_member": run.best_member, "oof_on_test": {}, "resplit": {}, "referral": {}}
-    print(f"\n## {run.name}: {len(run.test_y)} test rows, {len(run.oof_y)} OOF rows, classes {run.classes}\n")
-    print("OOF calibration judged on test (empirical coverage, no nominal promise):\n")
-    print("| model | level | class | n | coverage % | 95% CI | mean set size | single % | empty % |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for model in run.test:
-        rows = out["oof_on_test"][model] = oof_on_test(run, model, levels)
-        for r in rows:
-            shown = _pct(r["coverage"]) if r["available"] else "refused"
-            print(f"| {model} | {format_level(r['level'])} | {r['class']} | {r['n']} | {shown} | "
-                  f"{_pct(r['ci_low'])}-{_pct(r['ci_high'])} | {r['mean_size']:.2f} | {_pct(r['single'])} | "
-                  f"{_pct(r['empty'])} |")
-    print(f"\nSplit conformal over {args.resplits} re-splits of the test rows ({args.cal_share:.0%} calibration):\n")
+    out: dict = {"run": run.name, "best_member": run.best_member, "oof_on_test": {}, "split_on_test": {},
+                 "resplit": {}, "referral": {}}
+    cal_rows = 0 if run.cal_y is None else len(run.cal_y)
+    print(f"\n## {run.name}: {len(run.test_y)} test rows, {len(run.oof_y)} OOF rows, {cal_rows} calibration-slice "
+          f"rows, classes {run.classes}\n")
+    kinds = [("oof", "OOF calibration judged on test (empirical coverage, no nominal promise)")]
+    if run.cal is not None:
+        kinds.insert(0, ("split", "Held-out slice calibration judged on test (what the run ships: exact guarantee)"))
+    for kind, title in kinds:
+        print(f"{title}:\n")
+        print("| model | level | class | n | coverage % | 95% CI | mean set size | single % | empty % |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for model in run.test:
+            rows = out[f"{kind}_on_test"][model] = calibrated_on_test(run, model, levels, kind)
+            for r in rows:
+                shown = _pct(r["coverage"]) if r["available"] else "refused"
+                print(f"| {model} | {format_level(r['level'])} | {r['class']} | {r['n']} | {shown} | "
+                      f"{_pct(r['ci_low'])}-{_pct(r['ci_high'])} | {r['mean_size']:.2f} | {_pct(r['single'])} | "
+                      f"{_pct(r['empty'])} |")
+        print()
+    pool = "test rows" if run.cal is None else "calibration-slice and test rows pooled"
+    print(f"Split conformal over {args.resplits} re-splits of the {pool} ({args.cal_share:.0%} calibration):\n")
     print("| model | level | class | mean coverage % | re-splits refused | mean set size |")
     print("|---|---|---|---|---|---|")
     for model, proba in run.test.items():
-        rows = out["resplit"][model] = resplit_coverage(run.test_y, proba, levels, args.resplits, args.cal_share,
-                                                        args.seed)
+        y, pooled = run.test_y, proba
+        if run.cal is not None:  # both scored by the deployed model and learned from by nothing: exchangeable
+            y, pooled = np.concatenate([run.cal_y, run.test_y]), np.concatenate([run.cal[model], proba])
+        rows = out["resplit"][model] = resplit_coverage(y, pooled, levels, args.resplits, args.cal_share, args.seed)
         for r in rows:
             print(f"| {model} | {format_level(r['level'])} | {run.classes[r['class']]} | {_pct(r['mean_coverage'])} "
                   f"| {r['refused']} | {r['mean_size']:.2f} |")
