@@ -197,8 +197,8 @@ def bootstrap_ci(
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap intervals over resampled rows, at the fixed threshold.
 
-    Confusion-count metrics and ROC AUC are vectorised over all resamples at once; PR AUC is computed per resample.
-    Resamples lacking a class are skipped for the AUCs; non-finite probabilities give no ROC AUC interval."""
+    Confusion-count metrics, ROC AUC and PR AUC are vectorised over all resamples at once.
+    Resamples lacking a class are skipped for the AUCs; non-finite probabilities give no ROC or PR AUC interval."""
     if n_boot <= 0:
         return {}
     y_true = np.asarray(y_true, dtype=np.int64)
@@ -219,7 +219,7 @@ def bootstrap_ci(
     if "roc_auc" in keys:
         values["roc_auc"] = roc_auc_of_resamples(y_true, proba, idx, positive_class)
     if "pr_auc" in keys:
-        values["pr_auc"] = np.array([_pr_auc_of_resample(y_true[i], proba[i], positive_class) for i in idx])
+        values["pr_auc"] = pr_auc_of_resamples(y_true, proba, idx, positive_class)
     alpha = (1 - ci) / 2
     out = {}
     for key in keys:
@@ -318,12 +318,40 @@ def _batched_count_metrics(cms: np.ndarray, positive_class: int) -> dict[str, np
     }
 
 
-def _pr_auc_of_resample(y: np.ndarray, proba: np.ndarray, positive_class: int) -> float:
-    if len(np.unique(y)) < 2:
-        return math.nan
-    if proba.shape[1] == 2:
-        return float(average_precision_score(y == positive_class, proba[:, positive_class]))
-    return _macro_average_precision(y, proba)
+def pr_auc_of_resamples(y_true: np.ndarray, proba: np.ndarray, idx: np.ndarray, positive_class: int = 1) -> np.ndarray:
+    """PR AUC (average precision) of every resample ``idx`` (B, N row indices), as :func:`compute_metrics` gives it
+    (binary: the positive class; K > 2: the mean over the classes the resample holds), at once.
+
+    NaN for a resample holding one class only, and for every resample when a probability is not finite. One
+    scikit-learn call per resample and class took about 20 ms a resample at 7 classes and 1,000 rows (a minute per
+    model at 1,000 resamples); this sorts every resample once per class."""
+    y_true, proba, idx = np.asarray(y_true), np.asarray(proba, dtype=np.float64), np.asarray(idx)
+    if not np.isfinite(proba).all():
+        return np.full(len(idx), np.nan)
+    labels = y_true[idx]
+    columns = [positive_class] if proba.shape[1] == 2 else range(proba.shape[1])
+    per_class = np.array([_average_precision_rows(labels == c, proba[:, c][idx]) for c in columns])
+    held = np.isfinite(per_class).sum(axis=0)  # classes (binary: the positive one) the resample holds
+    one_class = np.all(labels == labels[:, :1], axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(one_class | (held == 0), np.nan, np.nansum(per_class, axis=0) / held)
+
+
+def _average_precision_rows(positive: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """scikit-learn's ``average_precision_score`` of each row (NaN without positives): every positive adds the
+    precision at the lowest rank sharing its score (tied scores are one threshold), over the number of positives."""
+    n = score.shape[1]
+    order = np.argsort(-score, axis=1, kind="stable")
+    ranked = np.take_along_axis(score, order, axis=1)
+    hit = np.take_along_axis(positive, order, axis=1)
+    precision = np.cumsum(hit, axis=1) / np.arange(1, n + 1)
+    last_of_tie = np.ones(ranked.shape, dtype=bool)
+    last_of_tie[:, :-1] = ranked[:, 1:] != ranked[:, :-1]
+    tie_end = np.minimum.accumulate(np.where(last_of_tie, np.arange(n), n)[:, ::-1], axis=1)[:, ::-1]
+    n_pos = hit.sum(axis=1)
+    total = np.sum(np.where(hit, np.take_along_axis(precision, tie_end, axis=1), 0.0), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_pos > 0, total / n_pos, np.nan)
 
 
 def metrics_table(results: dict[str, dict], split: str = "test") -> pd.DataFrame:

@@ -6,7 +6,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 from medstack.models.metrics import (
     METRIC_KEYS, bootstrap_ci, choose_threshold, compute_metrics, metrics_table, paired_auc_difference, predict_labels,
-    roc_auc_of_resamples,
+    pr_auc_of_resamples, roc_auc_of_resamples,
 )
 
 # 10 samples, positive class 1. Scores and labels:
@@ -146,6 +146,26 @@ def test_resampled_roc_auc_is_scikit_learns_on_every_resample(rng):
     assert np.isnan(got3[3])
     p3[7, 1] = np.nan
     assert np.isnan(roc_auc_of_resamples(y3, p3, idx3)).all()
+
+
+def test_resampled_pr_auc_is_compute_metrics_on_every_resample(rng):
+    # Tied scores (rounded), binary for either positive class and 4 classes (a class missing from some resamples:
+    # the mean over the classes a resample holds), a resample holding one class only, and a NaN input.
+    for k in (2, 4):
+        y = rng.integers(0, k, 50)
+        p = rng.dirichlet(np.ones(k), 50)
+        p[np.arange(50), y] += 0.3
+        p = np.round(p / p.sum(axis=1, keepdims=True), 1)
+        idx = rng.integers(0, 50, (8, 50))
+        idx[6] = np.flatnonzero(y != k - 1)[rng.integers(0, np.sum(y != k - 1), 50)]
+        idx[7] = np.flatnonzero(y == 1)[0]
+        for positive in (0, 1):
+            got = pr_auc_of_resamples(y, p, idx, positive)
+            want = [compute_metrics(y[i], p[i], None, positive)["pr_auc"] for i in idx[:7]]
+            assert got[:7] == pytest.approx(want, abs=1e-12, nan_ok=True)
+            assert np.isnan(got[7])
+        p[3, 0] = np.nan
+        assert np.isnan(pr_auc_of_resamples(y, p, idx)).all()
 
 
 @pytest.mark.parametrize("labels, a, n_boot, message", [
