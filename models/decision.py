@@ -86,19 +86,12 @@ def balanced_offsets(y_true: np.ndarray, proba: np.ndarray, critical_recall: Map
     support = np.bincount(y_true, minlength=k)
     present = support > 0
     offsets = np.zeros(k)
-
-    def score(b: np.ndarray) -> float:
-        pred = np.argmax(logp + b, axis=1)
-        hits = np.bincount(y_true[pred == y_true], minlength=k)
-        return float(np.mean(hits[present] / support[present]))
-
     order = np.argsort(np.abs(_GRID), kind="stable")  # ties: the smallest |offset| wins
     for _ in range(_SWEEPS):
         before = offsets.copy()
         for c in range(1, k):
-            trial = np.tile(offsets, (len(_GRID), 1))
-            trial[:, c] = _GRID
-            values = np.array([score(b) for b in trial])
+            hits = _hits_along_grid(logp, y_true, offsets, c)
+            values = np.array([np.mean(h[present] / support[present]) for h in hits])
             best = order[np.argmax(values[order])]
             offsets[c] = _GRID[best]
         if np.array_equal(before, offsets):
@@ -106,6 +99,22 @@ def balanced_offsets(y_true: np.ndarray, proba: np.ndarray, critical_recall: Map
     for c, target in critical_recall.items():
         offsets = _raise_until_recall(logp, y_true, offsets, int(c), float(target))
     return offsets - offsets[0]
+
+
+def _hits_along_grid(logp: np.ndarray, y_true: np.ndarray, offsets: np.ndarray, c: int) -> np.ndarray:
+    """(len(_GRID), K) correct predictions per class of ``argmax(logp + offsets)`` with class ``c``'s offset set to
+    each grid value, all at once: a row goes to ``c`` when ``logp_c + g`` beats its best rival (ties to the lower
+    index, as ``np.argmax``), else to that rival, which does not depend on ``g``."""
+    rivals = logp + offsets
+    rivals[:, c] = -np.inf
+    rival = rivals.argmax(axis=1)
+    best_rival = rivals[np.arange(len(rival)), rival]
+    value = logp[:, c] + _GRID[:, None]  # (grid, N), the same sums as logp + offsets
+    to_c = (value > best_rival) | ((value == best_rival) & (c < rival))
+    right_rival = np.eye(logp.shape[1])[y_true] * (rival == y_true)[:, None]
+    hits = np.rint((~to_c).astype(np.float64) @ right_rival).astype(np.int64)
+    hits[:, c] = to_c[:, y_true == c].sum(axis=1)
+    return hits
 
 
 def _raise_until_recall(logp: np.ndarray, y_true: np.ndarray, offsets: np.ndarray, c: int, target: float) -> np.ndarray:

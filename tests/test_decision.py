@@ -79,3 +79,38 @@ def test_balanced_offsets_ignore_absent_classes(rng):
     y, proba = _imbalanced_three_class(rng, n=(50, 20, 0))
     offsets = balanced_offsets(y, proba, {})
     assert offsets.shape == (3,) and np.isfinite(offsets).all()
+
+
+def _offsets_one_trial_at_a_time(y, proba, sweeps=3):
+    """The coordinate ascent scored one grid value at a time by argmax (what balanced_offsets computes at once)."""
+    grid = np.linspace(-4.0, 4.0, 81)
+    logp = np.log(np.clip(proba, 1e-12, None))
+    k = logp.shape[1]
+    support = np.bincount(y, minlength=k)
+    present = support > 0
+    order = np.argsort(np.abs(grid), kind="stable")
+    offsets = np.zeros(k)
+    for _ in range(sweeps):
+        before = offsets.copy()
+        for c in range(1, k):
+            values = []
+            for g in grid:
+                trial = offsets.copy()
+                trial[c] = g
+                hits = np.bincount(y[np.argmax(logp + trial, axis=1) == y], minlength=k)
+                values.append(np.mean(hits[present] / support[present]))
+            offsets[c] = grid[order[np.argmax(np.asarray(values)[order])]]
+        if np.array_equal(before, offsets):
+            break
+    return offsets - offsets[0]
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_balanced_offsets_equal_scoring_every_grid_value_by_argmax(rng, k):
+    # Rounded probabilities give exact ties between classes (argmax takes the lower index) and zeros (the floor).
+    for _ in range(4):
+        y = rng.choice(k, 300, p=np.r_[0.6, np.full(k - 1, 0.4 / (k - 1))])
+        p = rng.dirichlet(np.ones(k), 300)
+        p[np.arange(300), y] += 0.3
+        p = np.round(p / p.sum(axis=1, keepdims=True), 1)
+        np.testing.assert_array_equal(balanced_offsets(y, p, {}), _offsets_one_trial_at_a_time(y, p))
