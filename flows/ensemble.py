@@ -1,7 +1,7 @@
 """The medstack ensemble flow: it reads like the DAG.
 
 load_dataset -> make_splits -> make_folds -> store_dataset -> train[strategy|fold-k] x (strategies x K, in parallel)
--> gather_oof -> fit_ensembles (soft vote + stacking) -> evaluate_on_test -> write_report -> artifacts
+-> gather_oof -> fit_ensembles (soft vote + stacking) -> evaluate_on_test -> write_report -> artifacts -> track_run
 
 Run it with ``medstack run --config configs/smoke.yaml``, ``python -m medstack run --config ...``, or as a
 Prefect deployment (``prefect.yaml``; ``prefect deployment run 'medstack-ensemble/smoke'``).
@@ -21,6 +21,7 @@ from medstack.tasks.data import load_dataset, make_folds, make_splits, store_dat
 from medstack.tasks.ensemble import evaluate_on_test, fit_ensembles, gather_oof
 from medstack.tasks.registry import promote_if_better
 from medstack.tasks.report import publish_artifacts, write_report
+from medstack.tasks.tracking import track_run
 from medstack.tasks.training import (placement, shared_api, train_fold, training_progress, training_runner,
                                      wait_for_folds)
 
@@ -64,8 +65,9 @@ def ensemble_flow(config: RunConfig, overrides: dict[str, Any] | None = None) ->
     summary = pipeline.summarise_training(results, wall_seconds=time.perf_counter() - started)
     run_dir = write_report(str(run.output_dir), run.run_id, config, prepared, ensembles, metrics, summary)
     publish_artifacts(run_dir)
+    tracked = track_run(str(run_dir), config, results)  # MLflow, when the config or $MLFLOW_TRACKING_URI asks for it
     if config.registry.promote == "auto":
-        promote_if_better(str(run_dir), config)
+        promote_if_better(str(run_dir), config, tracked)
     get_run_logger().info("run folder: %s (%d trained, %d from cache)", run_dir, summary["trained"],
                           summary["cache_hits"])
     return str(run_dir)

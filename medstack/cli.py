@@ -148,7 +148,11 @@ def run_command(args: argparse.Namespace) -> int:
         print(run_dir)  # -q: the run folder alone, for scripts
     else:
         print("\n".join(leaderboard_lines(Path(run_dir))))
-        if cfg.registry.promote == "auto":
+        if cfg.registry.promote == "auto" and cfg.registry.backend == "mlflow":
+            from medstack.tracking.registry import describe_promotion
+
+            print(describe_promotion(run_dir, cfg))  # the alias, read back from the run's model version
+        elif cfg.registry.promote == "auto":
             from medstack.inference.promotion import describe_auto_promotion
 
             print(describe_auto_promotion(run_dir, cfg))  # what the promotion did, and the file others will read

@@ -37,11 +37,10 @@ from medstack.config_sections import (  # noqa: F401  (re-exported: import every
     SetReferral,
     SmoteParams,
     StrategyParams,
+    TrackingConfig,
     TrainingConfig,
 )
 from medstack.errors import BAD_INPUT, MedstackError
-
-
 
 
 class SubsetConfig(Section):
@@ -200,8 +199,10 @@ class RuntimeConfig(Section):
 
 
 class RegistryConfig(Section):
-    """What a finished run does in the model registry (medstack.inference.registry)."""
+    """What a finished run does in the model registry (medstack.inference.registry, or MLflow's)."""
 
+    backend: Literal["json", "mlflow"] = Field(default="json", description=(
+        "json: medstack's registry file (registry.path); mlflow: an MLflow model, its alias set by promotion."))
     promote: Literal["manual", "auto"] = Field(
         default="manual",
         description="auto: promote the run to <name>@<alias> when it beats the champion on the shared test split.",
@@ -212,6 +213,13 @@ class RegistryConfig(Section):
         "Registry file (relative: to the working directory); None: $MEDSTACK_REGISTRY, else registry.json in "
         "medstack's user data folder (~/.local/share/medstack on Linux), the file every medstack command reads."))
     min_improvement: float = Field(default=0.0, ge=0.0, description="Test ROC AUC gain the candidate needs.")
+
+    @model_validator(mode="after")
+    def _path_is_the_json_registry(self) -> "RegistryConfig":
+        if self.backend == "mlflow" and self.path is not None:
+            raise ValueError("registry.path names a JSON registry file; with registry.backend mlflow the registry "
+                             "is MLflow's (tracking.mlflow.uri, else $MLFLOW_TRACKING_URI): leave registry.path out")
+        return self
 
 
 class RunConfig(Section):
@@ -232,6 +240,7 @@ class RunConfig(Section):
     report: ReportConfig = ReportConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     registry: RegistryConfig = RegistryConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("name")
     @classmethod

@@ -1,5 +1,5 @@
 """The model-side sections of a run's config: network, augmentation, training recipe, strategies, ensembles,
-prediction sets and referral (conformal), report.
+prediction sets and referral (conformal), report; and where a run is tracked (MLflow).
 
 They are part of :class:`medstack.config.RunConfig` (import them from there); they live here so that each config
 module can be read in one sitting. The config owns every schema, strategy parameters included
@@ -213,6 +213,26 @@ class ConformalConfig(Section):
 class ReportConfig(Section):
     bootstrap: int = Field(default=1000, ge=0, description="Bootstrap resamples for test CIs; 0 disables.")
     ci: float = Field(default=0.95, gt=0.0, lt=1.0)
+
+
+class MlflowTracking(Section):
+    """Where a run is logged in MLflow (medstack.tracking; docs/mlflow.md). Needs the mlflow extra."""
+
+    uri: str | None = Field(default=None, description=(
+        "Tracking URI (http://host:5000, sqlite:////abs/mlflow.db, databricks); None: $MLFLOW_TRACKING_URI, else "
+        "medstack's own store, sqlite in medstack's user data folder (~/.local/share/medstack/mlflow on Linux)."))
+    experiment: str | None = Field(default=None, description="Experiment name; None: the config's name.")
+    artifact_location: str | None = Field(default=None, description=(
+        "Where an experiment medstack creates keeps its artifacts; None: the server's choice (http), else an "
+        "'artifacts' folder beside a sqlite database."))
+
+
+class TrackingConfig(Section):
+    """Experiment tracking beside the run folder (medstack.tracking)."""
+
+    mlflow: MlflowTracking | None = Field(default=None, description=(
+        "Log every run to MLflow ({} takes every default); None: only when $MLFLOW_TRACKING_URI is set or "
+        "registry.backend is mlflow."))
 
 
 class StrategyParams(Section):

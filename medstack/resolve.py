@@ -13,6 +13,7 @@ from typing import Any
 
 from medstack.config import RunConfig, apply_overrides
 from medstack.outputs import check_cache_dir, check_output_dir, new_run_id
+from medstack.tracking.store import require_mlflow, wants_mlflow
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,16 @@ class ResolvedRun:
 def resolve_run(config: RunConfig, overrides: dict[str, Any] | None = None) -> ResolvedRun:
     """``config`` with dotted-key ``overrides`` applied, its folders checked, and a new run id.
 
-    The output folder is checked first, then the cache folder; either failing raises
-    :class:`medstack.outputs.OutputError` before anything is trained. ``runtime.output_dir`` stays as given (the
-    run folder's ``config.yaml`` shows it so); the cache folder becomes absolute so worker processes, and cluster
-    workers given a shared folder, find the same cache. ``config`` itself is not changed.
+    MLflow, when the config or the environment asks for it, must be installed (else
+    :class:`medstack.tracking.store.MlflowMissing`). The output folder is checked next, then the cache folder;
+    either failing raises :class:`medstack.outputs.OutputError` before anything is trained.
+    ``runtime.output_dir`` stays as given (the run folder's ``config.yaml`` shows it so); the cache folder becomes
+    absolute so worker processes, and cluster workers given a shared folder, find the same cache. ``config`` itself
+    is not changed.
     """
     config = apply_overrides(config, overrides)
+    if why := wants_mlflow(config):  # the mlflow extra is missing: say so now, not after training
+        require_mlflow(why)
     output_dir = check_output_dir(config.runtime.output_dir)
     config = apply_overrides(config, {"runtime.cache_dir": str(check_cache_dir(config.runtime.cache_dir))})
     return ResolvedRun(config=config, output_dir=output_dir, run_id=new_run_id(config))

@@ -14,9 +14,12 @@ PROMOTION_KEY = "ensemble-promotion"
 
 
 @task(name="promote_if_better", cache_policy=NO_CACHE)
-def promote_if_better(run_dir: str, cfg: RunConfig) -> dict:
+def promote_if_better(run_dir: str, cfg: RunConfig, tracked: dict | None = None) -> dict:
     """Apply the auto-promotion rule (medstack.inference.promotion) and record the outcome in the registry that
-    every other command reads (medstack.inference.registry.registry_path), not one beside the run folders."""
+    every other command reads (medstack.inference.registry.registry_path), not one beside the run folders; with
+    ``registry.backend: mlflow``, in MLflow's registry, on the version ``tracked`` (track_run's answer) registered."""
+    if cfg.registry.backend == "mlflow":
+        return _promote_in_mlflow(run_dir, cfg, tracked)
     from medstack.inference.promotion import promote_run
 
     event, registry = promote_run(run_dir, cfg)
@@ -26,3 +29,19 @@ def promote_if_better(run_dir: str, cfg: RunConfig) -> dict:
                              f"```json\n{json.dumps(event, indent=2)}\n```\n", key=PROMOTION_KEY,
                              description=f"auto-promotion of run {event['run_id']}")
     return event
+
+
+def _promote_in_mlflow(run_dir: str, cfg: RunConfig, tracked: dict | None) -> dict:
+    from medstack.tracking.registry import promote_version
+
+    if not tracked or "version" not in tracked:
+        raise ValueError("registry.backend mlflow: the run's model version is missing (track_run registers it)")
+    verdict = promote_version(tracked["uri"], tracked["model"], tracked["version"], run_dir, cfg.registry.alias,
+                              cfg.registry.min_improvement)
+    ref = f"models:/{verdict['name']}@{verdict['alias']}"
+    get_run_logger().info("MLflow registry %s: %s (%s)", ref, verdict["outcome"], verdict["reason"])
+    create_markdown_artifact(f"## Registry: {verdict['outcome']}\n\n{verdict['reason']}\n\nRecorded as tags on "
+                             f"version {verdict['version']} of `{verdict['name']}` in MLflow at `{tracked['uri']}`.\n\n"
+                             f"```json\n{json.dumps(verdict, indent=2)}\n```\n", key=PROMOTION_KEY,
+                             description=f"auto-promotion of {ref}")
+    return verdict

@@ -18,7 +18,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     evaluate = sub.add_parser("evaluate", help="judge a trained run (folder) or <name>@<alias> on another site's "
                                                "labelled images; writes evaluations/<id>/")
-    evaluate.add_argument("--model", required=True, help="run folder, its model.json, or <name>@<alias>")
+    evaluate.add_argument("--model", required=True,
+                          help="run folder, its model.json, <name>@<alias>, or models:/<name>@<alias> (MLflow)")
     evaluate.add_argument("--data", required=True, type=Path,
                           help="labelled images: an npz with labels (and class_names) or a folder with one "
                                "sub-folder per class")

@@ -175,11 +175,16 @@ class Bundle:
 
 
 def bundle_folder(ref: str | Path, registry: str | Path | None = None) -> Path:
-    """The run folder a reference names now: a run folder, its ``model.json``, or ``<name>@<alias>`` (resolved in
-    the registry, so the answer changes when the alias is promoted)."""
+    """The run folder a reference names now: a run folder, its ``model.json``, ``<name>@<alias>`` (resolved in
+    the registry, so the answer changes when the alias is promoted), or ``models:/<name>@<alias>`` (or
+    ``models:/<name>/<version>``) in MLflow's registry at $MLFLOW_TRACKING_URI (medstack.tracking.registry)."""
     text = str(ref)
     path = Path(text).expanduser()
-    if "@" in text and not path.exists():
+    if text.startswith("models:/"):
+        from medstack.tracking.registry import registered_bundle
+
+        path = registered_bundle(text)
+    elif "@" in text and not path.exists():
         from medstack.inference.registry import resolve
 
         path = resolve(text, registry)

@@ -21,7 +21,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     from medstack.inference.registry import REGISTRY_HELP
 
     predict = sub.add_parser("predict", help="score images with a trained run (folder) or <name>@<alias>")
-    predict.add_argument("--model", required=True, help="run folder, its model.json, or <name>@<alias>")
+    predict.add_argument("--model", required=True,
+                         help="run folder, its model.json, <name>@<alias>, or models:/<name>@<alias> (MLflow)")
     predict.add_argument("--input", required=True, type=Path,
                          help="an image file, a folder (recursive), an npz with images, or a CSV with a 'path' column")
     predict.add_argument("--output", required=True, type=Path, help="predictions .csv or .parquet")
@@ -38,7 +39,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     promote.add_argument("--name", help="registry name (default: the run's config name)")
     promote.add_argument("--reason", default="manual promotion")
     export = sub.add_parser("export", help="write the whole ensemble as one .keras model (and a SavedModel)")
-    export.add_argument("--model", required=True, help="run folder or <name>@<alias>")
+    export.add_argument("--model", required=True,
+                        help="run folder, <name>@<alias>, or models:/<name>@<alias> (MLflow)")
     export.add_argument("--to", required=True, type=Path, help="target .keras file")
     export.add_argument("--saved-model", type=Path, help="also write model.export()'s SavedModel to this folder")
     listing = sub.add_parser("models", help="list registry names, aliases and history")

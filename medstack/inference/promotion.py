@@ -71,26 +71,37 @@ def auto_promote(run_dir: str | Path, *, alias: str = "champion", min_improvemen
                        reason=f"first model registered as {name}@{alias}")
     champ_dir = resolve(f"{name}@{alias}", path)
     champ = read_bundle(champ_dir)
+    replace, verdict = judge_candidate(run_dir, cand, champ_dir, champ, min_improvement)
+    if replace:
+        return promote(run_dir, alias, name=name, registry=path, by="medstack auto-promotion",
+                       evidence=verdict["evidence"], reason=verdict["reason"])
     base = {"event": "auto-promotion check", "alias": alias, "run_id": cand["run_id"], "champion_run_id": champ["run_id"]}
+    return record_decision(name, {**base, **verdict}, path)
+
+
+def judge_candidate(cand_dir: str | Path, cand: dict, champ_dir: str | Path, champ: dict, min_improvement: float
+                    ) -> tuple[bool, dict[str, Any]]:
+    """The rule itself, for either registry (this JSON one, or MLflow's: medstack.tracking.registry): whether the
+    candidate replaces the champion, and what to record (``outcome``, ``reason``, and ``evidence`` when compared)."""
     if champ["run_id"] == cand["run_id"]:
-        return record_decision(name, {**base, "outcome": "kept", "reason": "the candidate already is the champion"}, path)
+        return False, {"outcome": "kept", "reason": "the candidate already is the champion"}
     if champ["classes"] != cand["classes"]:
-        return record_decision(name, {**base, "outcome": "not compared",
-                                      "reason": f"classes differ: champion {champ['classes']}, candidate {cand['classes']}"}, path)
+        return False, {"outcome": "not compared",
+                       "reason": f"classes differ: champion {champ['classes']}, candidate {cand['classes']}"}
     if champ["data"]["fingerprint"] != cand["data"]["fingerprint"]:
-        return record_decision(name, {**base, "outcome": "not compared", "reason": (
+        return False, {"outcome": "not compared", "reason": (
             "trained on different data or splits (data fingerprints differ), so their test splits differ and their "
-            "figures are not comparable; promote by hand after reading both reports")}, path)
-    evidence = compare_on_test(champ_dir, champ, run_dir, cand)
+            "figures are not comparable; promote by hand after reading both reports")}
+    evidence = compare_on_test(Path(champ_dir), champ, Path(cand_dir), cand)
     evidence.update(min_improvement=min_improvement, basis=SELECTION_NOTE)
     if evidence["candidate_roc_auc"] - evidence["champion_roc_auc"] > min_improvement:
-        return promote(run_dir, alias, name=name, registry=path, by="medstack auto-promotion", evidence=evidence,
-                       reason=(f"test ROC AUC {evidence['candidate_roc_auc']:.4f} ({evidence['candidate_model']}) beats "
-                               f"the champion's {evidence['champion_roc_auc']:.4f} ({evidence['champion_model']}) "
-                               f"by more than {min_improvement}{_interval(evidence)}"))
-    return record_decision(name, {**base, "outcome": "kept", "evidence": evidence, "reason": (
+        return True, {"outcome": "promoted", "evidence": evidence, "reason": (
+            f"test ROC AUC {evidence['candidate_roc_auc']:.4f} ({evidence['candidate_model']}) beats "
+            f"the champion's {evidence['champion_roc_auc']:.4f} ({evidence['champion_model']}) "
+            f"by more than {min_improvement}{_interval(evidence)}")}
+    return False, {"outcome": "kept", "evidence": evidence, "reason": (
         f"candidate test ROC AUC {evidence['candidate_roc_auc']:.4f} does not beat the champion's "
-        f"{evidence['champion_roc_auc']:.4f} by more than {min_improvement}{_interval(evidence)}")}, path)
+        f"{evidence['champion_roc_auc']:.4f} by more than {min_improvement}{_interval(evidence)}")}
 
 
 def _interval(evidence: dict[str, Any]) -> str:

@@ -28,7 +28,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve-model", help="serve a trained ensemble over HTTP (POST /predict, GET /health, GET /model)")
     add_common_flags(serve, quiet="no access log, only the start-up lines and warnings",
                      verbose="debug logs of the HTTP server")
-    serve.add_argument("--model", required=True, help="run folder, its model.json, or <name>@<alias>")
+    serve.add_argument("--model", required=True,
+                       help="run folder, its model.json, <name>@<alias>, or models:/<name>@<alias> (MLflow)")
     serve.add_argument("--registry", help=REGISTRY_HELP)
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1: this machine only; any other address needs API "
