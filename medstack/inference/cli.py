@@ -70,11 +70,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace, progress: TextIO | None = None) -> int:
     from medstack.inference.bundle import load_bundle
-    from medstack.inference.fused import make_scorer
     from medstack.inference.predict import decision_text, predict, skipped_path
 
     bundle = load_bundle(args.model, args.registry)
     model = bundle.check_model_name(args.use or bundle.recommended)
+    from medstack.inference.fused import make_scorer  # TensorFlow (seconds): after a wrong reference has failed
     print(f"model: {bundle.source} -> run {bundle.run_id} ({bundle.root}); labels from {model} "
           f"[{decision_text(bundle, model)}]", file=sys.stderr)
     on_batch = None

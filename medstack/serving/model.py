@@ -141,12 +141,13 @@ class ServedModel:
 def load_served(ref: str | Path, registry: str | Path | None = None, use: str | None = None,
                 max_batch: int = 256, engine: str = "fused") -> ServedModel:
     """Load a bundle (a run folder or ``<name>@<alias>``), build its scorer and trace it once on a blank image, so
-    the first request is not the one that pays for tracing."""
-    from medstack.inference.fused import make_scorer
-
+    the first request is not the one that pays for tracing. A wrong reference or model name fails before
+    TensorFlow is imported (seconds), so a typo is answered at once."""
     started = time.perf_counter()
     bundle = load_bundle(ref, registry)
     model = bundle.check_model_name(use or bundle.recommended)
+    from medstack.inference.fused import make_scorer  # TensorFlow: only once the bundle is known to be good
+
     if not bundle.has_trust:
         log.warning("run %s: %s", bundle.run_id, NO_TRUST)
     scorer = make_scorer(bundle, engine)
