@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import time
@@ -14,6 +15,7 @@ from conftest import spy_on_training
 from medstack.config import load_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+MLFLOW = importlib.util.find_spec("mlflow") is not None
 
 RUN_FILES = [
     "metrics.json", "report.md", "leaderboard.csv", "oof_predictions.csv", "test_predictions.csv",
@@ -37,14 +39,17 @@ def smoke_runs(prefect_harness, smoke_bundle, smoke_cache, pneumonia_npz, tmp_pa
     from medstack.flows.ensemble import ensemble_flow
 
     cfg = _smoke_config(pneumonia_npz, smoke_bundle.parent, smoke_cache, **{"registry.promote": "auto"})
-    rerun_cfg = _smoke_config(pneumonia_npz, tmp_path_factory.mktemp("smoke") / "runs", smoke_cache)
+    rerun_root = tmp_path_factory.mktemp("smoke")
+    # with the mlflow extra, the re-run also logs to a SQLite store: the flow calls its tracking step (test_mlflow.py)
+    tracking = {"tracking.mlflow.uri": f"sqlite:///{rerun_root / 'mlflow.db'}"} if MLFLOW else {}
+    rerun_cfg = _smoke_config(pneumonia_npz, rerun_root / "runs", smoke_cache, **tracking)
     with spy_on_training() as seen:
         t0 = time.perf_counter()
         second = ensemble_flow(config=rerun_cfg)
         t1 = time.perf_counter()
     print(f"\nsmoke re-run from the cache: {t1 - t0:.1f}s")
     return {"cfg": cfg, "first": str(smoke_bundle), "second": second, "n_rerun": len(seen["trained"]),
-            "readers": seen["label_readers"]}
+            "readers": seen["label_readers"], "mlflow": tracking.get("tracking.mlflow.uri")}
 
 
 def test_smoke_run_writes_every_file(smoke_runs):
@@ -147,6 +152,19 @@ def test_rerun_is_served_from_the_cache(smoke_runs):
     first = json.loads((Path(smoke_runs["first"]) / "metrics.json").read_text())
     second = json.loads((Path(smoke_runs["second"]) / "metrics.json").read_text())
     assert first["models"]["smote"]["test"] == second["models"]["smote"]["test"]
+
+
+@pytest.mark.skipif(not MLFLOW, reason='MLflow is not installed: pip install -e ".[mlflow]"')
+def test_the_flow_logs_the_run_and_its_cached_folds_to_mlflow(smoke_runs):
+    from mlflow import MlflowClient
+
+    mlflow = MlflowClient(smoke_runs["mlflow"])
+    runs = mlflow.search_runs([mlflow.get_experiment_by_name("pneumoniamnist-smoke").experiment_id])
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.run_name for r in parent] == [Path(smoke_runs["second"]).name]
+    assert parent[0].data.tags["prefect.flow_run_id"]  # the Prefect flow run it came from
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert len(children) == 8 and all(c.data.tags["medstack.from_cache"] == "true" for c in children)
 
 
 def test_manifest_records_what_one_config_and_seed_reproduce(smoke_runs):

@@ -52,6 +52,7 @@ def register_bundle(tracked: TrackedRun, run_dir: str | Path, name: str) -> str:
     with tempfile.TemporaryDirectory(prefix="medstack-mlflow-model-") as scratch, warnings.catch_warnings():
         # no input example: the signature is explicit, and an example would load TensorFlow and the model here
         warnings.filterwarnings("ignore", message=".*input example was not provided")
+        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
         local = Path(scratch) / MODEL_ARTIFACT
         mlflow.pyfunc.save_model(
             str(local), python_model=str(CODE_FILE), artifacts={BUNDLE_ARTIFACT: str(run_dir)},
@@ -81,7 +82,7 @@ def promote_version(uri: str, name: str, version: str, run_dir: str | Path, alia
     else:
         champ_dir = version_bundle(mlflow_client, uri, name, champion.version)
         replace, verdict = judge_candidate(run_dir, cand, champ_dir, read_bundle(champ_dir), min_improvement)
-        verdict["champion_version"] = champion.version
+        verdict["champion_version"] = str(champion.version)
     if replace:
         mlflow_client.set_registered_model_alias(name, alias, version)
     for key, value in {"alias": alias, **verdict}.items():
