@@ -9,25 +9,20 @@ own, which also keeps mlflow unimported without the extra.
 """
 
 if __name__ != "medstack.tracking.bundle_model":
-    import warnings
-
     import mlflow.models
     from mlflow.pyfunc import PythonModel
 
     from medstack.tracking.pyfunc import BundlePredictor
     from medstack.tracking.registry import BUNDLE_ARTIFACT
 
-    with warnings.catch_warnings():  # the model's signature is explicit (registry.py), not inferred from type hints
-        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+    class BundleModel(PythonModel):
+        """A medstack bundle as an MLflow pyfunc: images (N, H, W, C) in, one row per image out; ``params``
+        may name the model to use (``{"model": "stacking"}``; default: the run's recommended model)."""
 
-        class BundleModel(PythonModel):
-            """A medstack bundle as an MLflow pyfunc: images (N, H, W, C) in, one row per image out; ``params``
-            may name the model to use (``{"model": "stacking"}``; default: the run's recommended model)."""
+        def load_context(self, context):
+            self.predictor = BundlePredictor(context.artifacts[BUNDLE_ARTIFACT])
 
-            def load_context(self, context):
-                self.predictor = BundlePredictor(context.artifacts[BUNDLE_ARTIFACT])
-
-            def predict(self, context, model_input, params=None):
-                return self.predictor.predict(model_input, (params or {}).get("model"))
+        def predict(self, context, model_input, params=None):
+            return self.predictor.predict(model_input, (params or {}).get("model"))
 
     mlflow.models.set_model(BundleModel())

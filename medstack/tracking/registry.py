@@ -52,7 +52,6 @@ def register_bundle(tracked: TrackedRun, run_dir: str | Path, name: str) -> str:
     with tempfile.TemporaryDirectory(prefix="medstack-mlflow-model-") as scratch, warnings.catch_warnings():
         # no input example: the signature is explicit, and an example would load TensorFlow and the model here
         warnings.filterwarnings("ignore", message=".*input example was not provided")
-        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
         local = Path(scratch) / MODEL_ARTIFACT
         mlflow.pyfunc.save_model(
             str(local), python_model=str(CODE_FILE), artifacts={BUNDLE_ARTIFACT: str(run_dir)},
