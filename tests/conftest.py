@@ -261,8 +261,8 @@ def tiny_reference(prefect_harness, tmp_path_factory) -> Path:
 
 # Modules that start servers, clusters or training subprocesses, longest first: pytest-xdist hands whole files to
 # workers in collection order (--dist loadfile), so these start first and the short unit tests fill in beside them.
-_LONG_MODULES = ("test_deployments", "test_cluster", "test_faults", "test_cli", "test_flow_e2e", "test_mlflow", "test_serving_auth",
-                 "test_serving", "test_explain", "test_predict", "test_pipeline", "test_bad_inputs")
+_LONG_MODULES = ("test_deployments", "test_cluster", "test_faults", "test_cli", "test_flow_e2e", "test_mlflow",
+                 "test_serving_auth", "test_serving", "test_explain", "test_predict", "test_pipeline", "test_bad_inputs")
 
 
 def pytest_collection_modifyitems(items):
