@@ -33,6 +33,7 @@ import pandas as pd
 
 from medstack.console.quiet import ENVIRONMENT_DEFAULTS
 from medstack.evaluation.recalibrate import with_temperature
+from medstack.run_folder import read_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 CONTRAST, BRIGHTNESS = 0.7, 20.0
@@ -150,8 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the resampled class mix")
     parser.add_argument("--json", type=Path, help="also write the summarised numbers here")
     args = parser.parse_args(argv)
-    model_json = json.loads((args.run / "model.json").read_text())
-    classes = list(model_json["classes"])
+    classes = list(read_bundle(args.run)["classes"])
     paths = build_shifts(args.data, classes, args.work, args.seed)
     results = {}
     for data, path in paths.items():
