@@ -10,6 +10,7 @@ own, which also keeps mlflow unimported without the extra.
 
 if __name__ != "medstack.tracking.bundle_model":
     import mlflow.models
+    import numpy as np
     from mlflow.pyfunc import PythonModel
 
     from medstack.tracking.pyfunc import BundlePredictor
@@ -22,7 +23,9 @@ if __name__ != "medstack.tracking.bundle_model":
         def load_context(self, context):
             self.predictor = BundlePredictor(context.artifacts[BUNDLE_ARTIFACT])
 
-        def predict(self, context, model_input, params=None):
+        # The ndarray hint is one MLflow accepts without inferring a schema from it: it validates nothing, and
+        # MLflow stops warning on every log and load that the method has no type hints.
+        def predict(self, context, model_input: np.ndarray, params=None):
             return self.predictor.predict(model_input, (params or {}).get("model"))
 
     mlflow.models.set_model(BundleModel())
