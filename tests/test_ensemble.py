@@ -108,3 +108,61 @@ def test_recommendation_is_chosen_on_oof_and_names_the_member_when_ensembles_do_
     assert picked["model"] == "ldam" and "neither ensemble beats the best single strategy" in picked["reason"]
     better = {**members, "soft_voting": (strong + weak) / 2, "stacking": _binary_probas(rng, y, 1.0)}
     assert recommend_model(y, better, ["ldam", "smote"], 1)["model"] == "stacking"
+
+
+def _multiclass_members(rng, y, k, sharpness=2.0):
+    """Three members of a K-class task: a good over-confident one (its logits times ``sharpness``, like LDAM), a
+    weaker calibrated one and a near-useless one."""
+    members = {}
+    for name, strength, sharp in (("sharp", 2.0, sharpness), ("soft", 1.0, 1.0), ("weak", 0.2, 1.0)):
+        logits = rng.normal(0.0, 1.0, (len(y), k)) + strength * np.eye(k)[y]
+        p = np.exp(sharp * logits)
+        members[name] = p / p.sum(axis=1, keepdims=True)
+    return members
+
+
+def test_meta_model_search_is_the_grid_search_it_replaced(rng):
+    """The warm-started Newton path scores every C as the grid search of cold L-BFGS fits it replaced (same folds,
+    same unscaled features), picks the same C and refits the same model; cold Newton fits to a tight tolerance
+    agree to 1e-4."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    y = rng.choice(4, 500, p=[0.55, 0.25, 0.12, 0.08])
+    oof = _multiclass_members(rng, y, 4)
+    Cs = [0.001, 0.01, 0.1, 1.0, 10.0]
+    meta = StackingMetaModel(Cs, inner_folds=4, seed=5).fit(oof, y)
+    x = meta.features_of(oof)
+    assert list(meta.cv_results_) == [str(c) for c in Cs]
+    for estimator, tolerance in ((LogisticRegression(max_iter=2000), 1e-3),
+                                 (LogisticRegression(solver="newton-cholesky", tol=1e-10), 1e-4)):
+        grid = GridSearchCV(estimator, {"C": Cs}, scoring="neg_log_loss",
+                            cv=StratifiedKFold(4, shuffle=True, random_state=5)).fit(x, y)
+        np.testing.assert_allclose(list(meta.cv_results_.values()), grid.cv_results_["mean_test_score"],
+                                   atol=tolerance)
+        assert meta.best_C_ == grid.best_params_["C"]
+        np.testing.assert_allclose(meta.predict_proba(oof), grid.predict_proba(x), atol=10 * tolerance)
+    assert isinstance(meta.estimator_, LogisticRegression)  # what model.json and the fused head read
+
+
+def test_meta_model_pickled_by_the_grid_search_version_still_loads_and_predicts(rng, tmp_path):
+    """A meta-model written before the Newton path (GridSearchCV, L-BFGS): the same attributes, read the same way."""
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    from medstack.inference.stacking import JsonStacking
+
+    y = rng.integers(0, 3, 200)
+    oof = _multiclass_members(rng, y, 3)
+    raw = stack_features(oof, list(oof), "log_odds")
+    old = StackingMetaModel.__new__(StackingMetaModel)
+    old.__dict__.update(Cs=[0.1, 1.0], inner_folds=3, seed=0, features="log_odds", model_names_=list(oof),
+                        best_C_=1.0, cv_results_={"0.1": -0.5, "1.0": -0.4},
+                        estimator_=LogisticRegression(C=1.0, max_iter=2000).fit(raw, y))
+    joblib.dump(old, tmp_path / "meta_model.joblib")
+    again = StackingMetaModel.load(tmp_path / "meta_model.joblib")
+    np.testing.assert_allclose(again.predict_proba(oof), old.estimator_.predict_proba(raw))
+    folds = {name: [p[:50], p[50:100]] for name, p in oof.items()}
+    np.testing.assert_allclose(again.predict_proba_per_fold(folds), JsonStacking.from_meta_model(again)
+                               .predict_proba_per_fold(folds), atol=1e-12)
+    assert set(again.coefficients) == set(oof) and again.best_C_ == 1.0
