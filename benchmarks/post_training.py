@@ -78,7 +78,8 @@ def pneumonia(path: Path) -> Dataset:
     data = np.load(path)
     images = np.concatenate([data[f"{s}_images"] for s in ("train", "val", "test")])
     labels = np.concatenate([data[f"{s}_labels"].ravel() for s in ("train", "val", "test")]).astype(np.int64)
-    official = np.concatenate([np.full(len(data[f"{s}_labels"]), i, np.int8) for i, s in enumerate(("train", "val", "test"))])
+    splits = ("train", "val", "test")
+    official = np.concatenate([np.full(len(data[f"{s}_labels"]), i, np.int8) for i, s in enumerate(splits)])
     return Dataset("pneumoniamnist", images[..., None], labels, ("normal", "pneumonia"), official, None)
 
 
