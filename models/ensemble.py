@@ -104,7 +104,7 @@ class StackingMetaModel:
         y = np.asarray(y)
         self.model_names_ = list(oof_probas)
         scores, self.estimator_ = self._select(self.features_of(oof_probas), y, self._n_folds(y))
-        self.best_C_ = float(self.Cs[int(np.argmax(scores))])
+        self.best_C_ = float(self.estimator_.C)
         self.cv_results_ = {str(c): float(s) for c, s in zip(self.Cs, scores)}
         return self
 
