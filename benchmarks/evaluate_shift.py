@@ -112,33 +112,41 @@ def print_tables(results: dict[tuple[str, str], dict], levels: list[float]) -> N
     classes = any_result["classes"]
     heads = [f"{level:.0%}: {name}" for level in levels for name in classes]
     print("\nFrozen bundle, all images (coverage %, 95% Clopper-Pearson interval):\n")
-    print("| data | images | model | ROC AUC | bal. acc. | ECE | log loss | " + " | ".join(heads)
-          + f" | set size {levels[0]:.0%} | referred % | drift warnings |")
-    print("|---" * (10 + len(heads)) + "|")
+    _table_head(["data", "images", "model", "ROC AUC", "bal. acc.", "ECE", "log loss", *heads,
+                 f"set size {levels[0]:.0%}", "referred %", "drift warnings"])
     for (data, _), r in results.items():
         ext = r["external"]
         m, trust = ext["metrics"], ext["trust"]
-        referred = f"{100 * trust['referral']['test']['referred']:.1f}" if trust.get("available") else "n/a"
+        referred = _referred(trust if trust.get("available") else None)
         print(f"| {data} | {'/'.join(str(n) for n in r['counts'].values())} | {r['model']} | {m['roc_auc']:.4f} | "
               f"{m['balanced_accuracy']:.4f} | {ext['calibration']['ece']:.4f} | {r['log_loss']:.4f} | "
               + " | ".join(coverage_cells(trust if trust.get("available") else None, classes))
               + f" | {referred} | {r['drift']} |")
     print("\n`--recalibrate 0.5`: the judged half, before (frozen) / after (refitted on the other half):\n")
-    print("| data | judged | model | T | bal. acc. | ECE | log loss | " + " | ".join(heads)
-          + f" | set size {levels[0]:.0%} | referred % |")
-    print("|---" * (9 + len(heads)) + "|")
+    _table_head(["data", "judged", "model", "T", "bal. acc.", "ECE", "log loss", *heads, f"set size {levels[0]:.0%}",
+                 "referred %"])
     for (data, _), r in results.items():
         rc = r["recal"]
         for when in ("before", "after"):
             part = rc[when]
             trust = part.get("trust")
-            referred = f"{100 * trust['referral']['test']['referred']:.1f}" if trust else "n/a"
+            referred = _referred(trust)
             loss = r["judged_log_loss"][0 if when == "before" else 1]
             judged = "/".join(str(n) for n in rc["judged_on"].values())
             print(f"| {data}, {when} | {judged} | {r['model']} | "
                   f"{1.0 if when == 'before' else rc['temperature']:.3f} | {part['metrics']['balanced_accuracy']:.4f} | "
                   f"{part['calibration']['ece']:.4f} | {loss:.4f} | " + " | ".join(coverage_cells(trust, classes))
                   + f" | {referred} |")
+
+
+def _table_head(columns: list[str]) -> None:
+    print("| " + " | ".join(columns) + " |")
+    print("|---" * len(columns) + "|")
+
+
+def _referred(trust: dict | None) -> str:
+    """Share of images referred, in %, or n/a without prediction sets."""
+    return f"{100 * trust['referral']['test']['referred']:.1f}" if trust else "n/a"
 
 
 def main(argv: list[str] | None = None) -> None:
