@@ -70,10 +70,13 @@ class CNNClassifier:
             name=f"cnn_{self.strategy}",
         )
         optimizer = keras.optimizers.Adam(learning_rate=learning_rate(cfg, recipe))
+        # Every variable exists before the first trace. Keras (TensorFlow backend, no distribution strategy) would
+        # create the optimizer's slots and the metrics' counters inside the first trace of the training step, which
+        # makes tf.function trace that step twice; the second trace was a quarter of a small fold's training CPU.
+        optimizer.build(net.trainable_variables)
         feed = training_input(plan.x, _one_hot(plan.y, self.num_classes), cfg.batch_size, self.seed,
                               recipe.steps_per_epoch)
         val_data = (x_val, _one_hot(y_val, self.num_classes))
-        auc = SoftmaxAUC(positive_class=self.positive_class if self.num_classes == 2 else None, name="auc")
         lr_callbacks, early_stopping = callbacks(cfg, recipe)
         # Loss phases are given on the configured epoch scale (LDAM's DRW epoch) and stretch with the budget.
         phases = [(recipe.stretch(start, cfg.epochs), loss) for start, loss in plan.loss_phases]
@@ -82,7 +85,7 @@ class CNNClassifier:
             end = phases[i + 1][0] if i + 1 < len(phases) else recipe.epochs
             last = i + 1 == len(phases)
             # Same optimizer object across phases: Adam moments and the LR schedule carry over the DRW switch.
-            net.compile(optimizer=optimizer, loss=loss, metrics=["accuracy", auc], jit_compile=cfg.jit_compile)
+            net.compile(optimizer=optimizer, loss=loss, metrics=self._metrics(), jit_compile=cfg.jit_compile)
             last_phase_start = len(history.get("loss", []))
             train_data, train_fit = feed.next_epochs(end - start)
             fitted = net.fit(
@@ -133,6 +136,14 @@ class CNNClassifier:
             "val_nll_before_after": val_nll,
         }
         return self
+
+    def _metrics(self) -> list[keras.metrics.Metric]:
+        """Fresh metric objects for one compile (one loss phase): Keras resets a compile's metrics only once they
+        are built, so objects carried over from the previous phase would add its last epoch to the next one's.
+        Objects, not names: their counters exist before the first trace (see ``optimizer.build`` in :meth:`fit`)."""
+        positive = self.positive_class if self.num_classes == 2 else None
+        # CategoricalAccuracy is what "accuracy" resolves to for one-hot labels.
+        return [keras.metrics.CategoricalAccuracy(name="accuracy"), SoftmaxAUC(positive_class=positive, name="auc")]
 
     def _progress(self, recipe: Recipe) -> list[keras.callbacks.Callback]:
         """A callback that hands every finished epoch to ``on_epoch`` (none without it). It only reads the logs."""
