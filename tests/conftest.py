@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 import sys
 import tempfile
 from pathlib import Path
@@ -151,8 +152,10 @@ done = subprocess.run(sys.argv[2:], cwd=base, capture_output=True, text=True, ti
 """
 
 
-def _start_smoke_run(shared: Path):
-    """Start the smoke run in the background unless a process of this session already did; the Popen or None."""
+def _start_smoke_run(shared: Path, api_env: Callable[[], dict[str, str]] | None = None):
+    """Start the smoke run in the background unless a process of this session already did; the Popen or None.
+    ``api_env``: called only by the process that starts the run, it names the Prefect server to report to
+    (:func:`prefect_api_env`) instead of a temporary one."""
     import fcntl
     import subprocess
     import sys
@@ -162,19 +165,29 @@ def _start_smoke_run(shared: Path):
         fcntl.flock(lock, fcntl.LOCK_EX)
         if base.is_dir():
             return None
-        base.mkdir()
-        command = [str(Path(sys.executable).with_name("medstack")), "run", "--config", str(REPO / "configs" / "smoke.yaml"),
-                   "--data", str(PNEUMONIA_NPZ), "--output-dir", str(base / "runs"), "--cache-dir", str(_smoke_cache(base)),
-                   "--set", "registry.promote=auto"]
-        return subprocess.Popen([sys.executable, "-c", _SMOKE_LAUNCHER, str(base), *command], env=smoke_env(shared))
+        base.mkdir()  # claimed: the others wait for its outcome, not on this lock
+    command = [str(Path(sys.executable).with_name("medstack")), "run", "--config", str(REPO / "configs" / "smoke.yaml"),
+               "--data", str(PNEUMONIA_NPZ), "--output-dir", str(base / "runs"), "--cache-dir", str(_smoke_cache(base)),
+               "--set", "registry.promote=auto"]
+    try:
+        env = {**smoke_env(shared), **(api_env() if api_env else {})}
+    except BaseException as exc:  # the processes waiting for the outcome learn why there is none
+        (base / "stderr.txt").write_text(f"the smoke run could not start: {exc!r}")
+        (base / "exit-failed").write_text("not started")
+        raise
+    return subprocess.Popen([sys.executable, "-c", _SMOKE_LAUNCHER, str(base), *command], env=env)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _smoke_run_in_background(request, tmp_path_factory):
     """The smoke run starts with the session when any selected test needs it, so it trains while other tests run
-    instead of on the path of the first test that asks for it. The process that started it waits for it at the end."""
+    instead of on the path of the first test that asks for it. It reports to this process's Prefect test server (no
+    temporary server of its own: tests/test_cli.py runs one as a user gets it), which outlives it: the process that
+    started the run waits for it at the end, before the server stops."""
     wanted = any("smoke_bundle" in getattr(item, "fixturenames", ()) for item in request.session.items)
-    proc = _start_smoke_run(_shared_dir(tmp_path_factory)) if wanted and PNEUMONIA_NPZ.is_file() else None
+    proc = None
+    if wanted and PNEUMONIA_NPZ.is_file():
+        proc = _start_smoke_run(_shared_dir(tmp_path_factory), lambda: request.getfixturevalue("prefect_api_env"))
     yield
     if proc is not None:
         try:

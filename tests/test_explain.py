@@ -1,16 +1,13 @@
 """Grad-CAM on a synthetic task where only a planted bright patch decides the class: the heatmap's peak must lie
-on the patch. The bundle is trained for real (one strategy, 2 folds) through `medstack run` on a generated npz."""
+on the patch. The bundle is trained for real (one strategy, 2 folds) by the ensemble flow, in this test process, on a generated
+npz (the console script's own path is tests/test_cli.py's)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from medstack.inference.bundle import load_bundle
 from medstack.inference.explain import gradcam, overlay
@@ -35,7 +32,10 @@ def _planted(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, 
 
 
 @pytest.fixture(scope="module")
-def planted_bundle(tmp_path_factory, prefect_api_env) -> Path:
+def planted_bundle(tmp_path_factory, prefect_harness) -> Path:
+    from medstack.config import RunConfig
+    from medstack.flows.ensemble import ensemble_flow
+
     base = tmp_path_factory.mktemp("planted")
     images, labels, _ = _planted(800, np.random.default_rng(0))
     np.savez(base / "planted.npz", images=images, labels=labels)
@@ -55,11 +55,7 @@ def planted_bundle(tmp_path_factory, prefect_api_env) -> Path:
         "ensemble": {"inner_folds": 3}, "report": {"bootstrap": 20},
         "runtime": {"cache_dir": str(base / "cache"), "output_dir": str(base / "runs")},
     }
-    (base / "planted.yaml").write_text(yaml.safe_dump(config))
-    done = subprocess.run([str(Path(sys.executable).with_name("medstack")), "run", "--config", str(base / "planted.yaml")],
-                          cwd=base, capture_output=True, text=True, timeout=900, env={**os.environ, **prefect_api_env})
-    assert done.returncode == 0, done.stderr[-3000:]
-    return Path(done.stdout.strip().splitlines()[-1].removeprefix("run folder: "))
+    return Path(ensemble_flow(config=RunConfig.model_validate(config)))
 
 
 def test_gradcam_peak_lies_on_the_planted_patch(planted_bundle):
