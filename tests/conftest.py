@@ -19,6 +19,9 @@ if not os.environ.get("MEDSTACK_REGISTRY"):
     os.environ["MEDSTACK_REGISTRY"] = str(Path(tempfile.mkdtemp(prefix="medstack-test-registry-")) / "registry.json")
 # One throwaway Prefect home per test process. pytest-xdist workers inherit the controller's environment, so a
 # worker replaces a home this file made in the controller (a home the caller set is left alone).
+# The pid of the pytest process that owns the session (workers inherit it): the session's Prefect test server stops
+# when that process is gone.
+os.environ.setdefault("MEDSTACK_TEST_SESSION_PID", str(os.getpid()))
 if "PREFECT_HOME" not in os.environ or os.environ.get("MEDSTACK_TEST_OWN_PREFECT_HOME") == "1":
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="medstack-prefect-home-")
     os.environ["MEDSTACK_TEST_OWN_PREFECT_HOME"] = "1"
@@ -110,19 +113,103 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
-@pytest.fixture(scope="session")
-def prefect_harness():
-    """One Prefect test server per test process (pytest-xdist worker), shared by every module that runs a flow.
-    Subprocesses reach it through :func:`prefect_api_env` instead of starting a temporary server each."""
-    from prefect.testing.utilities import prefect_test_harness
+# Starts Prefect's API server (as prefect.testing's harness does: uvicorn, no UI, its own SQLite file) and stops it
+# when the pytest process that owns the session is gone, should that process die before stopping it.
+_PREFECT_SERVER_LAUNCHER = """
+import os, subprocess, sys, time
+owner, command = int(sys.argv[1]), sys.argv[2:]
+server = subprocess.Popen(command)
+while server.poll() is None:
+    try:
+        os.kill(owner, 0)
+    except ProcessLookupError:
+        server.terminate()
+        break
+    time.sleep(2)
+sys.exit(server.wait())
+"""
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+
+def _session_prefect_server(shared: Path) -> str:
+    """The API URL of the session's one Prefect test server, started by the first process that asks for it (a file
+    lock shared by the pytest-xdist workers); :func:`pytest_sessionfinish` of the owning process stops it."""
+    import fcntl
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import prefect
+
+    record = shared / "prefect-server.json"
+    with open(shared / "prefect-server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if record.is_file():
+            return json.loads(record.read_text())["api_url"]
+        home = shared / "prefect-server"
+        home.mkdir()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+               "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}"}
+        command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+                   "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+                   "--log-level", "error", "--lifespan", "on"]
+        log = open(home / "server.log", "w")
+        proc = subprocess.Popen([sys.executable, "-c", _PREFECT_SERVER_LAUNCHER, os.environ["MEDSTACK_TEST_SESSION_PID"],
+                                 *command], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        api_url = f"http://127.0.0.1:{port}/api"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"the Prefect test server exited:\n{(home / 'server.log').read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"{api_url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"no Prefect test server after 120 s:\n{(home / 'server.log').read_text()[-3000:]}"
+            time.sleep(0.3)
+        record.write_text(json.dumps({"api_url": api_url, "pid": proc.pid}))
+        return api_url
+
+
+def pytest_sessionfinish(session):
+    """The process that owns the session (the pytest-xdist controller, after every worker finished) stops the
+    session's Prefect test server, if one was started."""
+    import json
+    import signal
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if hasattr(session.config, "workerinput") or factory is None:
+        return
+    record = factory.getbasetemp() / "prefect-server.json"
+    if record.is_file():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(json.loads(record.read_text())["pid"], signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One Prefect test server for the whole session, shared by every pytest-xdist worker and every module that runs
+    a flow (each server cost about 14 CPU-s to start). Subprocesses reach it through :func:`prefect_api_env` instead
+    of starting a temporary server each. This process's flows report to it as under ``prefect_test_harness``."""
+    import prefect.context
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api_url = _session_prefect_server(_shared_dir(tmp_path_factory))
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        # as prefect_test_harness: contexts copied before this point (threads started earlier) see the server too
+        with prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
+            yield
 
 
 @pytest.fixture(scope="session")
 def prefect_api_env(prefect_harness) -> dict[str, str]:
-    """The environment a subprocess needs to report to this process's Prefect test server."""
+    """The environment a subprocess needs to report to the session's Prefect test server."""
     from prefect.settings import PREFECT_API_URL
 
     return {"PREFECT_API_URL": PREFECT_API_URL.value()}
@@ -181,9 +268,9 @@ def _start_smoke_run(shared: Path, api_env: Callable[[], dict[str, str]] | None 
 @pytest.fixture(scope="session", autouse=True)
 def _smoke_run_in_background(request, tmp_path_factory):
     """The smoke run starts with the session when any selected test needs it, so it trains while other tests run
-    instead of on the path of the first test that asks for it. It reports to this process's Prefect test server (no
-    temporary server of its own: tests/test_cli.py runs one as a user gets it), which outlives it: the process that
-    started the run waits for it at the end, before the server stops."""
+    instead of on the path of the first test that asks for it. It reports to the session's Prefect test server (no
+    temporary server of its own: tests/test_cli.py runs one as a user gets it). The process that started the run
+    waits for it at the end."""
     wanted = any("smoke_bundle" in getattr(item, "fixturenames", ()) for item in request.session.items)
     proc = None
     if wanted and PNEUMONIA_NPZ.is_file():
@@ -276,6 +363,14 @@ def tiny_reference(prefect_harness, tmp_path_factory) -> Path:
 # workers in collection order (--dist loadfile), so these start first and the short unit tests fill in beside them.
 _LONG_MODULES = ("test_deployments", "test_cluster", "test_faults", "test_cli", "test_flow_e2e", "test_mlflow",
                  "test_serving_auth", "test_serving", "test_explain", "test_predict", "test_pipeline", "test_bad_inputs")
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (pyproject's addopts; ``--maxprocesses 4`` caps it): one pytest-xdist worker per core plus one. Much
+    of the suite waits on servers, clusters and training subprocesses: with one worker per core the 2 cores of the
+    reference machine sat idle for 107 of the suite's 529 s (at e3f4cc7), with one more for 16 of 458 s (at
+    6328f1b)."""
+    return len(os.sched_getaffinity(0)) + 1
 
 
 def pytest_collection_modifyitems(items):
