@@ -135,13 +135,12 @@ def _session_prefect_server(shared: Path) -> str:
     lock shared by the pytest-xdist workers); :func:`pytest_sessionfinish` of the owning process stops it."""
     import fcntl
     import json
-    import socket
+    import signal
     import subprocess
     import sys
-    import time
-    import urllib.request
 
     import prefect
+    from server_helpers import free_port, wait_healthy
 
     record = shared / "prefect-server.json"
     with open(shared / "prefect-server.lock", "w") as lock:
@@ -149,30 +148,23 @@ def _session_prefect_server(shared: Path) -> str:
         if record.is_file():
             return json.loads(record.read_text())["api_url"]
         home = shared / "prefect-server"
-        home.mkdir()
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        home.mkdir(exist_ok=True)  # a process before this one may have failed to start it
+        port = free_port()
         env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}"}
         command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
                    "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
                    "--log-level", "error", "--lifespan", "on"]
         log = open(home / "server.log", "w")
-        proc = subprocess.Popen([sys.executable, "-c", _PREFECT_SERVER_LAUNCHER, os.environ["MEDSTACK_TEST_SESSION_PID"],
-                                 *command], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        owner = os.environ["MEDSTACK_TEST_SESSION_PID"]
+        proc = subprocess.Popen([sys.executable, "-c", _PREFECT_SERVER_LAUNCHER, owner, *command], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
         api_url = f"http://127.0.0.1:{port}/api"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, f"the Prefect test server exited:\n{(home / 'server.log').read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"{api_url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"no Prefect test server after 120 s:\n{(home / 'server.log').read_text()[-3000:]}"
-            time.sleep(0.3)
+        try:
+            wait_healthy(f"{api_url}/health", proc, home / "server.log", what="the Prefect test server")
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
         record.write_text(json.dumps({"api_url": api_url, "pid": proc.pid}))
         return api_url
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import yaml
 
 from medstack.console.quiet import ENVIRONMENT_DEFAULTS
 from medstack.deploy import config_parameters
+from server_helpers import free_port, wait_healthy
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -42,12 +42,6 @@ CHROMIUM_ARGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -96,7 +90,7 @@ class PrefectStack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     base = tmp_path_factory.mktemp("prefect-stack")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
@@ -112,25 +106,10 @@ def stack(tmp_path_factory):
     stack = PrefectStack(env=env, url=url, logs=base)
     server = stack.start("server", "server", "start", "--host", "127.0.0.1", "--port", str(port))
     try:
-        _wait_healthy(stack, server)
+        wait_healthy(f"{stack.api}/health", server, base / "server.log", timeout=180, what="prefect server")
         yield stack
     finally:
         stack.stop()
-
-
-def _wait_healthy(stack: PrefectStack, server: subprocess.Popen, timeout: float = 180) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.poll() is None, f"prefect server exited:\n{(stack.logs / 'server.log').read_text()[-3000:]}"
-        try:
-            if httpx.get(f"{stack.api}/health", timeout=2).json() is True:
-                return
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(1)
-    pytest.fail(f"prefect server not healthy after {timeout}s:\n{(stack.logs / 'server.log').read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,8 @@ process on 127.0.0.1 browsed in headless Chromium. Nothing trains here: the sess
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +14,7 @@ import numpy as np
 import pytest
 
 from medstack.run_folder import read_manifest, read_metrics
+from server_helpers import free_port, wait_healthy
 
 NAME = "smoke-ensemble"
 needs_mlflow = pytest.mark.skipif(
@@ -249,18 +247,12 @@ def test_the_same_rule_keeps_the_champion_and_says_why_in_tags(local_store, smok
 # ------------------------------------------------------------------------- a real `mlflow server` and its UI
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(smoke_bundle, smoke_cache, tmp_path_factory):
     """`mlflow server` on 127.0.0.1 over a fresh SQLite store, artifacts proxied through it (mlflow-artifacts:/),
     with the smoke run logged, registered and promoted through HTTP. Killed on teardown."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"sqlite:///{root}/server.db",
@@ -271,17 +263,7 @@ def server(smoke_bundle, smoke_cache, tmp_path_factory):
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, (root / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
+        wait_healthy(f"{url}/health", proc, root / "server.log", what="mlflow server")
         yield _log_and_register(smoke_bundle, _fold_results(smoke_bundle, smoke_cache), url, None)
     finally:
         os.killpg(proc.pid, 15)
