@@ -117,10 +117,11 @@ def print_tables(results: dict[tuple[str, str], dict], levels: list[float]) -> N
     for (data, _), r in results.items():
         ext = r["external"]
         m, trust = ext["metrics"], ext["trust"]
-        referred = _referred(trust if trust.get("available") else None)
+        usable = trust if trust.get("available") else None
+        referred = _referred(usable)
         print(f"| {data} | {'/'.join(str(n) for n in r['counts'].values())} | {r['model']} | {m['roc_auc']:.4f} | "
               f"{m['balanced_accuracy']:.4f} | {ext['calibration']['ece']:.4f} | {r['log_loss']:.4f} | "
-              + " | ".join(coverage_cells(trust if trust.get("available") else None, classes))
+              + " | ".join(coverage_cells(usable, classes))
               + f" | {referred} | {r['drift']} |")
     print("\n`--recalibrate 0.5`: the judged half, before (frozen) / after (refitted on the other half):\n")
     _table_head(["data", "judged", "model", "T", "bal. acc.", "ECE", "log loss", *heads, f"set size {levels[0]:.0%}",

@@ -45,6 +45,7 @@ from medstack import pipeline
 from medstack.config import RunConfig
 from medstack.data.dataset import Dataset
 from medstack.pipeline import FoldResult
+from medstack.pipeline.combine import ONE_BLAS_THREAD
 
 REPO = Path(__file__).resolve().parents[1]
 HAM_SHARES = (6705, 1113, 1099, 514, 327, 142, 115)  # HAM10000's 7 classes (10,015 images)
@@ -147,7 +148,7 @@ def run_case(name: str, dataset: Dataset, cfg: RunConfig, pool: int) -> None:
         base_oof = {s: preds.oof[s] for s in cfg.strategies}
         meta = StackingMetaModel(cfg.ensemble.meta_Cs, cfg.ensemble.inner_folds, cfg.seed,
                                  features=cfg.ensemble.meta_features)
-        with threadpool_limits(limits=1, user_api="blas"):  # as fit_ensembles runs them
+        with threadpool_limits(**ONE_BLAS_THREAD):  # as fit_ensembles runs them
             timed("meta-model fit (C chosen by inner CV)", times, meta.fit, base_oof, y)
             nested = timed("meta-model nested OOF (cross_val_proba)", times, meta.cross_val_proba, base_oof, y)
         timed("temperature of 20 fold models on val", times, lambda: [
@@ -170,8 +171,8 @@ def run_case(name: str, dataset: Dataset, cfg: RunConfig, pool: int) -> None:
     scores = ", ".join(f"{c}: {-s:.4f}" for c, s in meta.cv_results_.items())
     print(f"\nmeta-model: C = {meta.best_C_:g}; inner-CV log loss per C {scores}")
     print(f"nested OOF log loss of stacking: {log_loss(y, nested, labels=range(prepared.num_classes)):.4f} "
-          f"(members: " + ", ".join(f"{s} {v:.4f}" for s, v in members.items()) + ")")
-    print(f"OOF ROC AUC: " + ", ".join(f"{k} {v:.4f}" for k, v in ensembles.recommended["oof_roc_auc"].items()))
+          "(members: " + ", ".join(f"{s} {v:.4f}" for s, v in members.items()) + ")")
+    print("OOF ROC AUC: " + ", ".join(f"{k} {v:.4f}" for k, v in ensembles.recommended["oof_roc_auc"].items()))
 
 
 def main() -> None:

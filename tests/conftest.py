@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
-from collections.abc import Callable
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from medstack.console.quiet import ENVIRONMENT_DEFAULTS  # stdlib only: imports neither TensorFlow nor Prefect
@@ -17,11 +18,11 @@ for _key, _value in ENVIRONMENT_DEFAULTS.items():
 # pytest-xdist workers inherit (a registry the caller set is left alone).
 if not os.environ.get("MEDSTACK_REGISTRY"):
     os.environ["MEDSTACK_REGISTRY"] = str(Path(tempfile.mkdtemp(prefix="medstack-test-registry-")) / "registry.json")
-# One throwaway Prefect home per test process. pytest-xdist workers inherit the controller's environment, so a
-# worker replaces a home this file made in the controller (a home the caller set is left alone).
 # The pid of the pytest process that owns the session (workers inherit it): the session's Prefect test server stops
 # when that process is gone.
 os.environ.setdefault("MEDSTACK_TEST_SESSION_PID", str(os.getpid()))
+# One throwaway Prefect home per test process. pytest-xdist workers inherit the controller's environment, so a
+# worker replaces a home this file made in the controller (a home the caller set is left alone).
 if "PREFECT_HOME" not in os.environ or os.environ.get("MEDSTACK_TEST_OWN_PREFECT_HOME") == "1":
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="medstack-prefect-home-")
     os.environ["MEDSTACK_TEST_OWN_PREFECT_HOME"] = "1"
@@ -43,6 +44,9 @@ import pytest
 logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 REPO = Path(__file__).resolve().parents[1]
+MLFLOW_INSTALLED = importlib.util.find_spec("mlflow") is not None
+needs_mlflow = pytest.mark.skipif(not MLFLOW_INSTALLED,
+                                  reason='MLflow is not installed: pip install -e ".[mlflow]" (CI installs it)')
 PNEUMONIA_NPZ = REPO.parent / "shared" / "data" / "pneumoniamnist.npz"
 
 
@@ -137,7 +141,6 @@ def _session_prefect_server(shared: Path) -> str:
     import json
     import signal
     import subprocess
-    import sys
 
     import prefect
     from server_helpers import free_port, wait_healthy
@@ -155,10 +158,10 @@ def _session_prefect_server(shared: Path) -> str:
         command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
                    "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
                    "--log-level", "error", "--lifespan", "on"]
-        log = open(home / "server.log", "w")
         owner = os.environ["MEDSTACK_TEST_SESSION_PID"]
-        proc = subprocess.Popen([sys.executable, "-c", _PREFECT_SERVER_LAUNCHER, owner, *command], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        with open(home / "server.log", "w") as log:  # the server writes to its own copy of the file handle
+            proc = subprocess.Popen([sys.executable, "-c", _PREFECT_SERVER_LAUNCHER, owner, *command], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         api_url = f"http://127.0.0.1:{port}/api"
         try:
             wait_healthy(f"{api_url}/health", proc, home / "server.log", what="the Prefect test server")
@@ -178,7 +181,7 @@ def pytest_sessionfinish(session):
     factory = getattr(session.config, "_tmp_path_factory", None)
     if hasattr(session.config, "workerinput") or factory is None:
         return
-    record = factory.getbasetemp() / "prefect-server.json"
+    record = _shared_dir(factory) / "prefect-server.json"
     if record.is_file():
         with contextlib.suppress(ProcessLookupError):
             os.killpg(json.loads(record.read_text())["pid"], signal.SIGTERM)
@@ -237,7 +240,6 @@ def _start_smoke_run(shared: Path, api_env: Callable[[], dict[str, str]] | None 
     (:func:`prefect_api_env`) instead of a temporary one."""
     import fcntl
     import subprocess
-    import sys
 
     base = shared / "smoke-bundle"
     with open(shared / "smoke-bundle.lock", "w") as lock:

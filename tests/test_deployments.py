@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import yaml
 
 from medstack.console.quiet import ENVIRONMENT_DEFAULTS
 from medstack.deploy import config_parameters
-from server_helpers import free_port, wait_healthy
+from server_helpers import chromium, free_port, stop_group, wait_healthy
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -37,11 +36,6 @@ POOL = yaml.safe_load((REPO / "prefect.yaml").read_text())["definitions"]["work_
 SUBSET = {"train": 120, "val": 40, "test": 40}
 STRATEGIES = {"class_weight": {}}
 SMOKE_FOLD_TASKS = {f"train[{s}|fold-{k}]" for s in STRATEGIES for k in (1, 2)}
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 
 
 @dataclass
@@ -79,12 +73,7 @@ class PrefectStack:
 
     def stop(self) -> None:
         for proc in reversed(self.processes):  # worker (and its flow-run processes) first, then the server
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=8)  # one of them sat out 30 s of the suite here before the SIGKILL
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+            stop_group(proc, grace=8)  # one of them sat out 30 s of the suite here before the SIGKILL
 
 
 @pytest.fixture(scope="module")
@@ -345,16 +334,8 @@ def test_medstack_serve_runs_deployments_without_a_worker(deployed, smoke_runs, 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.is_file():
-        pytest.skip(f"Chromium not found at {CHROMIUM}: .ci/run installs Debian's chromium; install it to run this test")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        pytest.skip(f"Playwright is not installed ({exc}); pip install -e '.[test]' brings it")
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 def _screenshot_dir(tmp_path_factory) -> Path:

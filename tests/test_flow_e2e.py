@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -11,11 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import spy_on_training
+from conftest import MLFLOW_INSTALLED, needs_mlflow, spy_on_training
 from medstack.config import load_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-MLFLOW = importlib.util.find_spec("mlflow") is not None
 
 RUN_FILES = [
     "metrics.json", "report.md", "leaderboard.csv", "oof_predictions.csv", "test_predictions.csv",
@@ -41,7 +39,7 @@ def smoke_runs(prefect_harness, smoke_bundle, smoke_cache, pneumonia_npz, tmp_pa
     cfg = _smoke_config(pneumonia_npz, smoke_bundle.parent, smoke_cache, **{"registry.promote": "auto"})
     rerun_root = tmp_path_factory.mktemp("smoke")
     # with the mlflow extra, the re-run also logs to a SQLite store: the flow calls its tracking step (test_mlflow.py)
-    tracking = {"tracking.mlflow.uri": f"sqlite:///{rerun_root / 'mlflow.db'}"} if MLFLOW else {}
+    tracking = {"tracking.mlflow.uri": f"sqlite:///{rerun_root / 'mlflow.db'}"} if MLFLOW_INSTALLED else {}
     rerun_cfg = _smoke_config(pneumonia_npz, rerun_root / "runs", smoke_cache, **tracking)
     with spy_on_training() as seen:
         t0 = time.perf_counter()
@@ -154,7 +152,7 @@ def test_rerun_is_served_from_the_cache(smoke_runs):
     assert first["models"]["smote"]["test"] == second["models"]["smote"]["test"]
 
 
-@pytest.mark.skipif(not MLFLOW, reason='MLflow is not installed: pip install -e ".[mlflow]"')
+@needs_mlflow
 def test_the_flow_logs_the_run_and_its_cached_folds_to_mlflow(smoke_runs):
     from mlflow import MlflowClient
 

@@ -13,16 +13,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from conftest import needs_mlflow
 from medstack.run_folder import read_manifest, read_metrics
-from server_helpers import free_port, wait_healthy
+from server_helpers import chromium, free_port, stop_group, wait_healthy
 
 NAME = "smoke-ensemble"
-needs_mlflow = pytest.mark.skipif(
-    __import__("importlib").util.find_spec("mlflow") is None,
-    reason='MLflow is not installed: pip install -e ".[mlflow]" (CI installs it)')
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def _fold_results(run_dir: Path, cache: Path) -> list:
@@ -266,12 +261,7 @@ def server(smoke_bundle, smoke_cache, tmp_path_factory):
         wait_healthy(f"{url}/health", proc, root / "server.log", what="mlflow server")
         yield _log_and_register(smoke_bundle, _fold_results(smoke_bundle, smoke_cache), url, None)
     finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
+        stop_group(proc, grace=20)
         log.close()
 
 
@@ -302,13 +292,9 @@ def test_a_real_tracking_server_keeps_the_run_and_serves_the_model(server, smoke
 @needs_mlflow
 @pytest.mark.slow
 def test_the_mlflow_ui_shows_the_metrics_the_artifacts_and_the_registered_model(server, tmp_path_factory):
-    if not CHROMIUM.is_file():
-        pytest.skip(f"Chromium not found at {CHROMIUM}: .ci/run installs Debian's chromium")
-    playwright = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' brings Playwright")
     shots = Path(os.environ.get("MEDSTACK_SCREENSHOT_DIR") or tmp_path_factory.mktemp("mlflow-screenshots"))
     run_page = f"{server.uri}/#/experiments/{server.tracked.experiment_id}/runs/{server.tracked.run_id}"
-    with playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         page.goto(run_page, wait_until="load")  # the UI polls: the network never idles
         page.get_by_text("test.stacking.roc_auc").first.wait_for(timeout=60_000)
@@ -321,5 +307,4 @@ def test_the_mlflow_ui_shows_the_metrics_the_artifacts_and_the_registered_model(
         page.get_by_text("champion").first.wait_for(timeout=60_000)
         assert page.get_by_text(NAME).count() > 0
         page.screenshot(path=str(shots / "mlflow-model.png"))
-        browser.close()
     print(f"screenshots in {shots}: mlflow-run.png, mlflow-artifacts.png, mlflow-model.png")

@@ -86,8 +86,11 @@ class EnsembleFit:
 # OpenBLAS' threads spin while they wait for each other: the meta-model of a 2-strategy, 10-class run on 270 OOF
 # rows took 34.7 CPU-s (and as many seconds of wall time) with OpenBLAS' default two threads on this 2-core machine
 # under load, and 2.0 CPU-s with one, the same coefficients either way. Process-wide while it runs; every
-# training has finished by then.
-@threadpool_limits.wrap(limits=1, user_api="blas")
+# training has finished by then. (benchmarks/post_training.py times the stages under the same limit.)
+ONE_BLAS_THREAD = {"limits": 1, "user_api": "blas"}
+
+
+@threadpool_limits.wrap(**ONE_BLAS_THREAD)
 def fit_ensembles(prepared: PreparedData, preds: Predictions, cfg: RunConfig) -> EnsembleFit:
     """Soft vote and stacking from OOF only; every model's decision (threshold, or class offsets) chosen on its OOF
     predictions; the model to recommend chosen on OOF ROC AUC.
