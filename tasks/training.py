@@ -28,9 +28,6 @@ def train_fold(prepared: pipeline.PreparedData, cfg: RunConfig, strategy: str, f
 
     A fold served from medstack's fold cache ends in a Completed state named "Cached", so the Prefect UI
     shows at a glance which folds a run retrained."""
-    from medstack.models.training import configure_accelerators
-
-    configure_accelerators()
     if events is not None:
         events(progress.FoldStarted(strategy, fold))
     cache = FoldCache(cfg.runtime.cache_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -80,6 +81,18 @@ def training_counter(monkeypatch):
     return calls
 
 
+class _Refuse:
+    """A meta-path finder that fails the import of one module."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def find_spec(self, name, path=None, target=None):
+        if name == self.name:
+            raise AssertionError(f"{name} was imported")
+        return None
+
+
 def _train_all(prepared, cfg, cache):
     version = pipeline.code_version()
     return [
@@ -123,7 +136,10 @@ def test_cache_hit_retrains_nothing_and_one_changed_strategy_retrains_only_itsel
     shutil.copytree(baseline.cache.root, cache.root)
     assert len(baseline.trained) == 8 and not any(r.from_cache for r in first)
 
-    again = _train_all(prepared, cfg, cache)
+    with pytest.MonkeyPatch.context() as mp:  # a cache hit loads no TensorFlow: the training module is not imported
+        mp.delitem(sys.modules, "medstack.models.training")
+        mp.setattr(sys, "meta_path", [_Refuse("medstack.models.training"), *sys.meta_path])
+        again = _train_all(prepared, cfg, cache)
     assert len(training_counter) == 0  # nothing retrained
     assert all(r.from_cache for r in again)
     assert all(np.array_equal(a.test_proba, b.test_proba) for a, b in zip(first, again))

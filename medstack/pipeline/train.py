@@ -106,13 +106,15 @@ def train_one_fold(
     and the calibration slice (which no training sees).
 
     ``on_epoch(epoch, epochs, metrics)`` hears every finished epoch (progress only: it never changes the result)."""
-    from medstack.models.training import CNNClassifier  # TensorFlow loads only where training happens
-
     key = fold_cache_key(prepared, cfg, strategy, fold, version)
     cached = cache.load(key)
     if cached is not None:
         log.info("train[%s|fold-%d]: cache hit %s", strategy, fold + 1, key)
         return cached
+    # TensorFlow loads only where a fold trains: a run whose folds all come from the cache never imports it.
+    from medstack.models.training import CNNClassifier, configure_accelerators
+
+    configure_accelerators()
     started = time.time()
     data = prepared.fold_data(fold)
     clf = CNNClassifier(
