@@ -2,9 +2,10 @@
 
 One module-scoped stack: ``prefect server start`` on a free loopback port with a throwaway PREFECT_HOME, the
 work pool and a ``gpu`` tag concurrency limit, ``prefect deploy --all`` from prefect.yaml, and a process worker.
-The smoke deployment is then run twice with ``prefect deployment run ... --watch`` (a cold run, then a cached
-one) and everything is checked through the Prefect client. The browser test opens the real UI in Debian's
-Chromium (headless) and skips, saying why, when Chromium or Playwright is missing.
+The smoke deployment is then run cold with ``prefect deployment run ... --watch`` through the worker, and again,
+cached, through the deployment ``medstack serve`` registers; everything is checked through the Prefect client. The
+browser test opens the real UI in Debian's Chromium (headless) and skips, saying why, when Chromium or Playwright is
+missing.
 """
 
 from __future__ import annotations
@@ -122,9 +123,11 @@ class DeploymentRun:
 
 @pytest.fixture(scope="module")
 def smoke_runs(deployed, pneumonia_npz, tmp_path_factory) -> list[DeploymentRun]:
-    """`prefect deployment run 'medstack-ensemble/smoke' --param overrides=... --watch`, twice, one cache. The
-    runs take SUBSET and STRATEGIES (a cold run here trains its own 2 folds, so they are kept small; the smoke
-    config itself is trained once per session by conftest's smoke_bundle)."""
+    """Two runs of the smoke config on one cache, each through `prefect deployment run ... --watch`: a cold one of
+    'medstack-ensemble/smoke' (`prefect deploy`, run by the process worker), then a cached one of the deployment
+    `medstack serve` registers and runs from its own process (no worker). Both take SUBSET and STRATEGIES (the cold
+    run trains its own 2 folds, so they are kept small; the smoke config itself is trained once per session by
+    conftest's smoke_bundle)."""
     out = tmp_path_factory.mktemp("deployment-outputs")
     overrides = {
         "data.path": str(pneumonia_npz),
@@ -133,19 +136,32 @@ def smoke_runs(deployed, pneumonia_npz, tmp_path_factory) -> list[DeploymentRun]
         "runtime.output_dir": str(out / "runs"),
         "runtime.cache_dir": str(out / "cache"),
     }
-    runs = []
-    for attempt in ("first", "cached"):
-        started = time.perf_counter()
-        done = deployed.cli(
-            "deployment", "run", f"{FLOW}/smoke", "--param", f"overrides={json.dumps(overrides)}",
-            "--watch", "--watch-timeout", "900", timeout=960,
-        )
-        wall = time.perf_counter() - started
-        assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\nworker log:\n{_tail(deployed, 'worker')}"
-        flow_run_id = _flow_run_id(done.stdout)
-        runs.append(DeploymentRun(flow_run_id, wall, _run_folder(deployed, flow_run_id)))
-        print(f"{attempt} deployment run: {wall:.1f} s wall (prefect deployment run --watch), run folder {runs[-1].run_dir}")
+    runs = [_deployment_run(deployed, f"{FLOW}/smoke", overrides, log="worker")]
+    serve = deployed.start("serve", "serve", "--config", "configs/smoke.yaml", "--name", "smoke-served",
+                           program=MEDSTACK)
+    deadline = time.monotonic() + 120
+    while True:
+        assert serve.poll() is None, _tail(deployed, "serve")
+        try:
+            _deployment(deployed, "smoke-served")
+            break
+        except Exception:
+            assert time.monotonic() < deadline, f"no deployment from medstack serve:\n{_tail(deployed, 'serve')}"
+            time.sleep(2)
+    runs.append(_deployment_run(deployed, f"{FLOW}/smoke-served", overrides, log="serve"))
     return runs
+
+
+def _deployment_run(stack: PrefectStack, deployment: str, overrides: dict, log: str) -> DeploymentRun:
+    started = time.perf_counter()
+    done = stack.cli("deployment", "run", deployment, "--param", f"overrides={json.dumps(overrides)}",
+                     "--watch", "--watch-timeout", "900", timeout=960)
+    wall = time.perf_counter() - started
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{log} log:\n{_tail(stack, log)}"
+    flow_run_id = _flow_run_id(done.stdout)
+    run = DeploymentRun(flow_run_id, wall, _run_folder(stack, flow_run_id))
+    print(f"{deployment}: {wall:.1f} s wall (prefect deployment run --watch), run folder {run.run_dir}")
+    return run
 
 
 def _tail(stack: PrefectStack, name: str) -> str:
@@ -304,29 +320,14 @@ def test_cached_rerun_trains_nothing_and_is_quicker(deployed, smoke_runs):
           f"vs {manifest['wall_seconds']} s")
 
 
-def test_medstack_serve_runs_deployments_without_a_worker(deployed, smoke_runs, pneumonia_npz):
-    """`medstack serve` (flow.serve) registers a deployment and runs it from its own process."""
-    cached = smoke_runs[1]
-    serve = deployed.start(
-        "serve", "serve", "--config", "configs/smoke.yaml", "--name", "smoke-served", program=MEDSTACK
-    )
-    deadline = time.monotonic() + 120
-    while True:
-        assert serve.poll() is None, _tail(deployed, "serve")
-        try:
-            deployment = _deployment(deployed, "smoke-served")
-            break
-        except Exception:
-            assert time.monotonic() < deadline, f"no deployment from medstack serve:\n{_tail(deployed, 'serve')}"
-            time.sleep(2)
+def test_medstack_serve_runs_deployments_without_a_worker(deployed, smoke_runs):
+    """`medstack serve` (flow.serve) registered a deployment of its own and ran it from its own process."""
+    deployment = _deployment(deployed, "smoke-served")
     assert deployment.parameters["config"]["name"] == "pneumoniamnist-smoke" and deployment.work_pool_name is None
-    overrides = {"data.path": str(pneumonia_npz), "data.subset": SUBSET, "strategies": STRATEGIES, "runtime.output_dir": str(cached.run_dir.parent),
-                 "runtime.cache_dir": str(cached.run_dir.parent.parent / "cache")}
-    done = deployed.cli("deployment", "run", f"{FLOW}/smoke-served", "--param", f"overrides={json.dumps(overrides)}",
-                        "--watch", "--watch-timeout", "600", timeout=660)
-    assert done.returncode == 0, _tail(deployed, "serve")
-    run_dir = _run_folder(deployed, _flow_run_id(done.stdout))
-    assert json.loads((run_dir / "manifest.json").read_text())["cache_hits"] == 2  # same cache as the worker's runs
+    with deployed.client() as client:
+        served = client.read_flow_run(smoke_runs[1].flow_run_id)
+    assert served.deployment_id == deployment.id and served.state.is_completed()
+    assert smoke_runs[1].run_dir.parent == smoke_runs[0].run_dir.parent  # the overrides reached it
 
 
 # ---------------------------------------------------------------------------------------------- the browser
