@@ -142,15 +142,18 @@ def test_data_folder_with_an_npz_config_asks_for_exactly_the_missing_key(tmp_pat
 
 
 @pytest.fixture(scope="module")
-def folder_runs(tmp_path_factory, prefect_api_env):
-    """One default run of an npz config on an image folder (its own temporary Prefect server, as a user gets),
-    then the same with -q (folds from the cache)."""
+def folder_runs(tmp_path_factory, prefect_api_env, prefect_home_with_database):
+    """One default run of an npz config on an image folder (its own temporary Prefect server, as a user gets: no
+    PREFECT_API_URL, a Prefect home whose database a server created before), then the same with -q (folds from the
+    cache)."""
     tmp = tmp_path_factory.mktemp("cli")
+    home = {"PREFECT_HOME": str(prefect_home_with_database(tmp / "prefect-home"))}
     folder = _folder(tmp / "images", counts=(16, 16))
     tree = _tiny(tmp, {"data": {"source": "npz", "name": "pneumoniamnist", "path": "x.npz", "image_size": [12, 12],
                                 "channels": 1}, "runtime": {"max_workers": 2}})  # a user's default: 2 at a time
     config = _write_config(tmp, tree)
-    first = medstack("run", "--config", config, "--data", folder, "--set", "split.fractions=[0.5,0.25,0.25]")
+    first = medstack("run", "--config", config, "--data", folder, "--set", "split.fractions=[0.5,0.25,0.25]",
+                     env=home)
     second = medstack("run", "-q", "--config", config, "--data", folder, "--set", "split.fractions=[0.5,0.25,0.25]",
                       env=prefect_api_env)  # -q on this worker's Prefect server: no second temporary server
     return tmp, first, second

@@ -1,11 +1,11 @@
 """medstack as a Prefect project, against a real Prefect server: prefect.yaml, a process worker, the UI.
 
-One module-scoped stack: ``prefect server start`` on a free loopback port with a throwaway PREFECT_HOME, the
-work pool and a ``gpu`` tag concurrency limit, ``prefect deploy --all`` from prefect.yaml, and a process worker.
-The smoke deployment is then run cold with ``prefect deployment run ... --watch`` through the worker, and again,
-cached, through the deployment ``medstack serve`` registers; everything is checked through the Prefect client. The
-browser test opens the real UI in Debian's Chromium (headless) and skips, saying why, when Chromium or Playwright is
-missing.
+One module-scoped stack: ``prefect server start`` on a free loopback port with a throwaway PREFECT_HOME (its database
+already migrated: conftest's ``prefect_home_with_database``), the work pool and a ``gpu`` tag concurrency limit,
+``prefect deploy --all`` from prefect.yaml, and a process worker. The smoke deployment is then run cold with
+``prefect deployment run ... --watch`` through the worker, and again, cached, through the deployment ``medstack
+serve`` registers; everything is checked through the Prefect client. The browser test opens the real UI in Debian's
+Chromium (headless) and skips, saying why, when Chromium or Playwright is missing.
 """
 
 from __future__ import annotations
@@ -78,13 +78,13 @@ class PrefectStack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, prefect_home_with_database):
     base = tmp_path_factory.mktemp("prefect-stack")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
-        "PREFECT_HOME": str(base / "home"),
+        "PREFECT_HOME": str(prefect_home_with_database(base / "home")),
         "PREFECT_API_URL": f"{url}/api",
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),
