@@ -153,11 +153,15 @@ def test_the_flow_promotion_uses_the_one_rule_and_says_where(smoke_bundle, tmp_p
     assert describe_auto_promotion(first, cfg).startswith("registry: pneumoniamnist-smoke@champion -> this run")
 
 
-def test_auto_promotion_is_seen_from_another_directory(smoke_bundle, smoke_registry_env, tmp_path, pneumonia_npz):
+def test_auto_promotion_is_seen_from_another_directory(smoke_bundle, smoke_registry_env, tmp_path, pneumonia_npz,
+                                                       capsys, monkeypatch):
     """End to end: the session's smoke run (--output-dir in its own folder, registry.promote auto) promoted itself
-    into the user's registry; `medstack models` and `medstack predict --model name@champion` started from another
-    folder, with nothing but the user's data folder to go on, see it."""
+    into the user's registry; `medstack models` (the console script) and `medstack predict --model name@champion`
+    (the same command in this process, which has TensorFlow loaded already), started from another folder with
+    nothing but the user's data folder to go on, see it."""
     from PIL import Image
+
+    from test_bad_inputs import run_cli
 
     medstack = str(Path(sys.executable).with_name("medstack"))
     run_id = json.loads((smoke_bundle / "model.json").read_text())["run_id"]
@@ -171,9 +175,11 @@ def test_auto_promotion_is_seen_from_another_directory(smoke_bundle, smoke_regis
     inputs.mkdir()
     for i, image in enumerate(images):
         Image.fromarray(image).save(inputs / f"scan-{i}.png")
-    scored = subprocess.run([medstack, "predict", "--model", "pneumoniamnist-smoke@champion", "--input", str(inputs),
-                             "--output", "out.csv"], cwd=tmp_path, env=smoke_registry_env, capture_output=True,
-                            text=True, timeout=300)
-    assert scored.returncode == 0, scored.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MEDSTACK_REGISTRY", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", smoke_registry_env["XDG_DATA_HOME"])
+    code, _, err, _ = run_cli(["predict", "--model", "pneumoniamnist-smoke@champion", "--input", str(inputs),
+                               "--output", "out.csv"], capsys, monkeypatch)
+    assert code == 0, err[-2000:]
     rows = pd.read_csv(tmp_path / "out.csv")
     assert len(rows) == 3 and set(rows["run_id"]) == {run_id}

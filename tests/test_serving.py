@@ -24,6 +24,7 @@ from PIL import Image
 from medstack.cli import main
 from medstack.inference.registry import promote
 from serving_helpers import MEDSTACK, Server
+from test_bad_inputs import run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -270,10 +271,10 @@ def test_a_broken_registry_keeps_the_old_model(served, pngs):
     assert _post(served["url"], [_png(pngs[0])]).status_code == 200
 
 
-def test_start_up_errors_are_one_line(served, tmp_path):
-    missing = subprocess.run([MEDSTACK, "serve-model", "--model", str(tmp_path / "nowhere"), "--port", "0"],
-                             capture_output=True, text=True, timeout=120)
-    assert missing.returncode == 2 and "no such run folder" in missing.stderr
+def test_start_up_errors_are_one_line(served, tmp_path, capsys, monkeypatch):
+    code, _, err, _ = run_cli(["serve-model", "--model", str(tmp_path / "nowhere"), "--port", "0"], capsys,
+                              monkeypatch)  # in this process: it stops before anything is bound
+    assert code == 2 and "no such run folder" in err
     port = served["url"].rsplit(":", 1)[1]
     taken = subprocess.run([MEDSTACK, "serve-model", "--model", str(served["first"]), "--port", port],
                            capture_output=True, text=True, timeout=120)

@@ -23,6 +23,7 @@ from medstack.inference.bundle import load_bundle
 from medstack.serving.app import UNAUTHORIZED, create_app
 from medstack.serving.model import BatchScorer, ModelHolder, ServedModel
 from serving_helpers import MEDSTACK, Server, server_env
+from test_bad_inputs import run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -176,12 +177,15 @@ def test_a_non_loopback_host_without_a_key_is_refused_before_the_load(tmp_path):
     ("short-key\n", "line 1: a key of 9 characters is too short"),
     ("# no key yet\n\n", "holds no key"),
 ])
-def test_an_unusable_key_file_stops_the_start(tmp_path, text, words):
+def test_an_unusable_key_file_stops_the_start(tmp_path, capsys, monkeypatch, text, words):
+    """In this process (the console script's way of refusing a start is proven by the tests around this one)."""
     path = tmp_path / "keys.txt"
     path.write_text(text)
-    done = _serve_model("--model", str(tmp_path / "nowhere"), "--port", "0", "--api-key-file", str(path))
-    assert done.returncode == 2
-    [line] = done.stderr.strip().splitlines()
+    monkeypatch.delenv("MEDSTACK_API_KEYS", raising=False)
+    code, _, err, _ = run_cli(["serve-model", "--model", str(tmp_path / "nowhere"), "--port", "0", "--api-key-file",
+                               str(path)], capsys, monkeypatch)
+    assert code == 2
+    [line] = err.strip().splitlines()
     assert words in line and "short-key" not in line
 
 
