@@ -117,6 +117,12 @@ def serve_command(args: argparse.Namespace) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     cfg = load_run_config(args)
+    from medstack.outputs import check_cache_dir, check_output_dir
+
+    # Where the run will write, before a Prefect server starts: a folder that cannot be written fails in a moment, not
+    # after a temporary server's start-up (the flow checks again, for runs that do not come through this command).
+    check_output_dir(cfg.runtime.output_dir)
+    check_cache_dir(cfg.runtime.cache_dir)
     from medstack.console.progress import RunProgress, parallelism
     from medstack.console.quiet import filtered_stderr, silence_prefect_console_at_exit, terminal_logging
     from medstack.console.runs import leaderboard_lines

@@ -198,9 +198,22 @@ def test_bad_data_fails_clearly_through_the_flow(prefect_harness, tmp_path, caps
                                                  error, pattern):
     """`medstack run` on the row's input, in this process (tests/test_cli.py runs one row of each kind as a
     subprocess): the flow raises the row's error type and message, the CLI turns it into a few lines and exit 2,
-    and nothing is left in the output folder or the cache."""
+    and nothing is left in the output folder or the cache. An output or cache folder that cannot be written is
+    refused by the command before the flow (and a Prefect server) starts, and by the flow itself, which deployment
+    runs reach without the command."""
+    import medstack.flows.ensemble as ensemble
+
     tree = _tiny(tmp_path, build(tmp_path))
+    flow_calls = []
+    real_flow = ensemble.ensemble_flow
+    monkeypatch.setattr(ensemble, "ensemble_flow", lambda **kw: flow_calls.append(kw) or real_flow(**kw))
     code, out, err, reported = run_cli(["run", "--config", str(_write(tmp_path, tree))], capsys, monkeypatch)
+    if error is OutputError:
+        assert flow_calls == []
+        with pytest.raises(OutputError, match=pattern):
+            real_flow(config=RunConfig.model_validate(tree))
+    else:
+        assert len(flow_calls) == 1
     [exc] = reported
     assert isinstance(exc, error) and re.search(pattern, str(exc)), repr(exc)
     assert code == 2 and out == "", err
