@@ -56,7 +56,7 @@ ONE_ROW_PER_KIND = ("folder-missing", "minority-too-small-to-split", "output-dir
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case_id, build, error, pattern", [c for c in DATA_CASES if c[0] in ONE_ROW_PER_KIND],
-                         ids=list(ONE_ROW_PER_KIND))
+                         ids=[c[0] for c in DATA_CASES if c[0] in ONE_ROW_PER_KIND])  # in DATA_CASES' order
 def test_a_bad_data_row_of_each_kind_reads_as_a_few_lines_with_exit_2(prefect_api_env, tmp_path, case_id, build,
                                                                        error, pattern):
     tree = _tiny(tmp_path, build(tmp_path))
