@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from small_data import SIZES  # the same subsamples as the quality tables (this folder is on sys.path)
+
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, dict] = {  # model-section overrides of configs/pneumoniamnist.yaml
     "default": {},
@@ -36,7 +38,6 @@ VARIANTS: dict[str, dict] = {  # model-section overrides of configs/pneumoniamni
     "half-width": {"filters": [16, 32, 64], "head": "gap", "dense_units": 128},
     "slim": {"filters": [16, 32, 64], "convs_per_block": 1, "head": "gap", "dense_units": 64},
 }
-SIZES = {"546": (546, 78), "1500": (1500, 214), "full": (None, None)}
 FIELDS = ("variant", "strategy", "n_train", "mflop", "params", "test_roc_auc", "ci_low", "ci_high", "oof_roc_auc",
           "test_brier", "test_balanced_accuracy", "run_cpu_s", "wall_s", "training_s", "commit")
 

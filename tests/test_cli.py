@@ -52,11 +52,11 @@ def _assert_reads_well(done: subprocess.CompletedProcess) -> None:
 # One row of each error kind: what the CLI maps an error type to is proven once end to end; every row goes through
 # the same mapping in-process in tests/test_bad_inputs.py.
 ONE_ROW_PER_KIND = ("folder-missing", "minority-too-small-to-split", "output-dir-not-writable", SMOTE_ROW)
+ONE_ROW_EACH = [c for c in DATA_CASES if c[0] in ONE_ROW_PER_KIND]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case_id, build, error, pattern", [c for c in DATA_CASES if c[0] in ONE_ROW_PER_KIND],
-                         ids=[c[0] for c in DATA_CASES if c[0] in ONE_ROW_PER_KIND])  # in DATA_CASES' order
+@pytest.mark.parametrize("case_id, build, error, pattern", ONE_ROW_EACH, ids=[c[0] for c in ONE_ROW_EACH])
 def test_a_bad_data_row_of_each_kind_reads_as_a_few_lines_with_exit_2(prefect_api_env, tmp_path, case_id, build,
                                                                        error, pattern):
     tree = _tiny(tmp_path, build(tmp_path))
