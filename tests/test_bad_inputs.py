@@ -130,7 +130,9 @@ def _tiny(tmp_path: Path, overrides: dict) -> dict:
     tree = {
         "model": {"filters": [4], "convs_per_block": 1, "dense_units": 8, "batch_norm": False, "head": "gap"},
         "augmentation": {"rotation": 0.0, "zoom": 0.0, "shift": 0.0},  # no random layers, so XLA would compile: jit_compile off
-        "training": {"epochs": 1, "jit_compile": False},
+        # One pass and no step floor: these runs prove what a run says about its data, not what a model learns.
+        "training": {"epochs": 1, "jit_compile": False, "min_steps": 0, "min_epoch_steps": 0, "stop_after_steps": 0,
+                     "patience_steps": 1},
         "split": {"folds": 2},
         "strategies": {"class_weight": {}},
         "ensemble": {"inner_folds": 2},

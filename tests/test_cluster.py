@@ -109,9 +109,11 @@ def threads_run(tiny_reference) -> Path:
     return tiny_reference
 
 
-def _complete_entries(cache: Path) -> int:
+def _finished_by(cache: Path) -> set[int]:
+    """The process ids that wrote the fold cache's complete entries (each entry's meta.json names its worker)."""
     folds = cache / "folds"
-    return sum(not p.name.startswith(".") for p in folds.iterdir()) if folds.is_dir() else 0
+    entries = [p for p in folds.iterdir() if not p.name.startswith(".")] if folds.is_dir() else []
+    return {json.loads((p / "meta.json").read_text())["info"]["worker"]["pid"] for p in entries}
 
 
 def test_a_dask_cluster_run_survives_a_killed_worker_and_equals_the_threads_run(dask_cluster, tiny_config, threads_run,
@@ -127,10 +129,11 @@ def test_a_dask_cluster_run_survives_a_killed_worker_and_equals_the_threads_run(
         pid_of = client.run(os.getpid)  # worker address -> its pid
         deadline, busy = time.monotonic() + 300, None
         while busy is None and time.monotonic() < deadline and proc.poll() is None:
-            if _complete_entries(cache) >= 2:  # the first two folds (one a worker) are done, the last two started
+            # Each worker has finished a fold (one worker may take two while the other still imports TensorFlow).
+            if _finished_by(cache) == set(dask_cluster.workers):
                 busy = next((addr for addr, keys in client.processing().items() if keys), None)
             time.sleep(0.1)
-        assert busy is not None, "no worker was training when two folds had finished"
+        assert busy is not None, "no worker was training once each worker had finished a fold"
         victim = pid_of[busy]
         os.kill(victim, signal.SIGKILL)
         dask_cluster.workers[victim].wait(timeout=30)
