@@ -385,10 +385,13 @@ def tiny_reference(prefect_harness, tmp_path_factory) -> Path:
     return Path(record.read_text())
 
 
-# Modules that start servers, clusters or training subprocesses, longest first: pytest-xdist hands whole files to
-# workers in collection order (--dist loadfile), so these start first and the short unit tests fill in beside them.
-_LONG_MODULES = ("test_deployments", "test_cluster", "test_faults", "test_cli", "test_flow_e2e", "test_mlflow",
-                 "test_serving_auth", "test_serving", "test_explain", "test_predict", "test_pipeline", "test_bad_inputs")
+# Modules that start servers, clusters or training subprocesses, long ones first: pytest-xdist hands whole files to
+# workers in collection order (--dist loadfile; a worker gets the next file when its current one has two tests
+# left), so these start first and the short unit tests fill in beside them. test_pipeline (no Prefect) is among the
+# first three: for about 12 s the session's Prefect server migrates its new database and the other first files
+# wait for it, which left one of the two cores idle.
+_LONG_MODULES = ("test_deployments", "test_cluster", "test_pipeline", "test_faults", "test_cli", "test_flow_e2e",
+                 "test_mlflow", "test_serving_auth", "test_serving", "test_explain", "test_predict", "test_bad_inputs")
 
 
 def pytest_xdist_auto_num_workers(config) -> int:

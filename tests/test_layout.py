@@ -89,10 +89,19 @@ def test_no_import_circles():
 
 
 def test_every_module_imports_in_a_fresh_interpreter(tmp_path):
+    """First the training module alone: every medstack.models module it loads is one the fold cache key hashes
+    (``medstack.pipeline.train.training_modules``, found by reading the sources), so a change to any of them
+    retrains. Then every other module."""
+    from medstack.pipeline.train import training_modules
+
     importable = sorted(name for name in MODULES if not name.endswith(".__main__"))  # __main__ runs the CLI
-    code = "import importlib\nfor name in %r:\n    importlib.import_module(name)\n" % importable
+    code = ("import importlib, sys\nimport medstack.models.training\n"
+            "print(' '.join(m.split('.')[2] for m in sys.modules if m.startswith('medstack.models.')))\n"
+            "for name in %r:\n    importlib.import_module(name)\n" % importable)
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    loaded = set(done.stdout.split())
+    assert "training" in loaded and loaded <= training_modules(), loaded - training_modules()
 
 
 @pytest.mark.parametrize("name", ["models", "tasks", "flows"])
