@@ -107,7 +107,16 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
+# Not a base member (a config cannot list it): how a distilled student learns a teacher's soft targets
+# (``CNNClassifier.fit(..., targets=...)``). The targets carry the teacher's view of the classes, so the rows are
+# neither resampled nor re-weighted.
+STUDENT = Strategy("student", "cross-entropy on a teacher's probabilities (no resampling, no class weights)",
+                   _cross_entropy)
+
+
 def get_strategy(name: str) -> Strategy:
+    if name == STUDENT.name:
+        return STUDENT
     try:
         return STRATEGIES[name]
     except KeyError:

@@ -50,12 +50,22 @@ class CNNClassifier:
         self.positive_class = positive_class
         self.on_epoch = on_epoch  # (epoch done, 1-based; epochs planned; that epoch's logs) for progress listeners
 
-    def fit(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray) -> "CNNClassifier":
+    def fit(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+            targets: np.ndarray | None = None) -> "CNNClassifier":
         """Train on (x, y) with the strategy's resampling/weights/loss schedule, early-stopping on (x_val, y_val),
-        for the step budget :func:`resolve_recipe` plans; then wrap test-time augmentation and temperature."""
+        for the step budget :func:`resolve_recipe` plans; then wrap test-time augmentation and temperature.
+
+        ``targets`` (N, K probabilities) replace the one-hot labels as what the network learns: a distilled
+        student learns its teacher's probabilities. ``y`` still gives the class counts, early stopping and
+        calibration still use the labels of val, and the strategy may not resample the rows."""
         started = time.perf_counter()
         cfg = self.training
         plan = get_strategy(self.strategy).plan(x, y, self.num_classes, self.params, cfg.epochs, self.seed)
+        if targets is not None:
+            targets = _checked_targets(targets, len(x), self.num_classes)
+            if not np.array_equal(plan.source_rows, np.arange(len(x))):
+                raise ValueError(f"strategy {self.strategy!r} resamples its rows: it cannot learn given targets")
+        learned = _one_hot(plan.y, self.num_classes) if targets is None else targets
         recipe = resolve_recipe(len(plan.x), cfg)
         self.plan_, self.recipe_ = plan, recipe
         net = build_model(
@@ -74,8 +84,7 @@ class CNNClassifier:
         # create the optimizer's slots and the metrics' counters inside the first trace of the training step, which
         # makes tf.function trace that step twice; the second trace was a quarter of a small fold's training CPU.
         optimizer.build(net.trainable_variables)
-        feed = training_input(plan.x, _one_hot(plan.y, self.num_classes), cfg.batch_size, self.seed,
-                              recipe.steps_per_epoch)
+        feed = training_input(plan.x, learned, cfg.batch_size, self.seed, recipe.steps_per_epoch)
         val_data = (x_val, _one_hot(y_val, self.num_classes))
         lr_callbacks, early_stopping = callbacks(cfg, recipe)
         # Loss phases are given on the configured epoch scale (LDAM's DRW epoch) and stretch with the budget.
@@ -126,7 +135,8 @@ class CNNClassifier:
             "seconds": round(time.perf_counter() - started, 2),
             "n_train": int(len(x)),
             "n_synthetic": int(np.sum(plan.source_rows < 0)),
-            "train_inputs_sha": array_sha(plan.x, plan.y),  # what this model trained on, SMOTE samples included
+            # what this model trained on, SMOTE samples included (and a student's targets)
+            "train_inputs_sha": array_sha(plan.x, plan.y) if targets is None else array_sha(plan.x, plan.y, targets),
             "class_weight": plan.class_weight,
             "loss_phases": [{"epoch": start, "loss": loss.get_config()} for start, loss in phases],
             "recipe": recipe.as_dict(),
@@ -181,6 +191,17 @@ def _floats(logs: dict) -> dict[str, float]:
         except (TypeError, ValueError):  # not a number: not a metric
             pass
     return out
+
+
+def _checked_targets(targets: np.ndarray, n: int, num_classes: int) -> np.ndarray:
+    """Soft targets as float32, after checking they are one probability row per training row."""
+    targets = np.asarray(targets, dtype=np.float64)
+    if targets.shape != (n, num_classes):
+        raise ValueError(f"targets must be ({n}, {num_classes}): one probability per class per training row, "
+                         f"got {targets.shape}")
+    if not np.isfinite(targets).all() or (targets < 0).any() or not np.allclose(targets.sum(axis=1), 1.0, atol=1e-4):
+        raise ValueError("targets must be finite, non-negative and sum to 1 in every row")
+    return targets.astype(np.float32)
 
 
 def _one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:

@@ -57,3 +57,28 @@ def test_same_seed_trains_bitwise_the_same_and_another_seed_does_not(rng):
     a, b, c = fit(0), fit(0), fit(1)
     assert np.array_equal(a.predict_proba(x), b.predict_proba(x)) and a.history_ == b.history_
     assert not np.array_equal(a.predict_proba(x), c.predict_proba(x))
+
+
+def test_given_targets_are_what_a_student_learns(rng):
+    """One-hot targets train the very model the labels do: the targets replace the feed's labels and nothing else.
+    Targets that are not one probability row per image, or a strategy that resamples its rows, are refused before
+    any training."""
+    x = rng.integers(0, 255, (64, 8, 8, 1)).astype("uint8")
+    y = np.array([0] * 48 + [1] * 16)
+    training = TrainingConfig(epochs=2, jit_compile=False, batch_size=16, min_steps=0, min_epoch_steps=0)
+
+    def fit(targets, strategy="student"):
+        return CNNClassifier(strategy, NoParams(), 2, SMALL, None, training, seed=3).fit(x, y, x[:16], y[:16],
+                                                                                       targets=targets)
+
+    labels, onehot = fit(None), fit(np.eye(2)[y])
+    assert np.array_equal(labels.predict_proba(x), onehot.predict_proba(x)) and labels.history_ == onehot.history_
+    assert labels.info_["train_inputs_sha"] != onehot.info_["train_inputs_sha"]  # the record says targets were given
+    for bad, message in ((np.eye(2)[y][:10], r"targets must be \(64, 2\)"), (np.full((64, 2), 0.7), "sum to 1")):
+        with pytest.raises(ValueError, match=message):
+            fit(bad)
+    from medstack.config import SmoteParams
+
+    with pytest.raises(ValueError, match="'smote' resamples its rows"):
+        CNNClassifier("smote", SmoteParams(), 2, SMALL, None, training, seed=3).fit(x, y, x[:16], y[:16],
+                                                                                   targets=np.eye(2)[y])
