@@ -39,7 +39,8 @@ from medstack.data import read_dataset  # noqa: E402
 from medstack.models.decision import apply_decision  # noqa: E402
 from medstack.models.metrics import paired_auc_difference  # noqa: E402
 from medstack.models.reliability import expected_calibration_error  # noqa: E402
-from medstack.run_folder import CONFIG_FILE, read_metrics, read_oof_predictions, read_test_predictions  # noqa: E402
+from medstack.run_folder import (CONFIG_FILE, is_run_folder, read_metrics, read_oof_predictions,  # noqa: E402
+                                 read_test_predictions)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "distill.csv"
@@ -87,11 +88,15 @@ def main() -> None:
                         help="the student's test-time views (default none: one network pass per image)")
     args = parser.parse_args()
     run = Path(args.run).resolve()
+    if not is_run_folder(run):
+        sys.exit(f"{run}: not a finished run folder (no manifest.json there)")
     cfg = load_config(run / CONFIG_FILE, {"training.tta": args.tta})
     dataset = read_dataset(cfg.data)
     prepared = pipeline.prepare_folds(dataset, pipeline.split_rows(dataset, cfg), cfg)
     metrics = read_metrics(run)
     teacher = args.teacher or metrics["recommended"]["model"]
+    if teacher not in metrics["models"]:
+        sys.exit(f"--teacher {teacher}: the run's models are {', '.join(metrics['models'])}")
     # The recommended model's OOF probabilities: for every training row, from models that never trained on it.
     targets = in_order(read_oof_predictions(run), prepared.train_idx, teacher)
     y_test = prepared.test_labels.reveal()
