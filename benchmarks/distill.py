@@ -22,7 +22,6 @@ Brier score, ECE, agreement with the teacher's labels at the teacher's own decis
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from medstack.models.metrics import paired_auc_difference  # noqa: E402
 from medstack.models.reliability import expected_calibration_error  # noqa: E402
 from medstack.run_folder import (CONFIG_FILE, is_run_folder, read_metrics, read_oof_predictions,  # noqa: E402
                                  read_test_predictions)
+from small_data import append_rows  # noqa: E402  (this folder is on sys.path when the script runs)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "distill.csv"
@@ -128,13 +128,7 @@ def main() -> None:
             })
             print(" | ".join(f"{k}={rows[-1][k]}" for k in ("variant", "seed", "test_roc_auc", "diff_vs_teacher",
                                                              "log_loss", "ece", "fit_s")), flush=True)
-    RESULTS.parent.mkdir(exist_ok=True)
-    new = not RESULTS.is_file()
-    with open(RESULTS, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_rows(RESULTS, FIELDS, rows)
     print("| " + " | ".join(FIELDS[1:-1]) + " |\n|" + "---|" * (len(FIELDS) - 2))
     for row in rows:
         print("| " + " | ".join(str(row.get(k, "")) for k in FIELDS[1:-1]) + " |")

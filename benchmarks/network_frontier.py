@@ -19,7 +19,6 @@ markdown.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
@@ -29,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from small_data import SIZES  # the same subsamples as the quality tables (this folder is on sys.path)
+from small_data import SIZES, append_rows  # the same subsamples as the quality tables (this folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, dict] = {  # model-section overrides of configs/pneumoniamnist.yaml
@@ -137,12 +136,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix=f"medstack-frontier-{name}-") as tmp:
             run, cpu, wall = run_variant(name, args, Path(tmp))
             rows.append(row_of(name, run, cpu, wall, args, commit))
-        new = not results.is_file()
-        with open(results, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow(rows[-1])
+        append_rows(results, FIELDS, rows[-1:])
         print_table(rows[-1:])
     print()
     print_table(rows)

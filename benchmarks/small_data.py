@@ -35,6 +35,17 @@ FIELDS = ("label", "size", "n_train", "model", "test_roc_auc", "test_balanced_ac
           "epochs_mean", "epochs_min", "epochs_max", "wall_s", "commit")
 
 
+def append_rows(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
+    """Append ``rows`` to the csv at ``path`` (the header first when the file is new): every benchmark's record."""
+    new = not path.is_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
 def run_one(size: str, args: argparse.Namespace, workdir: Path) -> Path:
     train, val = SIZES[size]
     checkout = Path(args.checkout).resolve()
@@ -114,12 +125,7 @@ def main() -> None:
             run_dir = run_one(size, args, workdir)
             wall = time.perf_counter() - started
             rows = rows_of(run_dir, size, args.label, wall, commit)
-        new = not results.exists()
-        with open(results, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        append_rows(results, FIELDS, rows)
         print(f"[{size}] done in {wall / 60:.1f} min", flush=True)
     print_table(results)
 
