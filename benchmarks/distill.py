@@ -31,12 +31,13 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
+from sklearn.metrics import log_loss  # noqa: E402
 
 from medstack import pipeline  # noqa: E402
 from medstack.config import NoParams, load_config  # noqa: E402
 from medstack.data import read_dataset  # noqa: E402
 from medstack.models.decision import apply_decision  # noqa: E402
-from medstack.models.metrics import paired_auc_difference  # noqa: E402
+from medstack.models.metrics import compute_metrics, paired_auc_difference  # noqa: E402
 from medstack.models.reliability import expected_calibration_error  # noqa: E402
 from medstack.run_folder import (CONFIG_FILE, is_run_folder, read_metrics, read_oof_predictions,  # noqa: E402
                                  read_test_predictions)
@@ -69,12 +70,11 @@ def train_student(prepared, cfg, variant: str, targets: np.ndarray, seed: int):
     return clf.fit(x, y, prepared.images[prepared.val_idx], prepared.y_val, targets=learned)
 
 
-def log_loss(y: np.ndarray, proba: np.ndarray) -> float:
-    return float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, 1.0))))
-
-
-def brier(y: np.ndarray, proba: np.ndarray) -> float:
-    return float(np.mean(np.sum((proba - np.eye(proba.shape[1])[y]) ** 2, axis=1)))
+def scores(y: np.ndarray, proba: np.ndarray, positive: int) -> dict[str, float]:
+    """Log loss, and the Brier score and ECE as the run's own metrics define them (binary: of the positive class)."""
+    return {"log_loss": round(float(log_loss(y, proba, labels=np.arange(proba.shape[1]))), 4),
+            "brier": round(compute_metrics(y, proba, None, positive)["brier"], 4),
+            "ece": round(expected_calibration_error(y, proba, positive), 4)}
 
 
 def main() -> None:
@@ -108,8 +108,7 @@ def main() -> None:
 
     rows = [{"run": run.name, "teacher": teacher, "variant": "teacher (ensemble)", "seed": "", "n_train": "",
              "test_roc_auc": round(paired_auc_difference(y_test, teacher_test, teacher_test, positive)["a"], 4),
-             "log_loss": round(log_loss(y_test, teacher_test), 4), "brier": round(brier(y_test, teacher_test), 4),
-             "ece": round(expected_calibration_error(y_test, teacher_test, positive), 4), "commit": commit}]
+             **scores(y_test, teacher_test, positive), "commit": commit}]
     for seed in args.seeds:
         for variant in args.variants:
             started = time.perf_counter()
@@ -121,8 +120,7 @@ def main() -> None:
                 "run": run.name, "teacher": teacher, "variant": variant, "seed": seed, "n_train": len(prepared.train_idx),
                 "test_roc_auc": round(paired["b"], 4), "diff_vs_teacher": round(paired["difference"], 4),
                 "diff_low": round(paired["ci"][0], 4), "diff_high": round(paired["ci"][1], 4),
-                "log_loss": round(log_loss(y_test, proba), 4), "brier": round(brier(y_test, proba), 4),
-                "ece": round(expected_calibration_error(y_test, proba, positive), 4),
+                **scores(y_test, proba, positive),
                 "agreement": round(float(np.mean(apply_decision(proba, decision) == teacher_labels)), 4),
                 "epochs": clf.info_["epochs_run"], "fit_s": round(fit_s, 1), "commit": commit,
             })
