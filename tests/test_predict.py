@@ -216,6 +216,7 @@ def test_fused_model_and_its_exports_equal_the_per_member_path(bundle, test_imag
     from_file = reloaded(x.astype(np.float32))
     saved = tf.saved_model.load(str(tmp_path / "saved_model"))  # kept referenced: its variables die with it
     served = saved.serve(tf.constant(x, tf.float32))
+    assert set(saved.signatures) == {"serve", "serving_default"} and len(saved.variables) == len(model.variables)
     assert len([layer for layer in model.layers if isinstance(layer, keras.Model)]) == 8  # 4 strategies x 2 folds
     for name in bundle.models:
         for other in (fused[name], np.asarray(from_file[name]), np.asarray(served[name])):
