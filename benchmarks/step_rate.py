@@ -47,7 +47,7 @@ import numpy as np
 from medstack.config import load_config
 from medstack.models.network import build_model
 from medstack.models.recipe import SoftmaxAUC
-from medstack.models.training import ShuffledBatches, training_input
+from medstack.models.feed import ShuffledBatches, training_input
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 64

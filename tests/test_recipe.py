@@ -45,7 +45,7 @@ def test_loss_phases_stretch_with_the_budget():
 
 
 def test_an_epoch_spans_several_passes_each_a_full_permutation():
-    from medstack.models.training import ShuffledBatches
+    from medstack.models.feed import ShuffledBatches
 
     x = np.arange(10).reshape(10, 1, 1, 1)
     batches = ShuffledBatches(x, np.zeros((10, 2)), batch_size=4, seed=3, steps_per_epoch=7)
@@ -65,7 +65,7 @@ def test_training_input_is_seeded_whatever_the_global_random_state_and_thread():
     backend's global RNG, nor on other trainings building their input at the same time in other threads."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from medstack.models.training import training_input
+    from medstack.models.feed import training_input
 
     x = np.arange(20).reshape(20, 1, 1, 1)
 
@@ -179,7 +179,7 @@ def test_tta_setting_reaches_the_predicting_model(rng, tta, views):
 def test_fit_trains_on_exactly_the_seeded_batches_across_epochs_and_phases():
     """Keras must neither restart the batch order at each epoch nor at the next loss phase's ``fit``: a model that
     records its training inputs sees the PyDataset's seeded batches, epoch after epoch, across two ``fit`` calls."""
-    from medstack.models.training import ShuffledBatches, training_input
+    from medstack.models.feed import ShuffledBatches, training_input
 
     x = np.arange(10, dtype=np.float32).reshape(10, 1)
     y = np.eye(2, dtype=np.float32)[np.arange(10) % 2]

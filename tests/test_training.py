@@ -5,7 +5,7 @@ import pytest
 
 from medstack.config import AugmentationConfig, ModelConfig, NoParams, TrainingConfig
 from medstack.models.network import build_model
-from medstack.models.training import CNNClassifier
+from medstack.models.training import CNNClassifier, predict_logits_many
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +37,16 @@ def test_inverse_time_schedule_trains_and_decays(rng):
     lr = clf.network_.optimizer.learning_rate
     assert float(np.asarray(lr)) < 0.01 / 5  # 8 steps of 1/(1 + t): well below the start value
     assert clf.info_["epochs_run"] == 2 and len(clf.history_["val_loss"]) == 2
+
+
+def test_batches_that_span_arrays_give_each_array_its_own_logits(rng):
+    model = build_model((8, 8, 1), 3, SMALL, STRONG_AUG, seed=2)
+    arrays = [rng.integers(0, 255, (n, 8, 8, 1)).astype("uint8") for n in (5, 0, 11, 2)]
+    many = predict_logits_many(model, arrays, batch_size=4)  # batches of 4 rows cross every boundary
+    assert [m.shape for m in many] == [(5, 3), (0, 3), (11, 3), (2, 3)] and predict_logits_many(model, []) == []
+    for array, logits in zip(arrays, many):
+        if len(array):
+            np.testing.assert_array_equal(logits, np.asarray(model(array, training=False)))
 
 
 def test_num_classes_must_be_two_or_more():

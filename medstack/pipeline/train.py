@@ -14,8 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from medstack.config import RunConfig, stable_hash
 from medstack.pipeline.fold_cache import FoldCache, FoldResult
 from medstack.pipeline.prepare import PreparedData
@@ -129,15 +127,17 @@ def train_one_fold(
         positive_class=prepared.positive_class,
         on_epoch=on_epoch,
     ).fit(data.x_train, data.y_train, data.x_val, data.y_val)
+    oof_proba, val_proba, test_proba, cal_proba = clf.predict_proba_many(
+        [data.x_holdout, data.x_val, data.x_test, data.x_cal])
     result = FoldResult(
         strategy=strategy,
         fold=fold,
         cache_key=key,
         oof_index=data.holdout_rows,
-        oof_proba=clf.predict_proba(data.x_holdout),
-        val_proba=clf.predict_proba(data.x_val),
-        test_proba=clf.predict_proba(data.x_test),
-        cal_proba=clf.predict_proba(data.x_cal) if len(data.x_cal) else np.zeros((0, prepared.num_classes)),
+        oof_proba=oof_proba,
+        val_proba=val_proba,
+        test_proba=test_proba,
+        cal_proba=cal_proba,
         history=clf.history_,
         info={**clf.info_, "worker": _worker(started)},
     )
