@@ -16,6 +16,9 @@ Cases (``--cases`` picks some):
   pydataset_threads the same PyDataset with ``workers=2`` threads and a queue of 10 batches
   tfdata            the same seeded batches as a ``tf.data`` gather pipeline (TensorFlow only)
   old_compile       ``arrays`` with the old recipe's compile (accuracy only, constant LR)
+  bfloat16          ``medstack`` with the network built under Keras' ``mixed_bfloat16`` policy (bfloat16 compute,
+                    float32 variables and logits): fast only where the CPU has bfloat16 instructions (AVX512-BF16,
+                    AMX); ``grep -o 'avx512_bf16\|amx_bf16' /proc/cpuinfo`` says whether this one shows them
 
 Interleaved in one process, the cases look alike: on 2 shared CPU cores (load 4-8), ``--steps 10 --rounds 5``, arrays
 1.11 steps/s and the PyDataset fed as is 1.07 (CPU x0.998 of arrays). Each training runs in a fresh process (or
@@ -51,7 +54,7 @@ from medstack.models.feed import ShuffledBatches, training_input
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 64
-CASES = ("arrays", "medstack", "pydataset", "pydataset_threads", "tfdata", "old_compile")
+CASES = ("arrays", "medstack", "pydataset", "pydataset_threads", "tfdata", "old_compile", "bfloat16")
 
 
 def _tf_dataset(x: np.ndarray, y: np.ndarray, batches: ShuffledBatches, epochs: int):
@@ -87,13 +90,18 @@ def _fit_args(case: str, x: np.ndarray, y: np.ndarray, steps: int, epochs: int, 
         return data, {"shuffle": False}
     if case == "tfdata":
         return _tf_dataset(x, y, ShuffledBatches(x, y, BATCH, seed, steps), epochs), {"steps_per_epoch": steps}
-    if case == "medstack":
+    if case in ("medstack", "bfloat16"):
         return training_input(x, y, BATCH, seed, steps).next_epochs(epochs)
     raise ValueError(f"unknown case {case!r}")
 
 
 def _compiled(case: str, cfg, total_steps: int) -> keras.Model:
-    net = build_model((28, 28, 1), 2, cfg.model, cfg.augmentation, None, seed=0, name="cnn")
+    if case == "bfloat16":  # layers take the global policy when built (the logits layer pins float32)
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        net = build_model((28, 28, 1), 2, cfg.model, cfg.augmentation, None, seed=0, name="cnn")
+    finally:
+        keras.config.set_dtype_policy("float32")
     if case == "old_compile":
         net.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
         return net
