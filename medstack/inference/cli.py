@@ -42,7 +42,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--model", required=True,
                         help="run folder, <name>@<alias>, or models:/<name>@<alias> (MLflow)")
     export.add_argument("--to", required=True, type=Path, help="target .keras file")
-    export.add_argument("--saved-model", type=Path, help="also write model.export()'s SavedModel to this folder")
+    export.add_argument("--saved-model", type=Path,
+                        help="also write a SavedModel (signatures serve and serving_default) to this folder")
     listing = sub.add_parser("models", help="list registry names, aliases and history")
     listing.add_argument("--history", action="store_true", help="print every registry event as JSON lines")
     for command in (predict, promote, export, listing):
