@@ -170,7 +170,7 @@ def export_fused(bundle: Bundle, keras_path: str, saved_model_dir: str | None = 
 def _saved_model_archive(model: keras.Model) -> keras.export.ExportArchive:
     """What ``model.export(format="tf_saved_model")`` writes (a ``serve`` endpoint, also ``serving_default``, and
     the variables), without its walk of every tracked object for lookup tables: the fused model has none, and the
-    walk traced a default signature for each of its nested fold models: the smoke bundle's SavedModel took 10.4
+    walk traced a default signature for each of its nested fold models (the smoke bundle's SavedModel took 10.4
     CPU-s to write with it, 4.3 without it, with the same outputs and variables)."""
     archive = keras.export.ExportArchive()
     spec = keras.InputSpec(shape=(None, *model.input_shape[1:]), dtype="float32")
