@@ -39,6 +39,7 @@ from medstack.data import read_dataset  # noqa: E402
 from medstack.models.decision import apply_decision  # noqa: E402
 from medstack.models.metrics import compute_metrics, paired_auc_difference  # noqa: E402
 from medstack.models.reliability import expected_calibration_error  # noqa: E402
+from medstack.models.resampled import roc_auc_of_resamples  # noqa: E402
 from medstack.run_folder import (CONFIG_FILE, is_run_folder, read_metrics, read_oof_predictions,  # noqa: E402
                                  read_test_predictions)
 from small_data import append_rows  # noqa: E402  (this folder is on sys.path when the script runs)
@@ -105,9 +106,10 @@ def main() -> None:
     teacher_labels = apply_decision(teacher_test, decision)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     positive = prepared.positive_class
+    every_row = np.arange(len(y_test))[None]  # one "resample": the test split itself (no bootstrap for the teacher)
 
     rows = [{"run": run.name, "teacher": teacher, "variant": "teacher (ensemble)", "seed": "", "n_train": "",
-             "test_roc_auc": round(paired_auc_difference(y_test, teacher_test, teacher_test, positive)["a"], 4),
+             "test_roc_auc": round(float(roc_auc_of_resamples(y_test, teacher_test, every_row, positive)[0]), 4),
              **scores(y_test, teacher_test, positive), "commit": commit}]
     for seed in args.seeds:
         for variant in args.variants:
