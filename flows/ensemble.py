@@ -45,6 +45,7 @@ def ensemble_flow(config: RunConfig, overrides: dict[str, Any] | None = None) ->
     del dataset  # from here on every task reads the stored, memory-mapped copy; tasks receive only its path
 
     folds = [(strategy, fold) for strategy in config.strategies for fold in range(config.split.folds)]
+    version = pipeline.code_version()  # once, here: the trainings' threads must not parse sources at the same time
     with (shared_api(config.runtime), training_runner(config.runtime) as runner, placement(runner, config.runtime),
           training_progress(runner, config.runtime, run.run_id, total=len(folds)) as progress):
         futures = [
@@ -53,7 +54,7 @@ def ensemble_flow(config: RunConfig, overrides: dict[str, Any] | None = None) ->
                     task_run_name=f"train[{strategy}|fold-{fold + 1}]", tags=[config.runtime.gpu_tag, strategy]
                 ),
                 parameters={"prepared": prepared, "cfg": config, "strategy": strategy, "fold": fold,
-                            "events": progress.publisher},
+                            "version": version, "events": progress.publisher},
             )
             for strategy, fold in folds
         ]

@@ -21,17 +21,19 @@ PROGRESS_KEY = "ensemble-training-progress"
 
 
 @task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=is_transient)
-def train_fold(prepared: pipeline.PreparedData, cfg: RunConfig, strategy: str, fold: int,
+def train_fold(prepared: pipeline.PreparedData, cfg: RunConfig, strategy: str, fold: int, version: str,
                events: progress.Publisher | None = None) -> State:
     """Train one base model on folds != fold (or load it from the fold cache) and predict OOF, val and test;
-    ``events`` (the run's publisher, see :func:`training_progress`) hears the start and every epoch.
+    ``version`` is :func:`medstack.pipeline.code_version`, computed once by the flow before the fan-out (it parses
+    sources, and CPython 3.11's ``ast.parse`` in two threads at once can fail with "AST constructor recursion depth
+    mismatch"); ``events`` (the run's publisher, see :func:`training_progress`) hears the start and every epoch.
 
     A fold served from medstack's fold cache ends in a Completed state named "Cached", so the Prefect UI
     shows at a glance which folds a run retrained."""
     if events is not None:
         events(progress.FoldStarted(strategy, fold))
     cache = FoldCache(cfg.runtime.cache_dir)
-    result = pipeline.train_one_fold(prepared, cfg, strategy, fold, cache, pipeline.code_version(),
+    result = pipeline.train_one_fold(prepared, cfg, strategy, fold, cache, version,
                                      on_epoch=progress.epoch_reporter(events, strategy, fold))
     if result.from_cache:
         return Completed(data=result, name="Cached", message=f"fold cache hit {result.cache_key}")

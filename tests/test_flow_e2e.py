@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from conftest import MLFLOW_INSTALLED, needs_mlflow, spy_on_training
 from medstack.config import load_config
+from medstack.pipeline import train as pipeline_train
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -41,13 +43,21 @@ def smoke_runs(prefect_harness, smoke_bundle, smoke_cache, pneumonia_npz, tmp_pa
     # with the mlflow extra, the re-run also logs to a SQLite store: the flow calls its tracking step (test_mlflow.py)
     tracking = {"tracking.mlflow.uri": f"sqlite:///{rerun_root / 'mlflow.db'}"} if MLFLOW_INSTALLED else {}
     rerun_cfg = _smoke_config(pneumonia_npz, rerun_root / "runs", smoke_cache, **tracking)
-    with spy_on_training() as seen:
+    parsed_in: list[str] = []  # the thread of each reading of the training sources (pipeline.code_version)
+    real_modules = pipeline_train.training_modules
+
+    def spying_modules():
+        parsed_in.append(threading.current_thread().name)
+        return real_modules()
+
+    with spy_on_training() as seen, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline_train, "training_modules", spying_modules)
         t0 = time.perf_counter()
         second = ensemble_flow(config=rerun_cfg)
         t1 = time.perf_counter()
     print(f"\nsmoke re-run from the cache: {t1 - t0:.1f}s")
     return {"cfg": cfg, "first": str(smoke_bundle), "second": second, "n_rerun": len(seen["trained"]),
-            "readers": seen["label_readers"], "mlflow": tracking.get("tracking.mlflow.uri")}
+            "readers": seen["label_readers"], "mlflow": tracking.get("tracking.mlflow.uri"), "parsed_in": parsed_in}
 
 
 def test_smoke_run_writes_every_file(smoke_runs):
@@ -150,6 +160,12 @@ def test_rerun_is_served_from_the_cache(smoke_runs):
     first = json.loads((Path(smoke_runs["first"]) / "metrics.json").read_text())
     second = json.loads((Path(smoke_runs["second"]) / "metrics.json").read_text())
     assert first["models"]["smote"]["test"] == second["models"]["smote"]["test"]
+
+
+def test_the_training_sources_are_read_once_before_the_trainings_start(smoke_runs):
+    """The fold tasks get the code version from the flow: CPython 3.11's ``ast.parse`` in two threads at once can
+    fail ("AST constructor recursion depth mismatch"), which a run once met as a failed, retried training."""
+    assert smoke_runs["parsed_in"] and set(smoke_runs["parsed_in"]) == {threading.main_thread().name}
 
 
 @needs_mlflow
