@@ -16,7 +16,10 @@ from prefect import flow, get_run_logger
 
 from medstack import pipeline
 from medstack.config import RunConfig
+from medstack.pipeline.student import split_student
+from medstack.pipeline.train import training_key
 from medstack.resolve import resolve_run
+from medstack.run_folder import STUDENT
 from medstack.tasks.data import load_dataset, make_folds, make_splits, store_dataset
 from medstack.tasks.ensemble import evaluate_on_test, fit_ensembles, gather_oof
 from medstack.tasks.registry import promote_if_better
@@ -30,7 +33,8 @@ FLOW_NAME = "medstack-ensemble"
 
 @flow(name=FLOW_NAME, log_prints=True)
 def ensemble_flow(config: RunConfig, overrides: dict[str, Any] | None = None) -> str:
-    """Train the four imbalance-aware CNNs over K folds, stack and vote them, report all six on the test split.
+    """Train the four imbalance-aware CNNs over K folds, stack and vote them, train the one-network student beside
+    them (``distill``), and report every model on the test split.
 
     ``overrides`` maps dotted config keys to values (``{"training.epochs": 2}``) and is applied to ``config``
     first: deployments keep their config and a run changes only what it names.
@@ -44,14 +48,16 @@ def ensemble_flow(config: RunConfig, overrides: dict[str, Any] | None = None) ->
     prepared = store_dataset(make_folds(dataset, splits, config), config.runtime.cache_dir)
     del dataset  # from here on every task reads the stored, memory-mapped copy; tasks receive only its path
 
-    folds = [(strategy, fold) for strategy in config.strategies for fold in range(config.split.folds)]
+    # The one-network model (distill) trains beside the folds, first: it is the longest training.
+    folds = [(STUDENT, 0)] if config.distill.enabled else []
+    folds += [(strategy, fold) for strategy in config.strategies for fold in range(config.split.folds)]
     version = pipeline.code_version()  # once, here: the trainings' threads must not parse sources at the same time
     with (shared_api(config.runtime), training_runner(config.runtime) as runner, placement(runner, config.runtime),
           training_progress(runner, config.runtime, run.run_id, total=len(folds)) as progress):
         futures = [
             runner.submit(
                 train_fold.with_options(
-                    task_run_name=f"train[{strategy}|fold-{fold + 1}]", tags=[config.runtime.gpu_tag, strategy]
+                    task_run_name=f"train[{training_key(strategy, fold)}]", tags=[config.runtime.gpu_tag, strategy]
                 ),
                 parameters={"prepared": prepared, "cfg": config, "strategy": strategy, "fold": fold,
                             "version": version, "events": progress.publisher},
@@ -60,8 +66,9 @@ def ensemble_flow(config: RunConfig, overrides: dict[str, Any] | None = None) ->
         ]
         results = wait_for_folds(futures, progress)
 
-    predictions = gather_oof(prepared, results)
-    ensembles = fit_ensembles(prepared, predictions, config)
+    members, student = split_student(results)
+    predictions = gather_oof(prepared, members)
+    ensembles = fit_ensembles(prepared, predictions, config, student)
     metrics = evaluate_on_test(prepared, ensembles, config)
     summary = pipeline.summarise_training(results, wall_seconds=time.perf_counter() - started)
     run_dir = write_report(str(run.output_dir), run.run_id, config, prepared, ensembles, metrics, summary)

@@ -20,25 +20,9 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from medstack.config_sections import (  # noqa: F401  (re-exported: import every section from medstack.config)
-    STRATEGY_PARAMS,
-    AugmentationConfig,
-    CertaintyReferral,
-    ConformalConfig,
-    CosineSchedule,
-    EnsembleConfig,
-    FocalParams,
-    InverseTimeSchedule,
-    LDAMParams,
-    ModelConfig,
-    NoParams,
-    PlateauSchedule,
-    ReportConfig,
-    Section,
-    SetReferral,
-    SmoteParams,
-    StrategyParams,
-    TrackingConfig,
-    TrainingConfig,
+    STRATEGY_PARAMS, AugmentationConfig, CertaintyReferral, ConformalConfig, CosineSchedule, DistillConfig,
+    EnsembleConfig, FocalParams, InverseTimeSchedule, LDAMParams, ModelConfig, NoParams, PlateauSchedule, ReportConfig,
+    Section, SetReferral, SmoteParams, StrategyParams, TrackingConfig, TrainingConfig,
 )
 from medstack.errors import BAD_INPUT, MedstackError
 
@@ -237,6 +221,7 @@ class RunConfig(Section):
     )
     ensemble: EnsembleConfig = EnsembleConfig()
     conformal: ConformalConfig = ConformalConfig()
+    distill: DistillConfig = DistillConfig()
     report: ReportConfig = ReportConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     registry: RegistryConfig = RegistryConfig()
@@ -264,6 +249,14 @@ class RunConfig(Section):
             except ValidationError as exc:
                 raise ValueError(f"strategies.{name}: {exc}") from exc
         return resolved
+
+    @model_validator(mode="after")
+    def _student_has_a_calibration_slice(self) -> "RunConfig":
+        if self.distill.enabled and self.conformal.calibration != "split":
+            raise ValueError("distill.enabled needs conformal.calibration: split: the one-network model's decision "
+                             "and prediction sets come from the calibration slice (set distill.enabled: false to "
+                             "calibrate on OOF predictions without a student)")
+        return self
 
     def strategy_params(self, name: str) -> StrategyParams:
         return STRATEGY_PARAMS[name](**self.strategies[name])

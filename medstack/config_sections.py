@@ -210,6 +210,16 @@ class ConformalConfig(Section):
         return self
 
 
+class DistillConfig(Section):
+    """The run's one-network model, ``student`` (medstack.pipeline.student; docs/how-it-works.md): the run's network
+    trained once on the whole training split, on the labels with balanced class weights, early-stopped and
+    temperature-scaled on val; its decision, prediction sets and referral point come from the calibration slice.
+    It serves at one network's cost (``--engine student``). Learning the ensemble's out-of-fold probabilities
+    instead was measured worse than the labels (docs/benchmarks.md), so the labels are what it learns."""
+
+    enabled: bool = Field(default=True, description="Train the student (one more training per run); false: none.")
+
+
 class ReportConfig(Section):
     bootstrap: int = Field(default=1000, ge=0, description="Bootstrap resamples for test CIs; 0 disables.")
     ci: float = Field(default=0.95, gt=0.0, lt=1.0)

@@ -25,6 +25,7 @@ from medstack.report_text import (
     calibration_summary, cell, decision_policy_summary, detail_lines, duplicates_sentence, fmt_value, fold_notes,
     format_number, grouping_sentence, is_nan,
 )
+from medstack.report_student import student_section
 from medstack.report_trust import trust_section
 from medstack.run_folder import HEADLINE_METRICS, RECOMMENDED, REPORT_FILE, recommended_model
 
@@ -269,6 +270,7 @@ def render_report(
         ])
     trust = trust_section(metrics)
     out += ["", *trust] if trust else []
+    out += ["", *student_section(metrics)] if "student" in metrics else []
     if recipe:
         out += ["", *_recipe_section(recipe)]
     out += ["", *_fit_section(diagnoses), ""]

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from medstack.run_folder import training_label
+
 
 def is_nan(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and math.isnan(value)
@@ -129,7 +131,7 @@ def decision_policy_summary(n_classes: int, threshold_policy: str, multiclass_po
 
 def fold_notes(fold_info: Mapping[str, Mapping[int, Mapping]]) -> list[str]:
     """Every fold model's training notes, named by strategy and fold (1-based)."""
-    return [f"{strategy} fold {fold + 1}: {note}"
+    return [f"{training_label(strategy, fold)}: {note}"
             for strategy, per_fold in fold_info.items()
             for fold, info in per_fold.items()
             for note in info.get("notes", [])]

@@ -25,7 +25,7 @@ from medstack.pipeline import EnsembleFit, PreparedData, code_version, determini
 from medstack.plots import has_referral, make_plots, plot_files
 from medstack.report import run_report
 from medstack.report_text import recipe_comment, recipe_summary
-from medstack.run_folder import member_file, plot_link, predictions_frame
+from medstack.run_folder import STUDENT_FILE, member_file, plot_link, predictions_frame
 
 PACKAGES = ("medstack", "prefect", "tensorflow", "keras", "scikit-learn", "imbalanced-learn", "numpy", "pandas", "joblib")
 
@@ -46,8 +46,9 @@ def compose_run(run_id: str, cfg: RunConfig, prepared: PreparedData, ensembles: 
         test_predictions=predictions_frame(prepared.test_idx, y_test, preds.test, names),
         calibration_predictions=(predictions_frame(prepared.cal_idx, prepared.y_cal, preds.cal, names)
                                  if len(prepared.cal_idx) else None),
-        fold_models={member_file(strategy, fold): Path(source)
-                     for strategy, per_fold in preds.model_paths.items() for fold, source in per_fold.items()},
+        fold_models={**{member_file(strategy, fold): Path(source)
+                        for strategy, per_fold in preds.model_paths.items() for fold, source in per_fold.items()},
+                     **({STUDENT_FILE: Path(ensembles.student["model_path"])} if ensembles.student else {})},
         meta_model=ensembles.meta_model,
         bundle=bundle_record(run_id, cfg, prepared, ensembles, metrics),
         report=run_report(run_id, cfg, prepared, ensembles, metrics, extra, plots, recipe),

@@ -37,6 +37,8 @@ BUNDLE_FILE = "model.json"  # the run folder as a model (medstack.inference.bund
 PLOTS_DIR = "plots"
 MODELS_DIR = "models"
 META_MODEL_FILE = f"{MODELS_DIR}/meta_model.joblib"  # an export; nothing in medstack loads it
+STUDENT = "student"  # the one-network model (medstack.pipeline.student): its name as a model of the run
+STUDENT_FILE = f"{MODELS_DIR}/{STUDENT}/model.keras"
 
 # The metrics a run is summed up by, in this order: model.json's summary, the report's tables, `medstack compare`.
 HEADLINE_METRICS = ("roc_auc", "pr_auc", "balanced_accuracy", "recall", "specificity", "f1", "mcc", "brier")
@@ -51,6 +53,11 @@ class RunFolderError(ValueError):
 def member_file(strategy: str, fold: int) -> str:
     """Where fold ``fold`` (0-based) of ``strategy`` lies inside the run folder."""
     return f"{MODELS_DIR}/{strategy}/fold-{fold + 1}.keras"
+
+
+def training_label(strategy: str, fold: int) -> str:
+    """A training as people read it: ``<strategy> fold <k>`` (1-based), or the student's."""
+    return f"{STUDENT} (whole training split)" if strategy == STUDENT else f"{strategy} fold {fold + 1}"
 
 
 def plot_link(file_name: str) -> str:

@@ -148,7 +148,8 @@ def carve_calibration(labels: np.ndarray, splits: Splits, share: float, seed: in
     except SplitError as exc:
         raise SplitError(f"conformal calibration slice ({share:.0%} of the train split): {exc}; raise "
                          "conformal.calibration_share, or calibrate on out-of-fold predictions with "
-                         "conformal.calibration: oof (empirical coverage only)") from exc
+                         "conformal.calibration: oof and distill.enabled: false (empirical coverage only, and no one-network "
+                         "model)") from exc
     return Splits(np.sort(rest), splits.val, splits.test, np.sort(held))
 
 

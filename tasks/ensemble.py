@@ -7,6 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from medstack import pipeline
 from medstack.config import RunConfig
+from medstack.pipeline.student import add_student
 
 
 @task(name="gather_oof", cache_policy=NO_CACHE)
@@ -16,9 +17,12 @@ def gather_oof(prepared: pipeline.PreparedData, results: list[pipeline.FoldResul
 
 
 @task(name="fit_ensembles", cache_policy=NO_CACHE)
-def fit_ensembles(prepared: pipeline.PreparedData, preds: pipeline.Predictions, cfg: RunConfig) -> pipeline.EnsembleFit:
-    """Soft voting and the stacked logistic-regression meta-model, thresholds chosen on OOF."""
-    return pipeline.fit_ensembles(prepared, preds, cfg)
+def fit_ensembles(prepared: pipeline.PreparedData, preds: pipeline.Predictions, cfg: RunConfig,
+                  student: pipeline.FoldResult | None = None) -> pipeline.EnsembleFit:
+    """Soft voting and the stacked logistic-regression meta-model, thresholds chosen on OOF; then the one-network
+    model (``student``, when the run trained one) with its decision and sets from the calibration slice."""
+    ensembles = pipeline.fit_ensembles(prepared, preds, cfg)
+    return ensembles if student is None else add_student(prepared, ensembles, student, cfg)
 
 
 @task(name="evaluate_on_test", cache_policy=NO_CACHE)

@@ -15,6 +15,8 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 from medstack import pipeline, progress
 from medstack.config import RunConfig, RuntimeConfig
 from medstack.pipeline import FoldCache, FoldResult
+from medstack.pipeline.student import train_student
+from medstack.run_folder import STUDENT
 from medstack.tasks.retry import is_transient
 
 PROGRESS_KEY = "ensemble-training-progress"
@@ -23,7 +25,8 @@ PROGRESS_KEY = "ensemble-training-progress"
 @task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=is_transient)
 def train_fold(prepared: pipeline.PreparedData, cfg: RunConfig, strategy: str, fold: int, version: str,
                events: progress.Publisher | None = None) -> State:
-    """Train one base model on folds != fold (or load it from the fold cache) and predict OOF, val and test;
+    """Train one base model on folds != fold (or load it from the fold cache) and predict OOF, val and test, or
+    (``strategy`` "student") the one-network model on the whole training split;
     ``version`` is :func:`medstack.pipeline.code_version`, computed once by the flow before the fan-out (it parses
     sources, and CPython 3.11's ``ast.parse`` in two threads at once can fail with "AST constructor recursion depth
     mismatch"); ``events`` (the run's publisher, see :func:`training_progress`) hears the start and every epoch.
@@ -32,9 +35,11 @@ def train_fold(prepared: pipeline.PreparedData, cfg: RunConfig, strategy: str, f
     shows at a glance which folds a run retrained."""
     if events is not None:
         events(progress.FoldStarted(strategy, fold))
-    cache = FoldCache(cfg.runtime.cache_dir)
-    result = pipeline.train_one_fold(prepared, cfg, strategy, fold, cache, version,
-                                     on_epoch=progress.epoch_reporter(events, strategy, fold))
+    cache, on_epoch = FoldCache(cfg.runtime.cache_dir), progress.epoch_reporter(events, strategy, fold)
+    if strategy == STUDENT:  # the one-network model: every fold's rows (medstack.pipeline.student)
+        result = train_student(prepared, cfg, cache, version, on_epoch=on_epoch)
+    else:
+        result = pipeline.train_one_fold(prepared, cfg, strategy, fold, cache, version, on_epoch=on_epoch)
     if result.from_cache:
         return Completed(data=result, name="Cached", message=f"fold cache hit {result.cache_key}")
     return Completed(data=result, message=f"trained {result.info.get('epochs_run')} epochs")

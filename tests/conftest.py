@@ -70,6 +70,7 @@ def tiny_config(root: Path) -> dict:
         "training": {"epochs": 2, "jit_compile": False, "batch_size": 64, "min_steps": 0, "min_epoch_steps": 0, "stop_after_steps": 0, "patience_steps": 1},
         "strategies": {"ldam": {"drw_epoch": 1}, "class_weight": {}, "smote": {}, "custom_loss": {}},
         "ensemble": {"inner_folds": 3},
+        "distill": {"enabled": False},  # the smoke run trains the one-network model; these runs keep to the members
         "report": {"bootstrap": 50},
         "runtime": {"cache_dir": str(root / "cache"), "output_dir": str(root / "runs")},
     }

@@ -123,6 +123,8 @@ CONFIG_CASES: list[tuple[str, dict, str]] = [
     ("group-regex-invalid", {"data": {"source": "folder", "path": "d", "image_size": [8, 8], "group_by": {"kind": "filename_regex", "pattern": "(p[0-9]"}}}, "data.group_by.pattern '\\(p\\[0-9\\]' is not a valid regex"),
     ("group-by-on-npz", {"data": {"source": "npz", "group_by": {"kind": "breakhis"}}}, "data.group_by kind 'breakhis' does not work with data.source 'npz'"),
     ("name-with-path", {"name": "../../evil"}, "'../../evil' is not a plain name"),
+    ("student-without-slice", {"conformal": {"calibration": "oof"}, "distill": {"enabled": True}},
+     "distill.enabled needs conformal.calibration: split"),
 ]
 
 
@@ -135,6 +137,7 @@ def _tiny(tmp_path: Path, overrides: dict) -> dict:
                      "patience_steps": 1},
         "split": {"folds": 2},
         "strategies": {"class_weight": {}},
+        "distill": {"enabled": False},
         "ensemble": {"inner_folds": 2},
         "report": {"bootstrap": 10},
         # One training at a time: two threads tracing Keras functions at once can trip CPython 3.11's AST parser

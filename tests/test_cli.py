@@ -177,7 +177,7 @@ def test_default_run_output_has_no_start_up_noise(folder_runs):
     for noise in TF_STARTUP_NOISE + PREFECT_CHATTER + ("Traceback",):
         assert noise not in output, (noise, output)
     # Not a terminal: plain lines, one per fold, then the leaderboard and the run folder.
-    assert "training 2 fold models (2 at a time)" in first.stderr
+    assert "training 2 models (2 at a time)" in first.stderr
     assert sum(line.startswith("[") and "class_weight fold" in line for line in first.stderr.splitlines()) == 2
     assert first.stdout.splitlines()[0] == "test ROC AUC (95% CI):"
     run = Path(first.stdout.splitlines()[-1].removeprefix("run folder: "))

@@ -77,7 +77,7 @@ def test_progress_counts_folds_and_estimates_the_time_left():
     shown(FoldFinished("ldam", 0, from_cache=False, seconds=10.0, done=1, total=4))
     shown(FoldFinished("ldam", 1, from_cache=True, seconds=None, done=2, total=4))
     assert shown.stream.getvalue().splitlines() == [  # plain lines: the plan and every finished fold
-        "training 4 fold models (2 at a time)", "[1/4] ldam fold 1 trained in 10.0 s",
+        "training 4 models (2 at a time)", "[1/4] ldam fold 1 trained in 10.0 s",
         "[2/4] ldam fold 2 from the fold cache"]
     assert (state.trained, state.cached, state.done) == (1, 1, 2)
     # Two folds left, none running, 10 s per trained fold, two workers: 10 s.
@@ -149,7 +149,7 @@ def test_the_plan_line_says_where_the_trainings_run():
     for name, (runtime, width, where) in cases.items():
         assert progress.parallelism(RuntimeConfig.model_validate(runtime)) == (width, where), name
     shown = progress.RunProgress(None, live=False, stream=io.StringIO(), where="on the Dask cluster at tcp://x:1")
-    assert shown.apply(FoldsPlanned(20)) == "training 20 fold models (on the Dask cluster at tcp://x:1)"
+    assert shown.apply(FoldsPlanned(20)) == "training 20 models (on the Dask cluster at tcp://x:1)"
     shown(FoldFinished("ldam", 0, from_cache=False, seconds=10.0, done=1, total=20))
     # Width unknown: estimated from the folds in flight, at least one at a time (19 folds left x 10 s).
     assert shown.state.seconds_left(now=shown.state.started) == pytest.approx(190.0)

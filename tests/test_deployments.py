@@ -133,6 +133,7 @@ def smoke_runs(deployed, pneumonia_npz, tmp_path_factory) -> list[DeploymentRun]
         "data.path": str(pneumonia_npz),
         "data.subset": SUBSET,
         "strategies": STRATEGIES,
+        "distill.enabled": False,  # the folds only: the student is the smoke bundle's (tests/test_student.py)
         "runtime.output_dir": str(out / "runs"),
         "runtime.cache_dir": str(out / "cache"),
     }

@@ -51,7 +51,7 @@ def planted_bundle(tmp_path_factory, prefect_harness) -> Path:
                      # Val ROC AUC reaches 1.0 in the first epoch and ties never count as improvements, so an early
                      # stop watched from step 0 restored first-epoch weights (10 steps): no early stop here.
                      "stop_after_steps": 10_000, "patience_steps": 1000},
-        "strategies": {"class_weight": {}},
+        "strategies": {"class_weight": {}}, "distill": {"enabled": False},
         "ensemble": {"inner_folds": 3}, "report": {"bootstrap": 20},
         "runtime": {"cache_dir": str(base / "cache"), "output_dir": str(base / "runs")},
     }

@@ -22,7 +22,7 @@ RUN_FILES = [
     "calibration_predictions.csv", "config.yaml", "manifest.json", "models/meta_model.joblib",
     "plots/roc.png", "plots/pr.png", "plots/confusion_test.png", "plots/calibration.png", "plots/risk_coverage.png",
 ]
-MODELS = {"ldam", "class_weight", "smote", "custom_loss", "soft_voting", "stacking"}
+MODELS = {"ldam", "class_weight", "smote", "custom_loss", "soft_voting", "stacking", "student"}
 METRIC_KEYS = {"accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc",
                "mcc", "brier", "threshold", "confusion_matrix"}
 
@@ -80,11 +80,15 @@ def test_metrics_json_has_the_fixed_shape(smoke_runs):
     assert sum(counts["test"].values()) == 120
     assert set(metrics["models"]) == MODELS
     assert metrics["dataset"]["duplicates"]["crossing_folds"] == 0
-    for model in metrics["models"].values():
-        assert METRIC_KEYS <= set(model["test"]) and METRIC_KEYS <= set(model["oof"])
-        assert sum(map(sum, model["test"]["confusion_matrix"])) == 120
-        assert sum(map(sum, model["oof"]["confusion_matrix"])) == 360
+    for name, model in metrics["models"].items():
+        assert METRIC_KEYS <= set(model["test"]) and sum(map(sum, model["test"]["confusion_matrix"])) == 120
+        if name != "student":  # trained on every training row: it has no out-of-fold predictions
+            assert METRIC_KEYS <= set(model["oof"]) and sum(map(sum, model["oof"]["confusion_matrix"])) == 360
         assert {"conformal", "referral"} <= set(model)
+    assert "oof" not in metrics["models"]["student"]
+    student = metrics["student"]
+    assert student["trained"] and (student["trained_rows"], student["calibration_rows"]) == (360, 40)
+    assert student["passes_per_image"] == {"student": 5, "ensemble": 40}  # 5 test-time views; 4 strategies x 2 folds
 
 
 def test_resolved_recipe_and_decisions_are_recorded(smoke_runs):
@@ -93,7 +97,7 @@ def test_resolved_recipe_and_decisions_are_recorded(smoke_runs):
     run = Path(smoke_runs["first"])
     manifest = json.loads((run / "manifest.json").read_text())
     folds = manifest["folds"]
-    assert len(folds) == 8
+    assert len(folds) == 9 and "student" in folds  # 4 strategies x 2 folds, and the student
     for name, fold in folds.items():
         recipe = fold["recipe"]
         assert recipe["epochs"] == 4 and recipe["steps_per_epoch"] * recipe["epochs"] == recipe["planned_steps"], name
@@ -131,14 +135,14 @@ def test_manifest_records_versions_seed_and_fingerprint(smoke_runs):
     assert manifest["seed"] == smoke_runs["cfg"].seed
     assert len(manifest["data_fingerprint"]) == 16
     assert manifest["packages"]["tensorflow"] and manifest["packages"]["prefect"] == "3.8.8"
-    assert manifest["trained"] == 8 and manifest["cache_hits"] == 0  # the cold run trained every fold
+    assert manifest["trained"] == 9 and manifest["cache_hits"] == 0  # the cold run trained every fold and the student
 
 
 def test_every_fold_model_is_calibrated_on_val_and_the_report_lists_each_t(smoke_runs):
     run = Path(smoke_runs["first"])
     folds = json.loads((run / "manifest.json").read_text())["folds"]
     temperatures = {name: info["temperature"] for name, info in folds.items()}
-    assert len(temperatures) == 8 and all(t > 0 for t in temperatures.values())
+    assert len(temperatures) == 9 and all(t > 0 for t in temperatures.values())
     line = next(l for l in (run / "report.md").read_text().splitlines() if l.startswith("- calibration:"))
     for strategy in ("ldam", "class_weight", "smote", "custom_loss"):
         listed = ", ".join(f"{temperatures[f'{strategy}|fold-{k}']:.2f}" for k in (1, 2))
@@ -156,7 +160,7 @@ def test_rerun_is_served_from_the_cache(smoke_runs):
     assert smoke_runs["n_rerun"] == 0
     assert smoke_runs["second"] != smoke_runs["first"]
     manifest = json.loads((Path(smoke_runs["second"]) / "manifest.json").read_text())
-    assert manifest["trained"] == 0 and manifest["cache_hits"] == 8
+    assert manifest["trained"] == 0 and manifest["cache_hits"] == 9
     first = json.loads((Path(smoke_runs["first"]) / "metrics.json").read_text())
     second = json.loads((Path(smoke_runs["second"]) / "metrics.json").read_text())
     assert first["models"]["smote"]["test"] == second["models"]["smote"]["test"]
@@ -178,7 +182,7 @@ def test_the_flow_logs_the_run_and_its_cached_folds_to_mlflow(smoke_runs):
     assert [r.info.run_name for r in parent] == [Path(smoke_runs["second"]).name]
     assert parent[0].data.tags["prefect.flow_run_id"]  # the Prefect flow run it came from
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
-    assert len(children) == 8 and all(c.data.tags["medstack.from_cache"] == "true" for c in children)
+    assert len(children) == 9 and all(c.data.tags["medstack.from_cache"] == "true" for c in children)
 
 
 def test_manifest_records_what_one_config_and_seed_reproduce(smoke_runs):
@@ -228,6 +232,16 @@ def test_cli_runs_a_multiclass_flow_on_bundled_digits(prefect_harness, tiny_conf
         assert len(model["referral"]["risk_coverage"]) == 11
     oof = pd.read_csv(run / "oof_predictions.csv")
     assert len([c for c in oof.columns if c.startswith("stacking:")]) == 10
+    # distill.enabled: false (tiny_config): no student anywhere, and the run says so
+    from medstack.inference.bundle import load_bundle
+    from medstack.inference.schema import BundleError
+
+    assert metrics["student"] == {"trained": False, "why": "distill.enabled is false"}
+    assert "student" not in metrics["models"]
+    assert json.loads((run / "model.json").read_text())["student"] == metrics["student"]
+    assert not (run / "models" / "student").exists() and "No student was trained (distill.enabled is false)." in report
+    with pytest.raises(BundleError, match="this run trained no student"):
+        load_bundle(run).model_for(None, "student")
 
 
 def test_cli_rejects_a_bad_config_before_any_work(tmp_path, capsys):

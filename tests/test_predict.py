@@ -59,7 +59,7 @@ def test_model_json_describes_the_run(smoke_bundle):
     assert meta["stacking"]["inputs"] == "log_odds"
     assert meta["classes"] == metrics["dataset"]["classes"] and meta["positive_class"]["name"] == "pneumonia"
     assert meta["input"]["shape"] == [28, 28, 1] and meta["input"]["color_mode"] == "L"
-    assert meta["models"] == ["ldam", "class_weight", "smote", "custom_loss", "soft_voting", "stacking"]
+    assert meta["models"] == ["ldam", "class_weight", "smote", "custom_loss", "soft_voting", "stacking", "student"]
     for strategy, spec in meta["members"].items():
         assert [f["file"] for f in spec["folds"]] == [f"models/{strategy}/fold-{k}.keras" for k in (1, 2)]
         assert all(f["temperature"] > 0 and len(f["sha256"]) == 64 for f in spec["folds"])
@@ -217,7 +217,7 @@ def test_fused_model_and_its_exports_equal_the_per_member_path(bundle, test_imag
     saved = tf.saved_model.load(str(tmp_path / "saved_model"))  # kept referenced: its variables die with it
     served = saved.serve(tf.constant(x, tf.float32))
     assert set(saved.signatures) == {"serve", "serving_default"} and len(saved.variables) == len(model.variables)
-    assert len([layer for layer in model.layers if isinstance(layer, keras.Model)]) == 8  # 4 strategies x 2 folds
+    assert len([layer for layer in model.layers if isinstance(layer, keras.Model)]) == 9  # 4 x 2 folds, the student
     for name in bundle.models:
         for other in (fused[name], np.asarray(from_file[name]), np.asarray(served[name])):
             np.testing.assert_allclose(other, reference[name], atol=1e-5, err_msg=name)

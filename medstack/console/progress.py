@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from medstack.console.quiet import write_line
 from medstack.progress import EpochEnded, Event, FoldFinished, FoldsPlanned, FoldStarted
+from medstack.run_folder import training_label
 
 if TYPE_CHECKING:
     from medstack.config import RuntimeConfig
@@ -84,7 +85,7 @@ def fold_lines(state: ProgressState, now: float) -> list[str]:
     lines = []
     for (strategy, fold), info in sorted(state.running.items()):
         epoch = f", epoch {info.epoch}/{info.epochs}" if info.epoch else ""
-        lines.append(f"  training {strategy} fold {fold + 1}{epoch} ({clock(now - info.started)})")
+        lines.append(f"  training {training_label(strategy, fold)}{epoch} ({clock(now - info.started)})")
     return lines
 
 
@@ -164,7 +165,7 @@ class RunProgress:
         now, state = time.monotonic(), self.state
         if isinstance(event, FoldsPlanned):
             state.total = event.total
-            return f"training {state.total} fold models ({self.where})"
+            return f"training {state.total} models ({self.where})"
         key = (event.strategy, event.fold) if isinstance(event, (FoldStarted, EpochEnded, FoldFinished)) else None
         if isinstance(event, FoldStarted):
             state.running.setdefault(key, _Fold(started=now))
@@ -188,4 +189,4 @@ class RunProgress:
             if seconds:
                 state.trained_seconds.append(float(seconds))
             how = f"trained in {seconds:.1f} s" if seconds else "trained"
-        return f"[{state.done}/{state.total}] {key[0]} fold {key[1] + 1} {how}"
+        return f"[{state.done}/{state.total}] {training_label(*key)} {how}"

@@ -198,7 +198,10 @@ def leaderboard_lines(run_dir: Path, top: int = 3) -> list[str]:
     if model:
         reason = metrics.get("recommended", {}).get("reason") if why == RECOMMENDED else None
         lines.append(f"recommended: {model}" + (f" ({reason})" if reason else f" ({why}; see report.md)"))
-    return lines
+    from medstack.report_student import student_line  # numpy (report_text): only after a run
+
+    student = student_line(metrics)
+    return lines + ([student] if student else [])
 
 
 def _print_table(header: list[str], rows: list[list[str]], title: str) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from medstack.console.flags import add_common_flags
     from medstack.inference.registry import REGISTRY_HELP
+    from medstack.inference.schema import ENGINE_HELP, ENGINES
 
     evaluate = sub.add_parser("evaluate", help="judge a trained run (folder) or <name>@<alias> on another site's "
                                                "labelled images; writes evaluations/<id>/")
@@ -37,8 +38,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                           help="bootstrap resamples for the intervals (default: the run's report.bootstrap)")
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--on-bad-image", choices=("error", "skip"), default="error")
-    evaluate.add_argument("--engine", choices=("fused", "members"), default="fused",
-                          help="fused: the whole ensemble as one graph (default); members: each fold model in turn")
+    evaluate.add_argument("--engine", choices=ENGINES, default="fused", help=ENGINE_HELP)
     add_common_flags(evaluate)
     evaluate.add_argument("--registry", type=Path, help=REGISTRY_HELP)
     evaluate.set_defaults(handler=run)

@@ -34,7 +34,7 @@ def evaluate_scored(bundle: Bundle, data: LabelledData, scored: Scored, settings
     classes = bundle.classes
     reference = _reference(bundle, settings)
     models = {}
-    for name in bundle.models:
+    for name in [n for n in bundle.models if n in scored.probas]:  # --engine student scores only the student
         decision = bundle.decision(name)
         proba = scored.probas[name]
         models[name] = {"decision": decision,

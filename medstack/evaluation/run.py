@@ -44,7 +44,7 @@ def run_evaluation(request: EvaluationRequest) -> tuple[Path, dict[str, Any]]:
     from medstack.outputs import check_output_dir
 
     bundle = load_bundle(request.model, request.registry)
-    model = bundle.check_model_name(request.use or bundle.recommended)
+    model = bundle.model_for(request.use, request.engine)
     data = read_labelled(request.data, bundle.classes, request.class_names)
     settings = run_settings(bundle.root, bundle.classes, request.bootstrap)
     check_output_dir(request.output_dir)

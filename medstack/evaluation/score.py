@@ -48,12 +48,12 @@ def score_labelled(bundle: Bundle, data: LabelledData, *, scorer: Callable | Non
         if not batch.ids:
             continue
         scores = scorer(batch.images)
-        for name in bundle.models:
+        for name in [n for n in bundle.models if n in scores]:  # --engine student scores only the student
             parts[name].append(np.asarray(scores[name], dtype=np.float64))
         ids.extend(batch.ids)
         warnings.extend(batch.warnings)
     if not ids:
         raise EvaluationError(f"{data.source}: no image could be scored ({len(skipped)} skipped); "
                               f"first: {skipped[0] if skipped else 'none'}")
-    probas = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    probas = {name: np.concatenate(chunks) for name, chunks in parts.items() if chunks}
     return Scored(ids=ids, labels=data.labels_of(ids), probas=probas, warnings=warnings, skipped=skipped)

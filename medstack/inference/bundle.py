@@ -23,7 +23,8 @@ from medstack.inference.schema import SCHEMA_VERSION, BundleError
 from medstack.inference.stacking import JsonStacking
 from medstack.inference.stats import training_statistics
 from medstack.inference.trust import Trust, read_trust, trust_columns
-from medstack.run_folder import BUNDLE_FILE, HEADLINE_METRICS, bundle_recommendation, member_file, read_bundle
+from medstack.run_folder import (BUNDLE_FILE, HEADLINE_METRICS, STUDENT, STUDENT_FILE, bundle_recommendation,
+                                 member_file, read_bundle)
 
 if TYPE_CHECKING:
     import keras
@@ -70,7 +71,7 @@ def bundle_record(run_id: str, cfg: RunConfig, prepared: PreparedData, ensembles
             "source": cfg.data.source,
         },
         "members": members,
-        "models": [*members, "soft_voting", "stacking"],
+        "models": [*members, "soft_voting", "stacking", *([STUDENT] if ensembles.student else [])],
         "soft_voting": {"members": list(members), "rule": "unweighted mean of the member probabilities"},
         "stacking": JsonStacking.from_meta_model(meta).to_json(),
         "decisions": {name: metrics["models"][name]["decision"] for name in metrics["models"]},
@@ -78,11 +79,25 @@ def bundle_record(run_id: str, cfg: RunConfig, prepared: PreparedData, ensembles
         "data": {"name": prepared.name, "fingerprint": prepared.fingerprint, "counts": prepared.counts,
                  "source": cfg.data.source},
         **({"conformal": conformal_record(metrics, ensembles)} if ensembles.conformal else {}),
+        "student": student_record(ensembles, metrics),
         "training_statistics": training_statistics(prepared.images[prepared.train_idx]),
         "metrics": {name: {split: {k: m[split].get(k) for k in HEADLINE_METRICS if k in m[split]}
-                           for split in ("test", "oof")}
+                           for split in ("test", "oof") if split in m}  # the student has no OOF
                     for name, m in metrics["models"].items()},
     }
+
+
+def student_record(ensembles: EnsembleFit, metrics: dict) -> dict[str, Any]:
+    """model.json's ``student``: the one-network model's file (with its sha256) and temperature, what it learned
+    and from which rows its decision and sets come (metrics.json's ``student``); ``{"trained": false, ...}`` for a
+    run without one."""
+    if not ensembles.student:
+        return dict(metrics.get("student") or {"trained": False})
+    info = ensembles.predictions.fold_info[STUDENT][0]
+    about = {k: metrics["student"][k] for k in ("trained", "learned", "trained_rows", "decision_rows",
+                                                 "calibration_rows", "passes_per_image")}
+    return {**about, "file": STUDENT_FILE, "sha256": _sha256(Path(ensembles.student["model_path"])),
+            "temperature": info.get("temperature")}
 
 
 def conformal_record(metrics: dict, ensembles: EnsembleFit) -> dict[str, Any]:
@@ -102,6 +117,7 @@ class Bundle:
     stacking: JsonStacking
     source: str  # what the user named: a folder, or <name>@<alias>
     _members: dict[str, list[keras.Model]] | None = field(default=None, repr=False)
+    _student: keras.Model | None = field(default=None, repr=False)
     _trust: dict[str, tuple[Any, dict[str, Any]]] = field(default_factory=dict, repr=False)  # read_trust per model
 
     @property
@@ -151,6 +167,17 @@ class Bundle:
         """Whether model.json carries conformal calibration (bundles from before it do not)."""
         return isinstance(self.meta.get("conformal"), dict)
 
+    def model_for(self, use: str | None, engine: str = "fused") -> str:
+        """The model whose labels a command outputs: ``use``, else the recommended one; the student under
+        ``--engine student``, which computes nothing else."""
+        if engine != STUDENT:
+            return self.check_model_name(use or self.recommended)
+        self.student_model()
+        if use not in (None, STUDENT):
+            raise BundleError(f"--engine student scores only the student, not {use!r}: drop --use, or score "
+                              f"{use} with --engine fused")
+        return STUDENT
+
     def check_model_name(self, model: str) -> str:
         if model not in self.models:
             raise BundleError(f"{self.root / BUNDLE_FILE}: no model {model!r}; this bundle has {self.models}")
@@ -158,6 +185,20 @@ class Bundle:
 
     def member_files(self) -> dict[str, list[Path]]:
         return {s: [self.root / f["file"] for f in spec["folds"]] for s, spec in self.meta["members"].items()}
+
+    @property
+    def has_student(self) -> bool:
+        """Whether the run trained the one-network model (``student``; bundles from before it have none)."""
+        return STUDENT in self.models
+
+    def student_model(self) -> keras.Model:
+        """The student's network (sha256 checked, Keras safe mode): calibrated logits, like a fold model."""
+        if not self.has_student:
+            raise BundleError(f"{self.root / BUNDLE_FILE}: this run trained no student (distill.enabled was false, "
+                              f"or the run is older than it); use the ensemble's models {self.models}")
+        if self._student is None:
+            self._student = _load_keras(self.root, self.meta["student"])
+        return self._student
 
     def member_models(self) -> dict[str, list[keras.Model]]:
         """Every fold model, by strategy, loaded once (sha256 checked, Keras safe mode)."""

@@ -19,6 +19,7 @@ COMMANDS = ("predict", "promote", "export", "models")
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from medstack.console.flags import add_common_flags
     from medstack.inference.registry import REGISTRY_HELP
+    from medstack.inference.schema import ENGINE_HELP, ENGINES
 
     predict = sub.add_parser("predict", help="score images with a trained run (folder) or <name>@<alias>")
     predict.add_argument("--model", required=True,
@@ -29,8 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--use", help="model whose label to output (default: the run's recommended model)")
     predict.add_argument("--batch-size", type=int, default=256)
     predict.add_argument("--on-bad-image", choices=("error", "skip"), default="error")
-    predict.add_argument("--engine", choices=("fused", "members"), default="fused",
-                         help="fused: the whole ensemble as one graph (default); members: each fold model in turn")
+    predict.add_argument("--engine", choices=ENGINES, default="fused", help=ENGINE_HELP)
     predict.add_argument("--explain", type=Path, metavar="DIR", help="write Grad-CAM overlays (PNG) of the chosen model")
     predict.add_argument("--explain-limit", type=int, default=100, help="at most this many overlays (default 100)")
     promote = sub.add_parser("promote", help="point <name>@<alias> at a run folder in the registry")
@@ -44,6 +44,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--to", required=True, type=Path, help="target .keras file")
     export.add_argument("--saved-model", type=Path,
                         help="also write a SavedModel (signatures serve and serving_default) to this folder")
+    export.add_argument("--engine", choices=("fused", "student"), default="fused",
+                        help="fused: every model of the run in one graph (default); student: the one-network model "
+                             "alone")
     listing = sub.add_parser("models", help="list registry names, aliases and history")
     listing.add_argument("--history", action="store_true", help="print every registry event as JSON lines")
     for command in (predict, promote, export, listing):
@@ -74,7 +77,7 @@ def _predict(args: argparse.Namespace, progress: TextIO | None = None) -> int:
     from medstack.inference.predict import decision_text, predict, skipped_path
 
     bundle = load_bundle(args.model, args.registry)
-    model = bundle.check_model_name(args.use or bundle.recommended)
+    model = bundle.model_for(args.use, args.engine)
     from medstack.inference.fused import make_scorer  # TensorFlow (seconds): after a wrong reference has failed
     print(f"model: {bundle.source} -> run {bundle.run_id} ({bundle.root}); labels from {model} "
           f"[{decision_text(bundle, model)}]", file=sys.stderr)
@@ -83,7 +86,7 @@ def _predict(args: argparse.Namespace, progress: TextIO | None = None) -> int:
         from medstack.inference.explain import OverlayWriter
 
         on_batch = OverlayWriter(bundle, model, args.explain, limit=args.explain_limit)
-    summary = predict(bundle, args.input, args.output, scorer=make_scorer(bundle, args.engine), use=args.use,
+    summary = predict(bundle, args.input, args.output, scorer=make_scorer(bundle, args.engine), use=model,
                       batch_size=args.batch_size, on_bad_image=args.on_bad_image, progress=progress,
                       on_batch=on_batch)
     rate = summary.images_per_second
@@ -126,8 +129,9 @@ def _export(args: argparse.Namespace) -> int:
     from medstack.inference.fused import export_fused
 
     bundle = load_bundle(args.model, args.registry)
-    model = export_fused(bundle, args.to, args.saved_model)
-    print(f"wrote {args.to} (run {bundle.run_id}: {len(model.layers)} layers, outputs {bundle.models})")
+    outputs = [bundle.model_for(None, args.engine)] if args.engine == "student" else bundle.models
+    model = export_fused(bundle, args.to, args.saved_model, engine=args.engine)
+    print(f"wrote {args.to} (run {bundle.run_id}: {len(model.layers)} layers, outputs {outputs})")
     if args.saved_model:
         print(f"wrote SavedModel {args.saved_model} (serving signature 'serve': pixels float32 "
               f"(None, {', '.join(map(str, bundle.input_shape))}) -> one (None, {len(bundle.classes)}) output per model)")

@@ -4,7 +4,8 @@ For each fold model, the gradient of the target class's logit with respect to th
 of the trained CNN (inside the test-time-augmentation and temperature wrappers) weights that map's channels; the
 ReLU of the weighted sum, upsampled to the input size and scaled to [0, 1], is the heatmap. A member's map is the
 mean over its folds; soft voting and stacking use the mean over every member's folds (stacking weights are not
-applied: they act on probabilities, not on image regions). The target class is the label the model predicted.
+applied: they act on probabilities, not on image regions); the student's is its one network's. The target class is
+the label the model predicted.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ import keras
 import numpy as np
 
 from medstack.inference.bundle import Bundle
+from medstack.run_folder import STUDENT
 
 
 def gradcam(bundle: Bundle, model: str, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Heatmaps (N, H, W) in [0, 1] of ``model`` for class ``targets`` (N,) on raw ``images`` (N, H, W, C)."""
-    members = bundle.member_models()
-    strategies = [model] if model in members else list(members)
-    maps = [_fold_cam(_cam_model(fold), images, targets) for s in strategies for fold in members[s]]
+    if model == STUDENT:  # one network: its own map
+        maps = [_fold_cam(_cam_model(bundle.student_model()), images, targets)]
+    else:
+        members = bundle.member_models()
+        strategies = [model] if model in members else list(members)
+        maps = [_fold_cam(_cam_model(fold), images, targets) for s in strategies for fold in members[s]]
     return np.mean(maps, axis=0)
 
 

@@ -22,7 +22,9 @@ import medstack.models.losses  # noqa: F401  registered Keras objects the fold m
 import medstack.models.network  # noqa: F401  exported ensemble loads in safe mode after importing this module
 import medstack.models.recipe  # noqa: F401
 from medstack.inference.bundle import Bundle, softmax
+from medstack.inference.schema import ENGINES
 from medstack.models.ensemble import PROBA_CLIP
+from medstack.run_folder import STUDENT
 
 Scores = dict[str, np.ndarray]
 
@@ -86,7 +88,24 @@ def fused_model(bundle: Bundle) -> keras.Model:
                           name=f"stacking_fold{k + 1}")([fold_probas[name][k] for name in stack.features])
              for k in range(n_folds)]
     outputs["stacking"] = _mean(heads, "stacking")
+    if bundle.has_student:
+        outputs[STUDENT] = student_probabilities(bundle, inputs)
     return keras.Model(inputs, {name: outputs[name] for name in bundle.models}, name=f"medstack_{bundle.run_id}")
+
+
+def student_probabilities(bundle: Bundle, inputs: Any) -> Any:
+    """The student's class probabilities of ``inputs`` in a functional graph (inference mode pinned)."""
+    model = bundle.student_model()
+    network = keras.Model(model.inputs[0], model.outputs[0], name=STUDENT)
+    return layers.Softmax(name=f"p_{STUDENT}")(network(inputs, training=False))
+
+
+def student_network(bundle: Bundle) -> keras.Model:
+    """The student alone, as :func:`fused_model` is the whole bundle: raw pixels in, ``{"student": probabilities}``
+    out (one network's cost: ``--engine student`` of predict, serve-model and export)."""
+    inputs = keras.Input(shape=bundle.input_shape, dtype="float32", name="pixels")
+    outputs = {STUDENT: student_probabilities(bundle, inputs)}
+    return keras.Model(inputs, outputs, name=f"medstack_{bundle.run_id}_student")
 
 
 def _mean(tensors: list[Any], name: str) -> Any:
@@ -106,10 +125,10 @@ def compiled_call(model: keras.Model) -> Callable[[np.ndarray], Any]:
 
 
 class FusedScorer:
-    """Scores batches through the fused model: one call per batch."""
+    """Scores batches through the fused model (or the student's network, ``student=True``): one call per batch."""
 
-    def __init__(self, bundle: Bundle, model: keras.Model | None = None):
-        self.model = model or fused_model(bundle)
+    def __init__(self, bundle: Bundle, model: keras.Model | None = None, student: bool = False):
+        self.model = model or (student_network(bundle) if student else fused_model(bundle))
         self._call = compiled_call(self.model)
 
     def __call__(self, images: np.ndarray) -> Scores:
@@ -123,6 +142,7 @@ class MemberScorer:
     def __init__(self, bundle: Bundle):
         self.bundle = bundle
         self._calls = {s: [compiled_call(m) for m in ms] for s, ms in bundle.member_models().items()}
+        self._student = compiled_call(bundle.student_model()) if bundle.has_student else None
 
     def __call__(self, images: np.ndarray) -> Scores:
         x = np.asarray(images, np.float32)
@@ -130,26 +150,35 @@ class MemberScorer:
         out = {s: np.mean(p, axis=0) for s, p in by_fold.items()}
         out["soft_voting"] = np.mean([out[s] for s in by_fold], axis=0)
         out["stacking"] = self.bundle.stacking.predict_proba_per_fold(by_fold)
+        if self._student is not None:
+            out[STUDENT] = softmax(ops.convert_to_numpy(self._student(x)))
         return {name: out[name] for name in self.bundle.models}
 
 
 def make_scorer(bundle: Bundle, engine: str = "fused") -> Callable[[np.ndarray], Scores]:
+    """``fused``: every model in one graph; ``members``: fold model by fold model in NumPy (the reference);
+    ``student``: the one-network model alone (its probabilities only)."""
     if engine == "fused":
         return FusedScorer(bundle)
     if engine == "members":
         return MemberScorer(bundle)
-    raise ValueError(f"engine must be 'fused' or 'members', got {engine!r}")
+    if engine == STUDENT:
+        bundle.student_model()  # a bundle without one: a BundleError that says so, before any graph is built
+        return FusedScorer(bundle, student=True)
+    raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
 
 
-def export_fused(bundle: Bundle, keras_path: str, saved_model_dir: str | None = None) -> keras.Model:
-    """Write the fused model as one ``.keras`` file (atomically) and, optionally, a SavedModel (``serve``)."""
+def export_fused(bundle: Bundle, keras_path: str, saved_model_dir: str | None = None, engine: str = "fused"
+                 ) -> keras.Model:
+    """Write the fused model (or, ``engine="student"``, the student's network alone) as one ``.keras`` file
+    (atomically) and, optionally, a SavedModel (``serve``)."""
     import shutil
     import tempfile
     from pathlib import Path
 
     from medstack.storage import atomic_directory, atomic_file
 
-    model = fused_model(bundle)
+    model = student_network(bundle) if engine == STUDENT else fused_model(bundle)
     target = Path(keras_path)
     if target.suffix != ".keras":
         raise ValueError(f"{target}: the one-file export must end in .keras")

@@ -158,7 +158,7 @@ def _reason_kind(reason: str) -> str:
 def _frame(batch, scores: dict[str, np.ndarray], labels: np.ndarray, bundle: Bundle, model: str,
            trust: Trust | None) -> pd.DataFrame:
     columns: dict[str, Any] = {"input": batch.ids}
-    for name in bundle.models:
+    for name in [n for n in bundle.models if n in scores]:  # --engine student scores only the student
         for k, cls in enumerate(bundle.classes):
             columns[probability_column(name, cls)] = scores[name][:, k]
     columns["predicted"] = [bundle.classes[int(i)] for i in labels]

@@ -15,6 +15,10 @@ from medstack.errors import UsageError
 
 SCHEMA_VERSION = 2  # 2: the stacking meta-model says which inputs it reads ("inputs": log_odds | probabilities)
 READABLE_VERSIONS = (1, 2)  # 1: stacking on probabilities, no "inputs" key
+# How a bundle is scored (--engine of predict, evaluate and serve-model; medstack.inference.fused.make_scorer).
+ENGINES = ("fused", "members", "student")
+ENGINE_HELP = ("fused: every model of the run in one graph (default); members: each fold model in turn (the "
+               "reference); student: the one-network model alone, at one network's cost (its labels only)")
 
 
 class BundleError(UsageError, ValueError):

@@ -76,6 +76,7 @@ class EnsembleFit:
     recommended: dict[str, Any] = field(default_factory=dict)  # {"model", "reason"}, chosen on OOF
     conformal: dict[str, Any] = field(default_factory=dict)  # per model, a ConformalCalibration (calibration rows)
     referral: dict[str, dict[str, Any]] = field(default_factory=dict)  # per model, its operating point (same rows)
+    student: dict[str, Any] = field(default_factory=dict)  # the one-network model's file and rows (pipeline.student)
 
     @property
     def thresholds(self) -> dict[str, float | None]:
@@ -100,7 +101,6 @@ def fit_ensembles(prepared: PreparedData, preds: Predictions, cfg: RunConfig) ->
     calibration slice it is applied to each fold's models separately and its K outputs averaged, rather than to the
     (smoother) K-model means. Then every model's prediction sets and referral point are fitted on the calibration
     rows (:func:`medstack.pipeline.trust.calibrate_models`). ``preds`` is left as it was."""
-    from medstack.models.decision import choose_decision
     from medstack.models.ensemble import StackingMetaModel, soft_vote
 
     base = [s for s in cfg.strategies if s in preds.oof]
@@ -116,22 +116,20 @@ def fit_ensembles(prepared: PreparedData, preds: Predictions, cfg: RunConfig) ->
         empty = not len(next(iter(folds.values()))[0])  # no calibration slice (conformal.calibration oof)
         getattr(out, split)["stacking"] = (np.zeros((0, prepared.num_classes)) if empty
                                            else meta.predict_proba_per_fold(folds))
-    critical = _critical_classes(cfg, prepared.class_names)
-    decisions = {
-        name: choose_decision(
-            prepared.y_train,
-            proba,
-            threshold_policy=cfg.ensemble.threshold_policy,
-            positive_class=prepared.positive_class,
-            target_sensitivity=cfg.ensemble.target_sensitivity,
-            multiclass_policy=cfg.ensemble.multiclass_policy,
-            critical_recall=critical,
-        )
-        for name, proba in out.oof.items()
-    }
+    decisions = {name: decide(prepared.y_train, proba, prepared, cfg) for name, proba in out.oof.items()}
     recommended = recommend_model(prepared.y_train, out.oof, base, prepared.positive_class)
     conformal, referral = calibrate_models(prepared, out.oof, out.cal, decisions, cfg)
     return EnsembleFit(out, meta, decisions, cfg.ensemble.threshold_policy, recommended, conformal, referral)
+
+
+def decide(y: np.ndarray, proba: np.ndarray, prepared: PreparedData, cfg: RunConfig) -> dict[str, Any]:
+    """One model's decision (threshold, or class offsets) chosen on the rows ``y``/``proba`` by the run's policy."""
+    from medstack.models.decision import choose_decision
+
+    return choose_decision(y, proba, threshold_policy=cfg.ensemble.threshold_policy,
+                           positive_class=prepared.positive_class, target_sensitivity=cfg.ensemble.target_sensitivity,
+                           multiclass_policy=cfg.ensemble.multiclass_policy,
+                           critical_recall=_critical_classes(cfg, prepared.class_names))
 
 
 def _critical_classes(cfg: RunConfig, class_names: tuple[str, ...]) -> dict[int, float]:

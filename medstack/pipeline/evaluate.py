@@ -7,6 +7,7 @@ import numpy as np
 from medstack.config import RunConfig
 from medstack.pipeline.combine import EnsembleFit
 from medstack.pipeline.prepare import PreparedData
+from medstack.pipeline.student import judge_student
 
 
 def evaluate_on_test(prepared: PreparedData, ensembles: EnsembleFit, cfg: RunConfig) -> dict:
@@ -26,7 +27,8 @@ def evaluate_on_test(prepared: PreparedData, ensembles: EnsembleFit, cfg: RunCon
         models[model_name] = {
             "decision": decision,
             "test": compute_metrics(y_test, preds.test[model_name], class_names=names, **kwargs),
-            "oof": compute_metrics(prepared.y_train, preds.oof[model_name], class_names=names, **kwargs),
+            **({"oof": compute_metrics(prepared.y_train, preds.oof[model_name], class_names=names, **kwargs)}
+               if model_name in preds.oof else {}),  # the student has none (pipeline.student)
             "test_ci": {
                 k: list(v)
                 for k, v in bootstrap_ci(
@@ -41,6 +43,8 @@ def evaluate_on_test(prepared: PreparedData, ensembles: EnsembleFit, cfg: RunCon
     paired = _pair_with_recommended(y_test, preds.test, ensembles.recommended.get("model"), prepared.positive_class, cfg)
     for name, pairing in paired.items():
         models[name]["test_vs_recommended"] = pairing
+    student = (judge_student(y_test, ensembles, models, prepared.positive_class) if ensembles.student
+               else {"trained": False, "why": "distill.enabled is false"})
     return {
         "dataset": {
             "name": prepared.name,
@@ -51,6 +55,7 @@ def evaluate_on_test(prepared: PreparedData, ensembles: EnsembleFit, cfg: RunCon
         },
         "models": models,
         "recommended": {k: v for k, v in ensembles.recommended.items() if k != "oof_roc_auc"},
+        "student": student,
         **({"conformal": conformal_setup(prepared, cfg)} if ensembles.conformal else {}),
     }
 

@@ -17,6 +17,7 @@ from typing import Any
 from medstack.config import RunConfig, stable_hash
 from medstack.pipeline.fold_cache import FoldCache, FoldResult
 from medstack.pipeline.prepare import PreparedData
+from medstack.run_folder import STUDENT
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +140,12 @@ def train_one_fold(
         test_proba=test_proba,
         cal_proba=cal_proba,
         history=clf.history_,
-        info={**clf.info_, "worker": _worker(started)},
+        info={**clf.info_, "worker": worker_info(started)},
     )
     return cache.save(result, clf.save)
 
 
-def _worker(started: float) -> dict[str, Any]:
+def worker_info(started: float) -> dict[str, Any]:
     """Where and when a fold trained: host, process id, start and end (Unix seconds)."""
     return {"host": socket.gethostname(), "pid": os.getpid(), "started": round(started, 3),
             "finished": round(time.time(), 3)}
@@ -160,13 +161,19 @@ def summarise_training(results: list[FoldResult], wall_seconds: float) -> dict[s
         "cache_hits": len(results) - len(trained),
         "training_seconds": round(sum(r.info.get("seconds", 0.0) for r in trained), 1),
         "folds": {
-            f"{r.strategy}|fold-{r.fold + 1}": {"cache_key": r.cache_key, "from_cache": r.from_cache, **{
+            training_key(r.strategy, r.fold): {"cache_key": r.cache_key, "from_cache": r.from_cache, **{
                 k: r.info.get(k) for k in ("epochs_run", "steps_run", "best_epoch", "seconds", "n_train", "n_synthetic",
                                            "train_inputs_sha", "temperature", "recipe", "tta_views", "worker")
             }}
             for r in results
         },
     }
+
+
+def training_key(strategy: str, fold: int) -> str:
+    """A training's name in the manifest: ``<strategy>|fold-<k>`` (1-based), or ``student`` for the one-network
+    model (medstack.pipeline.student), which trains on every fold."""
+    return STUDENT if strategy == STUDENT else f"{strategy}|fold-{fold + 1}"
 
 
 def _peak_rss_mb() -> float | None:

@@ -47,7 +47,8 @@ class Prediction(BaseModel):
     probabilities: dict[str, float] = Field(description="the served model's probability of every class")
     confidence: float = Field(description="distance from flipping the label: |P(positive) - threshold| for a "
                                           "threshold, else the margin of the best class's (offset) log-probability")
-    models: dict[str, dict[str, float]] = Field(description="every model of the ensemble: class -> probability")
+    models: dict[str, dict[str, float]] = Field(description="every model the engine scored (the run's, or with "
+                                                "--engine student the student alone): class -> probability")
     warnings: list[str] = Field(description="input drift: how this image differs from the training images")
     sets: dict[str, list[str]] | None = Field(
         default=None, description="the served model's conformal prediction set at every calibrated level, keyed as "
@@ -255,7 +256,8 @@ def _response(served: ServedModel, decoded: list[DecodedUpload], scores: dict) -
         run_id=served.run_id, model=served.model, decision=_decision(served), classes=classes,
         predictions=[Prediction(file=d.name, predicted=classes[int(labels[i])], probabilities=named(chosen[i]),
                                 confidence=float(margins[i]),
-                                models={m: named(scores[m][i]) for m in served.bundle.models}, warnings=d.warnings,
+                                models={m: named(scores[m][i]) for m in served.bundle.models if m in scores},
+                                warnings=d.warnings,
                                 **(trust.row(i) if trust is not None else {}))
                      for i, d in enumerate(decoded)],
         note=None if trust is not None else NO_TRUST)

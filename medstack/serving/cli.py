@@ -24,6 +24,7 @@ class ServeError(UsageError, ValueError):
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from medstack.console.flags import add_common_flags
     from medstack.inference.registry import REGISTRY_HELP
+    from medstack.inference.schema import ENGINE_HELP, ENGINES
 
     serve = sub.add_parser("serve-model", help="serve a trained ensemble over HTTP (POST /predict, GET /health, GET /model)")
     add_common_flags(serve, quiet="no access log, only the start-up lines and warnings",
@@ -36,6 +37,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                             "keys or --insecure)")
     serve.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0: any free port)")
     serve.add_argument("--use", help="model whose label to answer with (default: the run's recommended model)")
+    serve.add_argument("--engine", choices=ENGINES, default="fused", help=ENGINE_HELP)
     serve.add_argument("--max-upload-mb", type=float, default=32.0, help="largest request body (default 32 MB)")
     serve.add_argument("--max-files", type=int, default=256, help="most images in one request (default 256)")
     serve.add_argument("--max-pixels", type=int, default=64_000_000,
@@ -66,12 +68,14 @@ def serve_model(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from functools import partial
+
     import uvicorn
 
     from medstack.inference.predict import decision_text
     from medstack.serving.app import create_app
     from medstack.serving.keys import check_exposure, load_api_keys
-    from medstack.serving.model import ModelHolder
+    from medstack.serving.model import ModelHolder, load_served
     from medstack.serving.uploads import Limits
 
     try:
@@ -90,7 +94,8 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the server's own handler: the load resolves the alias anyway
     signal.signal(signal.SIGTERM, _stop)  # uvicorn re-raises SIGTERM after its graceful shutdown: end cleanly
     try:
-        holder = ModelHolder(args.model, args.registry, args.use, max(1, args.max_batch))
+        holder = ModelHolder(args.model, args.registry, args.use, max(1, args.max_batch),
+                             loader=partial(load_served, engine=args.engine))
         sock.listen(128)
     except _Stopped:  # SIGTERM while loading
         sock.close()

@@ -145,7 +145,7 @@ def load_served(ref: str | Path, registry: str | Path | None = None, use: str | 
     TensorFlow is imported (seconds), so a typo is answered at once."""
     started = time.perf_counter()
     bundle = load_bundle(ref, registry)
-    model = bundle.check_model_name(use or bundle.recommended)
+    model = bundle.model_for(use, engine)
     from medstack.inference.fused import make_scorer  # TensorFlow: only once the bundle is known to be good
 
     if not bundle.has_trust:
