@@ -8,6 +8,7 @@ the CNN passes one image costs (members x folds x test-time views).
 
     python benchmarks/serve_latency.py --model runs/<run-id>
     python benchmarks/serve_latency.py --model pneumoniamnist@champion --requests 400 --batch 64
+    python benchmarks/serve_latency.py --model runs/<run-id> --engine student   # the one-network model alone
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ def png_images(npz: Path, n: int) -> list[bytes]:
     return out
 
 
-def start_server(model: str, registry: str | None, max_batch: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, registry: str | None, max_batch: int, engine: str) -> tuple[subprocess.Popen, str]:
     command = [str(Path(sys.executable).with_name("medstack")), "serve-model", "--model", model, "--port", "0",
-               "-q", "--max-batch", str(max_batch)]
+               "-q", "--max-batch", str(max_batch), "--engine", engine]
     if registry:
         command += ["--registry", registry]
     env = {**os.environ, **ENVIRONMENT_DEFAULTS}
@@ -86,16 +87,18 @@ def run_load(url: str, images: list[bytes], requests: int, clients: int, per_req
             "images_per_s": requests * per_request / wall, "requests": requests}
 
 
-def model_floor(model: str, registry: str | None, batch: int) -> dict[str, float]:
-    """The fused model alone, in this process: ms for one image and images/s at ``batch``; CNN passes per image."""
+def model_floor(model: str, registry: str | None, batch: int, engine: str) -> dict[str, float]:
+    """The engine's graph alone, in this process: ms for one image and images/s at ``batch``; CNN passes per
+    image (fold models, or the student's one network, x test-time views)."""
     from medstack.inference.bundle import load_bundle
-    from medstack.inference.fused import FusedScorer
+    from medstack.inference.fused import make_scorer
     from medstack.models.network import TTAView
 
     bundle = load_bundle(model, registry)
-    scorer = FusedScorer(bundle)
-    folds = sum(len(ms) for ms in bundle.member_models().values())
-    one = next(iter(bundle.member_models().values()))[0]
+    scorer = make_scorer(bundle, engine)
+    networks = [bundle.student_model()] if engine == "student" else [m for ms in bundle.member_models().values()
+                                                                      for m in ms]
+    folds, one = len(networks), networks[0]
     views = max(1, sum(isinstance(layer, TTAView) for layer in one.layers))
     x1, xb = np.zeros((1, *bundle.input_shape), np.uint8), np.zeros((batch, *bundle.input_shape), np.uint8)
     scorer(x1), scorer(xb)
@@ -120,9 +123,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="single-image requests per client setting")
     parser.add_argument("--batch", type=int, default=64, help="images per batch request")
     parser.add_argument("--batch-requests", type=int, default=16, help="batch requests per client setting")
+    parser.add_argument("--engine", choices=("fused", "student"), default="fused",
+                        help="serve the whole run (fused) or its one-network student")
     args = parser.parse_args()
     images = png_images(Path(args.data), 256)
-    process, url = (None, args.url) if args.url else start_server(args.model, args.registry, max(256, args.batch))
+    process, url = (None, args.url) if args.url else start_server(args.model, args.registry, max(256, args.batch),
+                                                                        args.engine)
     rows = []
     try:
         run_load(url, images, 10, 1, 1)  # warm-up: connections, first requests
@@ -134,15 +140,15 @@ def main() -> None:
         if process is not None:
             process.send_signal(signal.SIGINT)
             process.wait(60)
-    print(f"server: {url}  model: {args.model}  cores: {os.cpu_count()}")
+    print(f"server: {url}  model: {args.model}  engine: {args.engine}  cores: {os.cpu_count()}")
     print("| request | clients | requests | latency p50 | p95 | p99 | images/s |")
     print("|---|---|---|---|---|---|---|")
     for kind, clients, r in rows:
         print(f"| {kind} | {clients} | {r['requests']} | {r['p50']:.1f} ms | {r['p95']:.1f} ms | {r['p99']:.1f} ms "
               f"| {r['images_per_s']:,.0f} |")
-    floor = model_floor(args.model, args.registry, 256)
-    print(f"fused model alone (this process, no HTTP): {floor['single_ms']:.1f} ms for one image, "
-          f"{floor['batch_images_per_s']:,.0f} images/s in batches of 256; one image = {floor['folds']} fold models "
+    floor = model_floor(args.model, args.registry, 256, args.engine)
+    print(f"{args.engine} graph alone (this process, no HTTP): {floor['single_ms']:.1f} ms for one image, "
+          f"{floor['batch_images_per_s']:,.0f} images/s in batches of 256; one image = {floor['folds']} network(s) "
           f"x {floor['views']} test-time views = {floor['folds'] * floor['views']} CNN passes")
 
 

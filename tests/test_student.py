@@ -82,6 +82,8 @@ def test_metrics_and_report_judge_it_against_the_recommended_model(smoke_bundle)
     assert "| network passes an image | 5 | 40 |" in section
 
 
+# Starlette's TestClient (the app in this process, no server to start) warns that it still runs on httpx.
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient` is deprecated")
 def test_every_way_of_scoring_the_student_gives_the_same_probabilities(smoke_bundle, tmp_path):
     """``--engine student`` (its network alone), the fused graph's student output, the run's own test predictions,
     the exported .keras and SavedModel, and serve-model with ``--engine student``: equal within 1e-5."""
