@@ -63,7 +63,7 @@ def load_run(run_dir: Path) -> Run:
     cal = read_calibration_predictions(run_dir)
     classes = list(metrics["dataset"]["classes"])
     models = metrics["models"]
-    members = [m for m in models if m not in ENSEMBLES]
+    members = [m for m in models if m not in (*ENSEMBLES, "student")]
     best = max(members, key=lambda m: (models[m].get("oof") or {}).get("roc_auc") or -1.0)
     return Run(name=run_dir.name, classes=classes,
                positive=read_positive_class(run_dir) if len(classes) == 2 else None,
@@ -152,7 +152,7 @@ def print_run(run: Run, levels: tuple[float, ...], args: argparse.Namespace) -> 
         print(f"{title}:\n")
         print("| model | level | class | n | coverage % | 95% CI | mean set size | single % | empty % |")
         print("|---|---|---|---|---|---|---|---|---|")
-        for model in run.test:
+        for model in (m for m in run.test if kind == "split" or m in run.oof):  # the student has no OOF rows
             rows = out[f"{kind}_on_test"][model] = calibrated_on_test(run, model, levels, kind)
             for r in rows:
                 shown = _pct(r["coverage"]) if r["available"] else "refused"

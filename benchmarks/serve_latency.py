@@ -96,8 +96,9 @@ def model_floor(model: str, registry: str | None, batch: int, engine: str) -> di
 
     bundle = load_bundle(model, registry)
     scorer = make_scorer(bundle, engine)
-    networks = [bundle.student_model()] if engine == "student" else [m for ms in bundle.member_models().values()
-                                                                      for m in ms]
+    networks = [bundle.student_model()] if engine == "student" else (
+        [m for ms in bundle.member_models().values() for m in ms] + ([bundle.student_model()] if bundle.has_student
+                                                                     else []))  # the fused graph runs it too
     folds, one = len(networks), networks[0]
     views = max(1, sum(isinstance(layer, TTAView) for layer in one.layers))
     x1, xb = np.zeros((1, *bundle.input_shape), np.uint8), np.zeros((batch, *bundle.input_shape), np.uint8)

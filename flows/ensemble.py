@@ -17,9 +17,8 @@ from prefect import flow, get_run_logger
 from medstack import pipeline
 from medstack.config import RunConfig
 from medstack.pipeline.student import split_student
-from medstack.pipeline.train import training_key
 from medstack.resolve import resolve_run
-from medstack.run_folder import STUDENT
+from medstack.run_folder import STUDENT, training_key
 from medstack.tasks.data import load_dataset, make_folds, make_splits, store_dataset
 from medstack.tasks.ensemble import evaluate_on_test, fit_ensembles, gather_oof
 from medstack.tasks.registry import promote_if_better

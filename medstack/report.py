@@ -246,7 +246,8 @@ def render_report(
     out += ["## Test leaderboard (95% bootstrap CI)", "",
             "Sorted by test ROC AUC. Binary metrics are for the positive class at each model's threshold; "
             "multi-class ones are macro averages at each model's decision rule (argmax, or class offsets chosen on "
-            "OOF predictions for balanced accuracy). Thresholds and offsets were chosen on OOF predictions.", ""]
+            "OOF predictions for balanced accuracy). Thresholds and offsets were chosen on OOF predictions (the student's, "
+            "which has none, on the calibration slice).", ""]
     out += _table(["model", *HEADLINE_METRICS, "decision"],
                   [[n, *(_with_ci(models[n], k) for k in HEADLINE_METRICS), _decision(models[n], classes)]
                    for n in order])

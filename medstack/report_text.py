@@ -126,7 +126,7 @@ def decision_policy_summary(n_classes: int, threshold_policy: str, multiclass_po
     else:
         policy = f"multi-class: {multiclass_policy}" + "".join(
             f", critical class {c} (recall target {t:g})" for c, t in critical_classes.items())
-    return policy + ", chosen on OOF predictions"
+    return policy + ", chosen on OOF predictions (the student's on the calibration slice)"
 
 
 def fold_notes(fold_info: Mapping[str, Mapping[int, Mapping]]) -> list[str]:

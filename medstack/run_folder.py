@@ -55,6 +55,12 @@ def member_file(strategy: str, fold: int) -> str:
     return f"{MODELS_DIR}/{strategy}/fold-{fold + 1}.keras"
 
 
+def training_key(strategy: str, fold: int) -> str:
+    """A training's name in the manifest, task runs and MLflow: ``<strategy>|fold-<k>`` (1-based), or ``student``
+    for the one-network model (medstack.pipeline.student), which trains on every fold."""
+    return STUDENT if strategy == STUDENT else f"{strategy}|fold-{fold + 1}"
+
+
 def training_label(strategy: str, fold: int) -> str:
     """A training as people read it: ``<strategy> fold <k>`` (1-based), or the student's."""
     return f"{STUDENT} (whole training split)" if strategy == STUDENT else f"{strategy} fold {fold + 1}"

@@ -48,7 +48,7 @@ def judge_evaluation(bundle: Bundle, data: LabelledData, scored: Scored, request
     from medstack.evaluation.measures import run_settings
 
     settings = run_settings(bundle.root, bundle.classes, request.bootstrap)
-    model = bundle.check_model_name(request.use or bundle.recommended)
+    model = bundle.model_for(request.use, request.engine)
     return evaluate_scored(bundle, data, scored, settings, model=model, evaluation_id=new_evaluation_id(data.source),
                            recalibrate=request.recalibrate, recalibrate_seed=request.seed)
 

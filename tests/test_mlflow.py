@@ -156,6 +156,8 @@ def test_the_run_logs_config_metrics_and_tags(local_store, smoke_bundle):
         low, high = parts["test_ci"]["roc_auc"]
         assert run.data.metrics[f"test.{model}.roc_auc.ci_low"] == pytest.approx(low)
         assert run.data.metrics[f"test.{model}.roc_auc.ci_high"] == pytest.approx(high)
+    assert run.data.metrics["test.student.ece"] == pytest.approx(metrics["student"]["ece"])
+    assert tags["medstack.student_can_replace"] == str(metrics["student"]["can_replace"]).lower()
     # every test figure carries the prefix: an unprefixed metric is an out-of-fold one
     unprefixed = {k for k in run.data.metrics if not k.startswith("test.")}
     assert unprefixed and all(k.split(".")[0] in metrics["models"] for k in unprefixed)

@@ -55,7 +55,7 @@ def _probability_columns(frame: pd.DataFrame) -> list[str]:
 def test_model_json_describes_the_run(smoke_bundle):
     meta = json.loads((smoke_bundle / "model.json").read_text())
     metrics = json.loads((smoke_bundle / "metrics.json").read_text())
-    assert meta["schema_version"] == 2 and meta["run_id"] == smoke_bundle.name
+    assert meta["schema_version"] == 3 and meta["run_id"] == smoke_bundle.name
     assert meta["stacking"]["inputs"] == "log_odds"
     assert meta["classes"] == metrics["dataset"]["classes"] and meta["positive_class"]["name"] == "pneumonia"
     assert meta["input"]["shape"] == [28, 28, 1] and meta["input"]["color_mode"] == "L"
@@ -281,8 +281,8 @@ def test_schema_1_bundles_still_load_and_stack_probabilities(smoke_bundle, tmp_p
 @pytest.mark.parametrize("how, message", [
     ("schema", r"model\.json: bundle schema version 99"),
     ("major", r"model\.json: written by medstack 7\.0\.0, major version 7"),
-    ("missing", r"smote/fold-2\.keras: member model file is missing"),
-    ("corrupt", r"ldam/fold-1\.keras: member model file is corrupt"),
+    ("missing", r"smote/fold-2\.keras: model file is missing"),
+    ("corrupt", r"ldam/fold-1\.keras: model file is corrupt"),
     ("not_json", r"model\.json: not readable JSON"),
     ("no_inputs", r"model\.json: stacking meta-model is malformed: schema version 2 names the meta-model's inputs"),
     ("edited_calibration", r"model\.json: conformal calibration is malformed: .*per_level fields do not match"),

@@ -77,7 +77,8 @@ def _metrics_section(ev: Mapping[str, Any]) -> list[str]:
         if ref:
             rows.append(["", RUN_TEST, *(_with_ci(ref["metrics"].get(k), ref["ci"].get(k)) for k in HEADLINE_METRICS),
                          ""])
-    intro = (f"Every model at its frozen decision (chosen on the run's out-of-fold predictions). Intervals: "
+    intro = (f"Every model at its frozen decision (chosen on the run's out-of-fold predictions; the student's on its "
+             f"calibration slice). Intervals: "
              f"{format_level(s['ci'])} percentile bootstrap, {s['bootstrap']} resamples, seed {s['seed']}, as the run "
              "computed its test intervals. Binary metrics are for the positive class; multi-class ones are macro "
              "averages.")

@@ -172,7 +172,8 @@ class Bundle:
         ``--engine student``, which computes nothing else."""
         if engine != STUDENT:
             return self.check_model_name(use or self.recommended)
-        self.student_model()
+        if not self.has_student:
+            self.student_model()  # the BundleError that says so, before anything loads
         if use not in (None, STUDENT):
             raise BundleError(f"--engine student scores only the student, not {use!r}: drop --use, or score "
                               f"{use} with --engine fused")
@@ -262,14 +263,14 @@ def _load_keras(root: Path, spec: dict[str, Any]) -> keras.Model:
 
     path = root / spec["file"]
     if not path.is_file():
-        raise BundleError(f"{path}: member model file is missing (listed in {root / BUNDLE_FILE})")
+        raise BundleError(f"{path}: model file is missing (listed in {root / BUNDLE_FILE})")
     if spec.get("sha256") and _sha256(path) != spec["sha256"]:
-        raise BundleError(f"{path}: member model file is corrupt or was replaced (sha256 differs from "
+        raise BundleError(f"{path}: model file is corrupt or was replaced (sha256 differs from "
                           f"{root / BUNDLE_FILE})")
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # zip errors, unknown layers, safe-mode refusals: all mean "cannot use this file"
-        raise BundleError(f"{path}: cannot load the member model: {type(exc).__name__}: {exc}") from exc
+        raise BundleError(f"{path}: cannot load the model: {type(exc).__name__}: {exc}") from exc
 
 
 def _sha256(path: Path) -> str:

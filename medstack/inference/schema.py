@@ -13,8 +13,10 @@ from typing import Any
 import medstack
 from medstack.errors import UsageError
 
-SCHEMA_VERSION = 2  # 2: the stacking meta-model says which inputs it reads ("inputs": log_odds | probabilities)
-READABLE_VERSIONS = (1, 2)  # 1: stacking on probabilities, no "inputs" key
+# 3: "models" may hold the one-network student (its file in "student"); a reader that scores every listed model
+# needs to know it. 2: the stacking meta-model says which inputs it reads ("inputs": log_odds | probabilities).
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # 1: stacking on probabilities, no "inputs" key
 # How a bundle is scored (--engine of predict, evaluate and serve-model; medstack.inference.fused.make_scorer).
 ENGINES = ("fused", "members", "student")
 ENGINE_HELP = ("fused: every model of the run in one graph (default); members: each fold model in turn (the "

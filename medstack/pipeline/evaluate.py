@@ -43,8 +43,9 @@ def evaluate_on_test(prepared: PreparedData, ensembles: EnsembleFit, cfg: RunCon
     paired = _pair_with_recommended(y_test, preds.test, ensembles.recommended.get("model"), prepared.positive_class, cfg)
     for name, pairing in paired.items():
         models[name]["test_vs_recommended"] = pairing
-    student = (judge_student(y_test, ensembles, models, prepared.positive_class) if ensembles.student
-               else {"trained": False, "why": "distill.enabled is false"})
+    student = (judge_student(y_test, ensembles, models, prepared.positive_class) if ensembles.student else
+               {"trained": False, "why": "distill.enabled is false" if not cfg.distill.enabled
+                else "no student among the results scored (a re-scoring of cached folds)"})
     return {
         "dataset": {
             "name": prepared.name,

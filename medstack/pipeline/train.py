@@ -17,7 +17,7 @@ from typing import Any
 from medstack.config import RunConfig, stable_hash
 from medstack.pipeline.fold_cache import FoldCache, FoldResult
 from medstack.pipeline.prepare import PreparedData
-from medstack.run_folder import STUDENT
+from medstack.run_folder import training_key
 
 log = logging.getLogger(__name__)
 
@@ -168,12 +168,6 @@ def summarise_training(results: list[FoldResult], wall_seconds: float) -> dict[s
             for r in results
         },
     }
-
-
-def training_key(strategy: str, fold: int) -> str:
-    """A training's name in the manifest: ``<strategy>|fold-<k>`` (1-based), or ``student`` for the one-network
-    model (medstack.pipeline.student), which trains on every fold."""
-    return STUDENT if strategy == STUDENT else f"{strategy}|fold-{fold + 1}"
 
 
 def _peak_rss_mb() -> float | None:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medstack.run_folder import MODELS_DIR, read_config_tree, read_manifest, read_metrics, run_recommendation
+from medstack.run_folder import (MODELS_DIR, STUDENT, read_config_tree, read_manifest, read_metrics,
+                                 run_recommendation, training_key)
 from medstack.tracking.store import MlflowTarget, client, experiment_id, run_url
 
 if TYPE_CHECKING:
@@ -79,6 +80,9 @@ def run_tags(run_dir: Path, manifest: Mapping[str, Any]) -> dict[str, str]:
             "medstack.data_fingerprint": str(manifest.get("data_fingerprint")),
             "medstack.code_version_models": str(manifest.get("code_version_models")),
             "medstack.recommended": f"{model} ({why})" if model else "none"}
+    student = read_metrics(run_dir).get("student") or {}
+    if student.get("trained"):  # whether the one-network model can stand in for the recommended one (report.md)
+        tags["medstack.student_can_replace"] = str(student.get("can_replace")).lower()
     commit = manifest.get("git_commit")
     if commit:
         tags.update({"medstack.code_commit": str(commit), "mlflow.source.git.commit": str(commit)})
@@ -87,7 +91,8 @@ def run_tags(run_dir: Path, manifest: Mapping[str, Any]) -> dict[str, str]:
 
 def run_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """metrics.json's numbers: ``<model>.<metric>`` out of fold, ``test.<model>.<metric>`` (and its CI bounds) on
-    test; nested per-class figures flattened with dots; lists (confusion matrices) and non-finite values left out."""
+    test; nested per-class figures flattened with dots; lists (confusion matrices) and non-finite values left out;
+    the student's agreement and calibration error as ``test.student.*``."""
     out: dict[str, float] = {}
     for model, parts in (metrics.get("models") or {}).items():
         out.update(_numbers(parts.get("oof") or {}, f"{model}."))
@@ -95,6 +100,11 @@ def run_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
         for name, bounds in (parts.get("test_ci") or {}).items():
             if isinstance(bounds, list) and len(bounds) == 2:
                 out.update(_numbers({"ci_low": bounds[0], "ci_high": bounds[1]}, f"{TEST_PREFIX}{model}.{name}."))
+    student = metrics.get("student") or {}
+    if student.get("trained"):  # its test agreement and calibration error beside the best member's
+        out.update(_numbers({"agreement": student.get("agreement"), "ece": student.get("ece"),
+                             "best_member_ece": (student.get("best_member_ece") or {}).get("ece")},
+                            f"{TEST_PREFIX}student."))
     return out
 
 
@@ -102,9 +112,10 @@ def log_fold(mlflow: MlflowClient, experiment: str, parent: str, result: FoldRes
     """One fold training as a child run of ``parent``: what it was and ran as parameters, its history as metric
     series over optimiser steps (the step at the end of each epoch), with ``epoch`` beside them."""
     info = result.info or {}
-    name = f"train[{result.strategy}|fold-{result.fold + 1}]"
+    name = f"train[{training_key(result.strategy, result.fold)}]"  # the student: train[student], on every fold
+    fold = "all" if result.strategy == STUDENT else str(result.fold + 1)
     child = mlflow.create_run(experiment, run_name=name, tags={
-        "mlflow.parentRunId": parent, "medstack.strategy": result.strategy, "medstack.fold": str(result.fold + 1),
+        "mlflow.parentRunId": parent, "medstack.strategy": result.strategy, "medstack.fold": fold,
         "medstack.from_cache": str(result.from_cache).lower(), "medstack.cache_key": result.cache_key}).info.run_id
     per_epoch = int((info.get("recipe") or {}).get("steps_per_epoch") or 1)
     params = {k: v for k, v in info.items() if k in ("epochs_run", "steps_run", "best_epoch", "seconds", "n_train",
