@@ -127,6 +127,8 @@ def main() -> None:
     parser.add_argument("--engine", choices=("fused", "student"), default="fused",
                         help="serve the whole run (fused) or its one-network student")
     args = parser.parse_args()
+    for key, value in ENVIRONMENT_DEFAULTS.items():  # this process imports TensorFlow too (the graph alone)
+        os.environ.setdefault(key, value)
     images = png_images(Path(args.data), 256)
     process, url = (None, args.url) if args.url else start_server(args.model, args.registry, max(256, args.batch),
                                                                         args.engine)
