@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import needs_mlflow
-from medstack.run_folder import read_manifest, read_metrics
+from medstack.run_folder import read_manifest, read_metrics, training_key
 from server_helpers import chromium, free_port, stop_group, wait_healthy
 
 NAME = "smoke-ensemble"
@@ -171,9 +171,10 @@ def test_every_fold_training_is_a_child_run_with_its_curves(local_store):
     children = mlflow.search_runs([local_store.tracked.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{local_store.tracked.run_id}'")
     by_name = {c.info.run_name: c for c in children}
-    assert set(by_name) == {f"train[{r.strategy}|fold-{r.fold + 1}]" for r in local_store.results}
+    assert set(by_name) == {f"train[{training_key(r.strategy, r.fold)}]" for r in local_store.results}
+    assert "train[student]" in by_name and by_name["train[student]"].data.tags["medstack.fold"] == "all"
     for result in local_store.results:
-        child = by_name[f"train[{result.strategy}|fold-{result.fold + 1}]"]
+        child = by_name[f"train[{training_key(result.strategy, result.fold)}]"]
         assert child.data.tags["medstack.from_cache"] == "true"  # read back from the cache: logged all the same
         per_epoch = result.info["recipe"]["steps_per_epoch"]
         for key in ("loss", "val_auc"):
