@@ -172,8 +172,7 @@ class Bundle:
         ``--engine student``, which computes nothing else."""
         if engine != STUDENT:
             return self.check_model_name(use or self.recommended)
-        if not self.has_student:
-            self.student_model()  # the BundleError that says so, before anything loads
+        self._require_student()  # before anything loads
         if use not in (None, STUDENT):
             raise BundleError(f"--engine student scores only the student, not {use!r}: drop --use, or score "
                               f"{use} with --engine fused")
@@ -192,11 +191,14 @@ class Bundle:
         """Whether the run trained the one-network model (``student``; bundles from before it have none)."""
         return STUDENT in self.models
 
-    def student_model(self) -> keras.Model:
-        """The student's network (sha256 checked, Keras safe mode): calibrated logits, like a fold model."""
+    def _require_student(self) -> None:
         if not self.has_student:
             raise BundleError(f"{self.root / BUNDLE_FILE}: this run trained no student (distill.enabled was false, "
                               f"or the run is older than it); use the ensemble's models {self.models}")
+
+    def student_model(self) -> keras.Model:
+        """The student's network (sha256 checked, Keras safe mode): calibrated logits, like a fold model."""
+        self._require_student()
         if self._student is None:
             self._student = _load_keras(self.root, self.meta["student"])
         return self._student
