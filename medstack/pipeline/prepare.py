@@ -127,6 +127,19 @@ class PreparedData:
             x_cal=self.images[self.cal_idx],
         )
 
+    def whole_training_data(self) -> FoldData:
+        """What a network trained on every fold sees (the student): the whole training split, no held-out rows."""
+        return FoldData(
+            x_train=self.images[self.train_idx],
+            y_train=self.y_train,
+            x_holdout=self.images[self.train_idx[:0]],
+            holdout_rows=self.train_idx[:0],
+            x_val=self.images[self.val_idx],
+            y_val=self.y_val,
+            x_test=self.images[self.test_idx],
+            x_cal=self.images[self.cal_idx],
+        )
+
 
 @dataclass(frozen=True)
 class _RowGroups:

@@ -13,8 +13,6 @@ recommended model's out-of-fold probabilities ranked test images worse than its 
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -24,11 +22,9 @@ from medstack.config import STRATEGY_PARAMS, RunConfig, stable_hash
 from medstack.pipeline.combine import EnsembleFit, decide
 from medstack.pipeline.fold_cache import FoldCache, FoldResult
 from medstack.pipeline.prepare import PreparedData
-from medstack.pipeline.train import fold_seed, worker_info
+from medstack.pipeline.train import train_network
 from medstack.pipeline.trust import calibrate_models
 from medstack.run_folder import STUDENT
-
-log = logging.getLogger(__name__)
 
 LEARNS = "class_weight"  # the strategy it trains with: the labels, balanced class weights
 ECE_MARGIN = 0.01  # "calibrated no worse than the best member": its ECE at most this above the best member's
@@ -53,25 +49,8 @@ def train_student(prepared: PreparedData, cfg: RunConfig, cache: FoldCache, vers
                   on_epoch: Callable[[int, int, dict[str, float]], None] | None = None) -> FoldResult:
     """Train the student on the whole training split (or load it from the fold cache) and predict val, test and
     the calibration slice. Its result has no out-of-fold rows."""
-    key = student_cache_key(prepared, cfg, version)
-    cached = cache.load(key)
-    if cached is not None:
-        log.info("train[%s]: cache hit %s", STUDENT, key)
-        return cached
-    from medstack.models.training import CNNClassifier, configure_accelerators
-
-    configure_accelerators()
-    started = time.time()
-    clf = CNNClassifier(LEARNS, STRATEGY_PARAMS[LEARNS](), prepared.num_classes, cfg.model, cfg.augmentation,
-                        cfg.training, image_size=cfg.data.image_size, seed=fold_seed(cfg.seed, STUDENT, 0),
-                        positive_class=prepared.positive_class, on_epoch=on_epoch)
-    clf.fit(prepared.images[prepared.train_idx], prepared.y_train, prepared.images[prepared.val_idx], prepared.y_val)
-    val, test, cal = clf.predict_proba_many([prepared.images[i] for i in (prepared.val_idx, prepared.test_idx,
-                                                                         prepared.cal_idx)])
-    result = FoldResult(strategy=STUDENT, fold=0, cache_key=key, oof_index=np.zeros(0, np.int64),
-                        oof_proba=np.zeros((0, prepared.num_classes)), val_proba=val, test_proba=test, cal_proba=cal,
-                        history=clf.history_, info={**clf.info_, "worker": worker_info(started)})
-    return cache.save(result, clf.save)
+    return train_network(prepared, cfg, cache, student_cache_key(prepared, cfg, version), STUDENT, 0, LEARNS,
+                         STRATEGY_PARAMS[LEARNS](), prepared.whole_training_data, on_epoch)
 
 
 def add_student(prepared: PreparedData, ensembles: EnsembleFit, student: FoldResult, cfg: RunConfig) -> EnsembleFit:

@@ -16,7 +16,7 @@ from typing import Any
 
 from medstack.config import RunConfig, stable_hash
 from medstack.pipeline.fold_cache import FoldCache, FoldResult
-from medstack.pipeline.prepare import PreparedData
+from medstack.pipeline.prepare import FoldData, PreparedData
 from medstack.run_folder import training_key
 
 log = logging.getLogger(__name__)
@@ -105,36 +105,48 @@ def train_one_fold(
     and the calibration slice (which no training sees).
 
     ``on_epoch(epoch, epochs, metrics)`` hears every finished epoch (progress only: it never changes the result)."""
-    key = fold_cache_key(prepared, cfg, strategy, fold, version)
+    return train_network(prepared, cfg, cache, fold_cache_key(prepared, cfg, strategy, fold, version), strategy, fold,
+                         strategy, cfg.strategy_params(strategy), lambda: prepared.fold_data(fold), on_epoch)
+
+
+def train_network(
+    prepared: PreparedData, cfg: RunConfig, cache: FoldCache, key: str, name: str, fold: int, learns: str,
+    params: Any, data: Callable[[], FoldData],
+    on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> FoldResult:
+    """The fold-cache entry ``key``, or one network of the run's model trained with strategy ``learns`` (its
+    ``params``) on ``data()``'s training part, early-stopped on val, then predicting the held-out rows, val, test
+    and the calibration slice; saved under ``key`` as training ``name``/``fold``. A fold model
+    (:func:`train_one_fold`) and the student (medstack.pipeline.student) both train here."""
     cached = cache.load(key)
     if cached is not None:
-        log.info("train[%s|fold-%d]: cache hit %s", strategy, fold + 1, key)
+        log.info("train[%s]: cache hit %s", training_key(name, fold), key)
         return cached
-    # TensorFlow loads only where a fold trains: a run whose folds all come from the cache never imports it.
+    # TensorFlow loads only where a network trains: a run whose folds all come from the cache never imports it.
     from medstack.models.training import CNNClassifier, configure_accelerators
 
     configure_accelerators()
     started = time.time()
-    data = prepared.fold_data(fold)
+    arrays = data()
     clf = CNNClassifier(
-        strategy,
-        cfg.strategy_params(strategy),
+        learns,
+        params,
         prepared.num_classes,
         cfg.model,
         cfg.augmentation,
         cfg.training,
         image_size=cfg.data.image_size,
-        seed=fold_seed(cfg.seed, strategy, fold),
+        seed=fold_seed(cfg.seed, name, fold),
         positive_class=prepared.positive_class,
         on_epoch=on_epoch,
-    ).fit(data.x_train, data.y_train, data.x_val, data.y_val)
+    ).fit(arrays.x_train, arrays.y_train, arrays.x_val, arrays.y_val)
     oof_proba, val_proba, test_proba, cal_proba = clf.predict_proba_many(
-        [data.x_holdout, data.x_val, data.x_test, data.x_cal])
+        [arrays.x_holdout, arrays.x_val, arrays.x_test, arrays.x_cal])
     result = FoldResult(
-        strategy=strategy,
+        strategy=name,
         fold=fold,
         cache_key=key,
-        oof_index=data.holdout_rows,
+        oof_index=arrays.holdout_rows,
         oof_proba=oof_proba,
         val_proba=val_proba,
         test_proba=test_proba,
