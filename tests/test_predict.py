@@ -16,7 +16,7 @@ from PIL import Image
 
 from medstack.cli import main
 from medstack.inference.bundle import BundleError, load_bundle
-from medstack.inference.fused import FusedScorer, MemberScorer, export_fused
+from medstack.inference.fused import MemberScorer, export_fused, make_scorer
 from medstack.inference.inputs import InputError
 from medstack.inference.predict import predict
 
@@ -181,7 +181,6 @@ def test_model_json_calibration_is_what_the_runs_calibration_rows_give(smoke_bun
 
 def test_bundles_without_conformal_calibration_still_predict(bundle, smoke_bundle, test_images, tmp_path):
     """A bundle written before conformal calibration: no set, p-value or referral columns, and a note saying so."""
-    from medstack.inference.fused import FusedScorer
     from medstack.inference.trust import NO_TRUST
 
     copy = tmp_path / "old"
@@ -192,7 +191,7 @@ def test_bundles_without_conformal_calibration_still_predict(bundle, smoke_bundl
     old = load_bundle(copy)
     images, _ = test_images
     np.savez(tmp_path / "few.npz", images=images[:6, ..., 0])
-    summary = predict(old, tmp_path / "few.npz", tmp_path / "old.csv", scorer=FusedScorer(bundle))
+    summary = predict(old, tmp_path / "few.npz", tmp_path / "old.csv", scorer=make_scorer(bundle))
     got = pd.read_csv(tmp_path / "old.csv")
     assert summary.scored == 6 and summary.referred is None and summary.notes == [NO_TRUST]
     assert not [c for c in got.columns if c.startswith(("set_", "p_value:", "refer"))]
@@ -207,7 +206,7 @@ def test_fused_model_and_its_exports_equal_the_per_member_path(bundle, test_imag
     rng = np.random.default_rng(0)
     x = np.concatenate([images, rng.integers(0, 256, size=(16, 28, 28, 1), dtype=np.uint8)])
     reference = MemberScorer(bundle)(x)
-    fused = FusedScorer(bundle)(x)
+    fused = make_scorer(bundle)(x)  # predict's own scorer (built once per loaded bundle)
     assert list(fused) == bundle.models
     model = export_fused(bundle, tmp_path / "ensemble.keras", tmp_path / "saved_model")
     reloaded = keras.saving.load_model(tmp_path / "ensemble.keras", safe_mode=True)

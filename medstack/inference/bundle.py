@@ -14,7 +14,7 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -119,6 +119,7 @@ class Bundle:
     _members: dict[str, list[keras.Model]] | None = field(default=None, repr=False)
     _student: keras.Model | None = field(default=None, repr=False)
     _trust: dict[str, tuple[Any, dict[str, Any]]] = field(default_factory=dict, repr=False)  # read_trust per model
+    _built: dict[str, Any] = field(default_factory=dict, repr=False)  # what once() built, by key
 
     @property
     def run_id(self) -> str:
@@ -202,6 +203,13 @@ class Bundle:
         if self._student is None:
             self._student = _load_keras(self.root, self.meta["student"])
         return self._student
+
+    def once(self, key: str, build: Callable[[], Any]) -> Any:
+        """What ``build()`` returns, built on the first call for ``key`` and kept with this loaded bundle (the traced
+        graphs of medstack.inference.fused.make_scorer: seconds to build, reused by every later predict)."""
+        if key not in self._built:
+            self._built[key] = build()
+        return self._built[key]
 
     def member_models(self) -> dict[str, list[keras.Model]]:
         """Every fold model, by strategy, loaded once (sha256 checked, Keras safe mode)."""

@@ -157,14 +157,15 @@ class MemberScorer:
 
 def make_scorer(bundle: Bundle, engine: str = "fused") -> Callable[[np.ndarray], Scores]:
     """``fused``: every model in one graph; ``members``: fold model by fold model in NumPy (the reference);
-    ``student``: the one-network model alone (its probabilities only)."""
+    ``student``: the one-network model alone (its probabilities only). Built and traced once per loaded bundle and
+    engine: a second predict or evaluate with the same :class:`Bundle` reuses it."""
     if engine == "fused":
-        return FusedScorer(bundle)
+        return bundle.once("scorer:fused", lambda: FusedScorer(bundle))
     if engine == "members":
-        return MemberScorer(bundle)
+        return bundle.once("scorer:members", lambda: MemberScorer(bundle))
     if engine == STUDENT:
         bundle.student_model()  # a bundle without one: a BundleError that says so, before any graph is built
-        return FusedScorer(bundle, student=True)
+        return bundle.once("scorer:student", lambda: FusedScorer(bundle, student=True))
     raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
 
 
