@@ -205,8 +205,9 @@ def test_fused_model_and_its_exports_equal_the_per_member_path(bundle, test_imag
     images, _ = test_images
     rng = np.random.default_rng(0)
     x = np.concatenate([images, rng.integers(0, 256, size=(16, 28, 28, 1), dtype=np.uint8)])
-    reference = MemberScorer(bundle)(x)
-    fused = make_scorer(bundle)(x)  # predict's own scorer (built once per loaded bundle)
+    reference = make_scorer(bundle, "members")(x)
+    fused = make_scorer(bundle)(x)  # predict's own scorer, built and traced once per loaded bundle:
+    assert make_scorer(bundle) is make_scorer(bundle) and make_scorer(bundle, "members") is not make_scorer(bundle)
     assert list(fused) == bundle.models
     model = export_fused(bundle, tmp_path / "ensemble.keras", tmp_path / "saved_model")
     reloaded = keras.saving.load_model(tmp_path / "ensemble.keras", safe_mode=True)

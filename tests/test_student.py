@@ -42,6 +42,20 @@ def test_the_student_trained_on_the_training_split_and_no_calibration_row(smoke_
     assert not set(data.cal_idx) & set(data.train_idx) and len(data.cal_idx) == 40
 
 
+def test_its_views_are_distill_tta_and_only_its_cache_entry_depends_on_them(smoke_bundle, prepared):
+    from medstack.config import apply_overrides
+    from medstack.pipeline import fold_cache_key
+    from medstack.pipeline.student import student_cache_key
+
+    data, cfg = prepared
+    folds = read_manifest(smoke_bundle)["folds"]
+    assert cfg.distill.tta == "none" and folds["student"]["tta_views"] == 1  # one pass an image
+    assert {entry["tta_views"] for key, entry in folds.items() if key != "student"} == {5}  # training.tta: auto
+    auto = apply_overrides(cfg, {"distill.tta": "auto"})
+    assert student_cache_key(data, auto, "v") != student_cache_key(data, cfg, "v")
+    assert fold_cache_key(data, auto, "ldam", 0, "v") == fold_cache_key(data, cfg, "ldam", 0, "v")
+
+
 def test_its_decision_and_sets_come_from_the_calibration_slice(smoke_bundle, prepared):
     """Recomputed from calibration_predictions.csv (the slice's rows) with the run's own rules: the same decision,
     the same conformal calibration and referral point as model.json holds."""
@@ -79,7 +93,7 @@ def test_metrics_and_report_judge_it_against_the_recommended_model(smoke_bundle)
     section = report.split("## One-network model (student)", 1)[1].split("\n## ", 1)[0]
     assert "all 360 training rows" in section and "40 rows of the calibration slice" in section
     assert ("**It can stand in for" if student["can_replace"] else f"**Keep {recommended}**") in section
-    assert "| network passes an image | 5 | 40 |" in section
+    assert "| network passes an image | 1 | 40 |" in section  # distill.tta: none; 8 fold models x 5 views
 
 
 # Starlette's TestClient (the app in this process, no server to start) warns that it still runs on httpx.

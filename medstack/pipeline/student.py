@@ -1,8 +1,9 @@
 """The one-network model of a run (``distill``): trained, calibrated and judged beside the ensemble.
 
-``student`` is the run's own network (model, augmentation and training recipe) trained once on every row of the
-training split, on the labels with balanced class weights (the ``class_weight`` strategy), early-stopped and
-temperature-scaled on val like a fold model. It has no out-of-fold predictions, so its decision (threshold or
+``student`` is the run's own network (model, augmentation and training recipe; its test-time views are
+``distill.tta``, one pass an image by default) trained once on every row of the training split, on the labels
+with balanced class weights (the ``class_weight`` strategy), early-stopped and temperature-scaled on val like a
+fold model. It has no out-of-fold predictions, so its decision (threshold or
 class offsets, by the run's policy), prediction sets and referral point come from the calibration slice, which it
 never trained on. It serves at one network's cost, where the ensemble costs strategies x folds networks an image.
 
@@ -38,10 +39,16 @@ def split_student(results: list[FoldResult]) -> tuple[list[FoldResult], FoldResu
     return members, (student[0] if student else None)
 
 
+def student_config(cfg: RunConfig) -> RunConfig:
+    """The run's config as the student trains with it: the run's own, with its test-time views ``distill.tta``."""
+    return cfg.model_copy(update={"training": cfg.training.model_copy(update={"tta": cfg.distill.tta})})
+
+
 def student_cache_key(prepared: PreparedData, cfg: RunConfig, version: str) -> str:
     """Everything the student's training depends on (its fold-cache entry)."""
+    training = student_config(cfg).training
     return stable_hash(prepared.fingerprint, STUDENT, LEARNS, cfg.model.model_dump(mode="json"),
-                       cfg.augmentation.model_dump(mode="json"), cfg.training.model_dump(mode="json"),
+                       cfg.augmentation.model_dump(mode="json"), training.model_dump(mode="json"),
                        cfg.data.image_size, cfg.seed, version)
 
 
@@ -49,8 +56,8 @@ def train_student(prepared: PreparedData, cfg: RunConfig, cache: FoldCache, vers
                   on_epoch: Callable[[int, int, dict[str, float]], None] | None = None) -> FoldResult:
     """Train the student on the whole training split (or load it from the fold cache) and predict val, test and
     the calibration slice. Its result has no out-of-fold rows."""
-    return train_network(prepared, cfg, cache, student_cache_key(prepared, cfg, version), STUDENT, 0, LEARNS,
-                         STRATEGY_PARAMS[LEARNS](), prepared.whole_training_data, on_epoch)
+    return train_network(prepared, student_config(cfg), cache, student_cache_key(prepared, cfg, version), STUDENT, 0,
+                         LEARNS, STRATEGY_PARAMS[LEARNS](), prepared.whole_training_data, on_epoch)
 
 
 def add_student(prepared: PreparedData, ensembles: EnsembleFit, student: FoldResult, cfg: RunConfig) -> EnsembleFit:
