@@ -44,12 +44,12 @@ def student_section(metrics: Mapping[str, Any]) -> list[str]:
     models, teacher = metrics["models"], student["compared_with"]
     mine, paired = models[STUDENT], models[STUDENT].get("test_vs_recommended")
     passes = student["passes_per_image"]
+    cost = f"{passes['student']} network pass{'' if passes['student'] == 1 else 'es'}"
     intro = (f"The run's network trained once on all {student['trained_rows']} training rows, on the "
              f"{student['learned']}, early-stopped and temperature-scaled on val. Its decision, prediction sets and "
              f"referral point come from the {student['calibration_rows']} rows of the calibration slice, which it "
-             f"never trained on. It costs {passes['student']} network pass(es) an image where the ensemble costs "
-             f"{passes['ensemble']}: `--engine student` of predict, evaluate, serve-model and export scores it "
-             "alone.")
+             f"never trained on. It costs {cost} an image where the ensemble costs {passes['ensemble']}: "
+             "`--engine student` of predict, evaluate, serve-model and export scores it alone.")
     difference = "n/a" if paired is None else (f"{paired['roc_auc_difference']:+.4f} ({paired['ci'][0]:+.4f} to "
                                                f"{paired['ci'][1]:+.4f})")
     agreement = student.get("agreement")
