@@ -3,9 +3,9 @@
 ``student`` is the run's own network (model, augmentation and training recipe; its test-time views are
 ``distill.tta``, one pass an image by default) trained once on every row of the training split, on the labels
 with balanced class weights (the ``class_weight`` strategy), early-stopped and temperature-scaled on val like a
-fold model. It has no out-of-fold predictions, so its decision (threshold or
-class offsets, by the run's policy), prediction sets and referral point come from the calibration slice, which it
-never trained on. It serves at one network's cost, where the ensemble costs strategies x folds networks an image.
+fold model. It has no out-of-fold predictions, so its decision (threshold or class offsets, by the run's policy),
+prediction sets and referral point come from the calibration slice, which it never trained on. It serves at one
+network's cost, where the ensemble costs strategies x folds networks an image.
 
 Why the labels and not the ensemble's probabilities: at 546 PneumoniaMNIST images the same network learning the
 recommended model's out-of-fold probabilities ranked test images worse than its teacher, and on the labels better
