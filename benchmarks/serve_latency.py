@@ -92,7 +92,7 @@ def model_floor(model: str, registry: str | None, batch: int, engine: str) -> di
     image (fold models, or the student's one network, x test-time views)."""
     from medstack.inference.bundle import load_bundle
     from medstack.inference.fused import make_scorer
-    from medstack.models.network import TTAView
+    from medstack.models.network import tta_view_count
 
     bundle = load_bundle(model, registry)
     scorer = make_scorer(bundle, engine)
@@ -100,7 +100,7 @@ def model_floor(model: str, registry: str | None, batch: int, engine: str) -> di
         [m for ms in bundle.member_models().values() for m in ms] + ([bundle.student_model()] if bundle.has_student
                                                                      else []))  # the fused graph runs it too
     folds, one = len(networks), networks[0]
-    views = max(1, sum(isinstance(layer, TTAView) for layer in one.layers))
+    views = tta_view_count(one)
     x1, xb = np.zeros((1, *bundle.input_shape), np.uint8), np.zeros((batch, *bundle.input_shape), np.uint8)
     scorer(x1), scorer(xb)
     singles = []

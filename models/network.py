@@ -127,29 +127,75 @@ def _augmentation_layers(cfg: AugmentationConfig | None, seeds) -> list[keras.la
     return out
 
 
+def shifted_view(x, flip: str = "none", dy: int = 0, dx: int = 0):
+    """One deterministic test-time view of a batch of raw images (N, H, W, C): optional flips, then a shift by whole
+    pixels with black (0) fill, as the training augmentation's constant fill."""
+    if flip not in ("none", "horizontal", "vertical", "both"):
+        raise ValueError(f"a test-time view's flip must be none, horizontal, vertical or both, got {flip!r}")
+    if flip in ("horizontal", "both"):
+        x = ops.flip(x, axis=2)
+    if flip in ("vertical", "both"):
+        x = ops.flip(x, axis=1)
+    if dy or dx:
+        height, width = x.shape[1], x.shape[2]
+        pads = [(0, 0), (max(dy, 0), max(-dy, 0)), (max(dx, 0), max(-dx, 0)), (0, 0)]
+        top, left = max(-dy, 0), max(-dx, 0)
+        x = ops.pad(x, pads)[:, top : top + height, left : left + width, :]
+    return x
+
+
+@keras.saving.register_keras_serializable(package="medstack")
+class TTAViews(layers.Layer):
+    """Every test-time view of a batch, stacked on the batch axis view by view: (N, H, W, C) in, (V * N, H, W, C)
+    out, so the network runs once on all views (:class:`ViewMean` averages its outputs back to N rows)."""
+
+    def __init__(self, views: list[dict], **kwargs):
+        super().__init__(**kwargs)
+        self.views = [{"flip": str(v["flip"]), "dy": int(v["dy"]), "dx": int(v["dx"])} for v in views]
+        for view in self.views:
+            shifted_view(ops.zeros((1, 2, 2, 1)), **view)  # a bad flip fails here, not at the first prediction
+
+    def call(self, inputs):
+        return ops.concatenate([shifted_view(inputs, **view) for view in self.views], axis=0)
+
+    def compute_output_shape(self, input_shape):
+        rows = None if input_shape[0] is None else input_shape[0] * len(self.views)
+        return (rows, *input_shape[1:])
+
+    def get_config(self):
+        return {**super().get_config(), "views": self.views}
+
+
+@keras.saving.register_keras_serializable(package="medstack")
+class ViewMean(layers.Layer):
+    """The mean over ``count`` views of outputs stacked view by view on the batch axis (:class:`TTAViews`)."""
+
+    def __init__(self, count: int, **kwargs):
+        super().__init__(**kwargs)
+        self.count = int(count)
+
+    def call(self, inputs):
+        return ops.mean(ops.reshape(inputs, (self.count, -1, inputs.shape[-1])), axis=0)
+
+    def compute_output_shape(self, input_shape):
+        rows = None if input_shape[0] is None else input_shape[0] // self.count
+        return (rows, *input_shape[1:])
+
+    def get_config(self):
+        return {**super().get_config(), "count": self.count}
+
+
 @keras.saving.register_keras_serializable(package="medstack")
 class TTAView(layers.Layer):
-    """One deterministic test-time view of a batch of raw images: optional flips, then a shift by whole pixels
-    with black (0) fill, as the training augmentation's constant fill."""
+    """One test-time view as a layer of its own: fold models saved before the views were stacked into one batch
+    (:class:`TTAViews`) hold one per view, and still load and predict with it."""
 
     def __init__(self, flip: str = "none", dy: int = 0, dx: int = 0, **kwargs):
         super().__init__(**kwargs)
-        if flip not in ("none", "horizontal", "vertical", "both"):
-            raise ValueError(f"TTAView flip must be none, horizontal, vertical or both, got {flip!r}")
         self.flip, self.dy, self.dx = flip, int(dy), int(dx)
 
     def call(self, inputs):
-        x = inputs
-        if self.flip in ("horizontal", "both"):
-            x = ops.flip(x, axis=2)
-        if self.flip in ("vertical", "both"):
-            x = ops.flip(x, axis=1)
-        if self.dy or self.dx:
-            height, width = x.shape[1], x.shape[2]
-            pads = [(0, 0), (max(self.dy, 0), max(-self.dy, 0)), (max(self.dx, 0), max(-self.dx, 0)), (0, 0)]
-            top, left = max(-self.dy, 0), max(-self.dx, 0)
-            x = ops.pad(x, pads)[:, top : top + height, left : left + width, :]
-        return x
+        return shifted_view(inputs, self.flip, self.dy, self.dx)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -178,9 +224,23 @@ def tta_views(augmentation: AugmentationConfig | None, image_shape: tuple[int, .
 
 def with_tta(net: keras.Model, views: list[dict]) -> keras.Model:
     """``net`` predicting the mean of its logits over ``views`` (one view: ``net`` itself). The views are layers of
-    the model, so a saved ``.keras`` file predicts exactly what the run reported, in safe mode."""
+    the model, so a saved ``.keras`` file predicts exactly what the run reported, in safe mode. The network runs
+    once on the views stacked into one batch: tracing it once instead of once a view made the smoke bundle's fused
+    graph 3x quicker to build and an eager call of a fold model on 100 rows 2.4x cheaper on 2 cores
+    (docs/benchmarks.md, "Test-time views in one batch")."""
     if len(views) == 1 and views[0] == {"flip": "none", "dy": 0, "dx": 0}:
         return net
     inputs = keras.Input(shape=net.input_shape[1:], name="pixels")
-    logits = [net(TTAView(**view, name=f"tta_view{i}")(inputs)) for i, view in enumerate(views)]
-    return keras.Model(inputs, layers.Average(dtype="float32", name="tta_mean")(logits), name=f"{net.name}_tta")
+    logits = net(TTAViews(views, name="tta_views")(inputs))
+    return keras.Model(inputs, ViewMean(len(views), dtype="float32", name="tta_mean")(logits), name=f"{net.name}_tta")
+
+
+def tta_view_count(model: keras.Model) -> int:
+    """How many test-time views a saved fold model averages (1 without any), in either layout."""
+    count = 0
+    for layer in model.layers:
+        if isinstance(layer, TTAViews):
+            count += len(layer.views)
+        elif isinstance(layer, TTAView):
+            count += 1
+    return max(count, 1)

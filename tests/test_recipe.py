@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medstack.config import AugmentationConfig, ModelConfig, NoParams, TrainingConfig
-from medstack.models.network import TTAView, build_model, tta_views, with_tta
+from medstack.models.network import TTAView, TTAViews, build_model, tta_view_count, tta_views, with_tta
 from medstack.models.recipe import resolve_recipe
 from medstack.models.training import CNNClassifier
 
@@ -154,6 +154,26 @@ def test_tta_averages_exactly_the_views_it_names(rng, tmp_path):
     tta.save(tmp_path / "tta.keras")
     loaded = keras.saving.load_model(tmp_path / "tta.keras", safe_mode=True)
     np.testing.assert_allclose(np.asarray(loaded(x, training=False)), expected, rtol=1e-5, atol=1e-6)
+    # the network runs once, on the views stacked into one batch
+    assert [type(layer).__name__ for layer in tta.layers] == ["InputLayer", "TTAViews", "Functional", "ViewMean"]
+    assert tta_view_count(loaded) == len(views)
+    with pytest.raises(ValueError, match="flip must be none, horizontal, vertical or both"):
+        TTAViews([{"flip": "diagonal", "dy": 0, "dx": 0}])
+
+
+def test_a_fold_model_saved_with_one_layer_a_view_still_loads_and_predicts_the_same(rng, tmp_path):
+    """Bundles written before the views were stacked into one batch hold one TTAView layer a view: they load in
+    safe mode and predict what the stacked layout predicts."""
+    net = build_model((6, 5, 1), 3, SMALL, None, seed=4)
+    views = [{"flip": "none", "dy": 0, "dx": 0}, {"flip": "vertical", "dy": 0, "dx": 0}, {"flip": "none", "dy": -1, "dx": 2}]
+    inputs = keras.Input(shape=(6, 5, 1), name="pixels")
+    logits = [net(TTAView(**view, name=f"tta_view{i}")(inputs)) for i, view in enumerate(views)]
+    keras.Model(inputs, keras.layers.Average(name="tta_mean")(logits)).save(tmp_path / "per-view.keras")
+    old = keras.saving.load_model(tmp_path / "per-view.keras", safe_mode=True)
+    x = rng.integers(0, 255, (7, 6, 5, 1)).astype("float32")
+    np.testing.assert_allclose(np.asarray(old(x, training=False)), np.asarray(with_tta(net, views)(x, training=False)),
+                               rtol=1e-5, atol=1e-6)
+    assert tta_view_count(old) == 3 and tta_view_count(net) == 1
 
 
 def test_without_tta_the_model_is_the_network_itself():
@@ -170,7 +190,7 @@ def test_tta_setting_reaches_the_predicting_model(rng, tta, views):
     aug = AugmentationConfig(flip="none", shift=0.25, rotation=0.0, zoom=0.0)
     training = TrainingConfig(epochs=1, jit_compile=False, batch_size=16, min_steps=0, min_epoch_steps=0, tta=tta, calibration="none")
     clf = CNNClassifier("class_weight", NoParams(), 2, SMALL, aug, training, seed=0).fit(x, y, x[:16], y[:16])
-    assert sum(isinstance(layer, TTAView) for layer in clf.model_.layers) == views
+    assert tta_view_count(clf.model_) == max(views, 1)
     assert clf.info_["tta_views"] == max(views, 1)
     plain = keras.ops.convert_to_numpy(keras.ops.softmax(clf.network_(x, training=False)))
     assert np.allclose(clf.predict_proba(x), plain, atol=1e-6) == (tta == "none")
