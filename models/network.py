@@ -225,9 +225,8 @@ def tta_views(augmentation: AugmentationConfig | None, image_shape: tuple[int, .
 def with_tta(net: keras.Model, views: list[dict]) -> keras.Model:
     """``net`` predicting the mean of its logits over ``views`` (one view: ``net`` itself). The views are layers of
     the model, so a saved ``.keras`` file predicts exactly what the run reported, in safe mode. The network runs
-    once on the views stacked into one batch: tracing it once instead of once a view made the smoke bundle's fused
-    graph 3x quicker to build and an eager call of a fold model on 100 rows 2.4x cheaper on 2 cores
-    (docs/benchmarks.md, "Test-time views in one batch")."""
+    once on the views stacked into one batch: against one call a view, the fused graph traces 3-4x quicker, one
+    image scores 1.3-2.5x quicker and large batches as fast (docs/benchmarks.md, "Test-time views in one batch")."""
     if len(views) == 1 and views[0] == {"flip": "none", "dy": 0, "dx": 0}:
         return net
     inputs = keras.Input(shape=net.input_shape[1:], name="pixels")
