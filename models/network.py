@@ -127,12 +127,19 @@ def _augmentation_layers(cfg: AugmentationConfig | None, seeds) -> list[keras.la
     return out
 
 
+VIEW_FLIPS = ("none", "horizontal", "vertical", "both")
+
+
+def _checked_flip(flip: str) -> str:
+    if flip not in VIEW_FLIPS:
+        raise ValueError(f"a test-time view's flip must be none, horizontal, vertical or both, got {flip!r}")
+    return flip
+
+
 def shifted_view(x, flip: str = "none", dy: int = 0, dx: int = 0):
     """One deterministic test-time view of a batch of raw images (N, H, W, C): optional flips, then a shift by whole
     pixels with black (0) fill, as the training augmentation's constant fill."""
-    if flip not in ("none", "horizontal", "vertical", "both"):
-        raise ValueError(f"a test-time view's flip must be none, horizontal, vertical or both, got {flip!r}")
-    if flip in ("horizontal", "both"):
+    if _checked_flip(flip) in ("horizontal", "both"):
         x = ops.flip(x, axis=2)
     if flip in ("vertical", "both"):
         x = ops.flip(x, axis=1)
@@ -151,9 +158,7 @@ class TTAViews(layers.Layer):
 
     def __init__(self, views: list[dict], **kwargs):
         super().__init__(**kwargs)
-        self.views = [{"flip": str(v["flip"]), "dy": int(v["dy"]), "dx": int(v["dx"])} for v in views]
-        for view in self.views:
-            shifted_view(ops.zeros((1, 2, 2, 1)), **view)  # a bad flip fails here, not at the first prediction
+        self.views = [{"flip": _checked_flip(v["flip"]), "dy": int(v["dy"]), "dx": int(v["dx"])} for v in views]
 
     def call(self, inputs):
         return ops.concatenate([shifted_view(inputs, **view) for view in self.views], axis=0)
@@ -192,7 +197,7 @@ class TTAView(layers.Layer):
 
     def __init__(self, flip: str = "none", dy: int = 0, dx: int = 0, **kwargs):
         super().__init__(**kwargs)
-        self.flip, self.dy, self.dx = flip, int(dy), int(dx)
+        self.flip, self.dy, self.dx = _checked_flip(flip), int(dy), int(dx)
 
     def call(self, inputs):
         return shifted_view(inputs, self.flip, self.dy, self.dx)
