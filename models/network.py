@@ -230,13 +230,25 @@ def tta_views(augmentation: AugmentationConfig | None, image_shape: tuple[int, .
 def with_tta(net: keras.Model, views: list[dict]) -> keras.Model:
     """``net`` predicting the mean of its logits over ``views`` (one view: ``net`` itself). The views are layers of
     the model, so a saved ``.keras`` file predicts exactly what the run reported, in safe mode. The network runs
-    once on the views stacked into one batch: against one call a view, the fused graph traces 3-4x quicker, one
-    image scores 1.3-2.5x quicker and large batches as fast (docs/benchmarks.md, "Test-time views in one batch")."""
+    once on the views stacked into one batch: against one call a view, at 28x28 on a 2-core CPU, the fused graph
+    traced 3-4x quicker, one image scored 1.3-2.5x quicker and large batches as fast (docs/benchmarks.md,
+    "Test-time views in one batch"). A call holds the activations of every view at once: callers send at most
+    :func:`rows_per_call` rows."""
     if len(views) == 1 and views[0] == {"flip": "none", "dy": 0, "dx": 0}:
         return net
     inputs = keras.Input(shape=net.input_shape[1:], name="pixels")
     logits = net(TTAViews(views, name="tta_views")(inputs))
     return keras.Model(inputs, ViewMean(len(views), dtype="float32", name="tta_mean")(logits), name=f"{net.name}_tta")
+
+
+NETWORK_IMAGES = 256  # the most images one call sends through a network, test-time views included
+
+
+def rows_per_call(views: int, images: int = NETWORK_IMAGES) -> int:
+    """Input rows for one call of a model that scores ``views`` test-time views of each row, so that its network sees
+    at most ``images`` images: stacked views multiply the rows a network holds at once (and its activations' memory)
+    by the view count, which at 224x224 would be many gigabytes."""
+    return max(1, images // max(1, views))
 
 
 def tta_view_count(model: keras.Model) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 from medstack.config import AugmentationConfig, ModelConfig, StrategyParams, TrainingConfig, array_sha
 from medstack.models.calibration import calibration_note, fit_temperature, nll, prior_nll, with_temperature
 from medstack.models.feed import training_input
-from medstack.models.network import build_model, tta_views, with_tta
+from medstack.models.network import NETWORK_IMAGES, build_model, rows_per_call, tta_view_count, tta_views, with_tta
 from medstack.models.recipe import Recipe, SoftmaxAUC, callbacks, learning_rate, resolve_recipe
 from medstack.models.strategies import get_strategy
 
@@ -166,13 +166,13 @@ class CNNClassifier:
 
         return [keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)]
 
-    def predict_proba(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        return self.predict_proba_many([x], batch_size)[0]
+    def predict_proba(self, x: np.ndarray, images: int = NETWORK_IMAGES) -> np.ndarray:
+        return self.predict_proba_many([x], images)[0]
 
-    def predict_proba_many(self, arrays: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
+    def predict_proba_many(self, arrays: list[np.ndarray], images: int = NETWORK_IMAGES) -> list[np.ndarray]:
         """Class probabilities for each of ``arrays``, their rows batched together (:func:`predict_logits_many`)."""
         return [np.asarray(keras.ops.softmax(keras.ops.convert_to_tensor(logits, "float32"), axis=-1), np.float64)
-                for logits in predict_logits_many(self.model_, arrays, batch_size)]
+                for logits in predict_logits_many(self.model_, arrays, images)]
 
     def save(self, path: str | Path) -> None:
         self.model_.save(path)
@@ -212,21 +212,22 @@ def _one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:
     return np.eye(num_classes, dtype=np.float32)[np.asarray(y, dtype=np.int64)]
 
 
-def predict_logits(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def predict_logits(model: keras.Model, x: np.ndarray, images: int = NETWORK_IMAGES) -> np.ndarray:
     """The model's logits for ``x`` (:func:`predict_logits_many` of one array)."""
-    return predict_logits_many(model, [x], batch_size)[0]
+    return predict_logits_many(model, [x], images)[0]
 
 
-def predict_logits_many(model: keras.Model, arrays: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
+def predict_logits_many(model: keras.Model, arrays: list[np.ndarray], images: int = NETWORK_IMAGES) -> list[np.ndarray]:
     """The model's logits for each of ``arrays``, in batches called directly (eagerly) rather than through
     ``model.predict``: every fold model and wrapper would otherwise trace a new ``tf.function`` per input length,
     which is slow for small arrays and floods the log with TensorFlow's retracing warnings. A batch may span two
     arrays, so a fold predicts its held-out rows, val, test and calibration slice in as few calls as their rows
-    need: an eager call has a fixed cost (19 ms of CPU for the smoke config's fold model with 5 test-time views,
-    against 35 ms for a call on 100 rows, at 010b43f), and a row's logits do not depend on the rows beside it in its
-    batch."""
+    need: an eager call has a fixed cost, and a row's logits do not depend on the rows beside it in its batch. A
+    batch has as many rows as keep the network within ``images`` images, its test-time views included
+    (:func:`medstack.models.network.rows_per_call`): an eager call keeps every view's activations until it returns."""
     if not arrays:
         return []
+    batch_size = rows_per_call(tta_view_count(model), images)
     batches: list[list[np.ndarray]] = []
     batch: list[np.ndarray] = []
     room = batch_size

@@ -39,6 +39,8 @@ import logging
 import numpy as np
 from prefect import flow as _flow  # noqa: F401  set up Prefect logging now, not in a test whose captured stderr closes
 import pytest
+from smoke_run import PNEUMONIA_NPZ, smoke_env, start_smoke_run, yield_cores_to_the_smoke_run
+from smoke_run import smoke_cache as smoke_cache_dir
 
 # Many small models per process make tf.function retrace by design; the warning says nothing useful here.
 logging.getLogger("tensorflow").setLevel(logging.ERROR)
@@ -47,7 +49,6 @@ REPO = Path(__file__).resolve().parents[1]
 MLFLOW_INSTALLED = importlib.util.find_spec("mlflow") is not None
 needs_mlflow = pytest.mark.skipif(not MLFLOW_INSTALLED,
                                   reason='MLflow is not installed: pip install -e ".[mlflow]" (CI installs it)')
-PNEUMONIA_NPZ = REPO.parent / "shared" / "data" / "pneumoniamnist.npz"
 
 
 @pytest.fixture(scope="session")
@@ -249,49 +250,6 @@ def _shared_dir(tmp_path_factory) -> Path:
         tmp_path_factory.getbasetemp()
 
 
-def smoke_env(shared: Path) -> dict[str, str]:
-    """The smoke run's environment: the registry at its default place (under XDG_DATA_HOME), not $MEDSTACK_REGISTRY."""
-    env = {k: v for k, v in os.environ.items() if k != "MEDSTACK_REGISTRY"}
-    env["XDG_DATA_HOME"] = str(shared / "smoke-bundle" / "xdg-data")
-    return env
-
-
-# Runs `medstack run` for the smoke bundle and leaves its outcome beside it: exit-ok or exit-failed, and its output.
-_SMOKE_LAUNCHER = """
-import pathlib, subprocess, sys
-base = pathlib.Path(sys.argv[1])
-done = subprocess.run(sys.argv[2:], cwd=base, capture_output=True, text=True, timeout=900)
-(base / "stdout.txt").write_text(done.stdout)
-(base / "stderr.txt").write_text(done.stderr)
-(base / ("exit-ok" if done.returncode == 0 else "exit-failed")).write_text(str(done.returncode))
-"""
-
-
-def _start_smoke_run(shared: Path, api_env: Callable[[], dict[str, str]] | None = None):
-    """Start the smoke run in the background unless a process of this session already did; the Popen or None.
-    ``api_env``: called only by the process that starts the run, it names the Prefect server to report to
-    (:func:`prefect_api_env`) instead of a temporary one."""
-    import fcntl
-    import subprocess
-
-    base = shared / "smoke-bundle"
-    with open(shared / "smoke-bundle.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if base.is_dir():
-            return None
-        base.mkdir()  # claimed: the others wait for its outcome, not on this lock
-    command = [str(Path(sys.executable).with_name("medstack")), "run", "--config", str(REPO / "configs" / "smoke.yaml"),
-               "--data", str(PNEUMONIA_NPZ), "--output-dir", str(base / "runs"), "--cache-dir", str(_smoke_cache(base)),
-               "--set", "registry.promote=auto"]
-    try:
-        env = {**smoke_env(shared), **(api_env() if api_env else {})}
-    except BaseException as exc:  # the processes waiting for the outcome learn why there is none
-        (base / "stderr.txt").write_text(f"the smoke run could not start: {exc!r}")
-        (base / "exit-failed").write_text("not started")
-        raise
-    return subprocess.Popen([sys.executable, "-c", _SMOKE_LAUNCHER, str(base), *command], env=env)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _smoke_run_in_background(request, tmp_path_factory):
     """The smoke run starts with the session when any selected test needs it, so it trains while other tests run
@@ -301,8 +259,8 @@ def _smoke_run_in_background(request, tmp_path_factory):
     wanted = any("smoke_bundle" in getattr(item, "fixturenames", ()) for item in request.session.items)
     proc = None
     if wanted and PNEUMONIA_NPZ.is_file():
-        proc = _start_smoke_run(_shared_dir(tmp_path_factory), lambda: request.getfixturevalue("prefect_api_env"))
-        _yield_cores_to_the_smoke_run()
+        proc = start_smoke_run(_shared_dir(tmp_path_factory), lambda: request.getfixturevalue("prefect_api_env"))
+        yield_cores_to_the_smoke_run()
     yield
     if proc is not None:
         try:
@@ -310,22 +268,6 @@ def _smoke_run_in_background(request, tmp_path_factory):
         finally:
             if proc.poll() is None:
                 proc.kill()
-
-
-# How much lower than the smoke run a test process runs (nice values: 0 is the default, 19 the lowest).
-_BELOW_THE_SMOKE_RUN = 5
-
-
-def _yield_cores_to_the_smoke_run() -> None:
-    """Lower the priority of every thread of this test process, and so of every process and thread it starts from
-    now on, below the smoke run's and the session Prefect server's (started before this call, at the default
-    priority). Half the suite's modules wait for the smoke bundle: at equal priority its 36 CPU-s of training
-    shared 2 cores with 3 pytest-xdist workers and their servers and subprocesses, took about 170 s, and a module
-    waited 50 s for it while a core sat idle. Linux keeps a nice value per thread, so each thread is lowered."""
-    for tid in os.listdir("/proc/self/task"):
-        with contextlib.suppress(OSError):  # a thread that ended meanwhile
-            now = os.getpriority(os.PRIO_PROCESS, int(tid))
-            os.setpriority(os.PRIO_PROCESS, int(tid), min(19, now + _BELOW_THE_SMOKE_RUN))
 
 
 @pytest.fixture(scope="session")
@@ -340,7 +282,7 @@ def smoke_bundle(pneumonia_npz, tmp_path_factory) -> Path:
     # (normally at the session's start: _smoke_run_in_background) and all of them wait for its outcome here.
     shared = _shared_dir(tmp_path_factory)
     base = shared / "smoke-bundle"
-    _start_smoke_run(shared)
+    start_smoke_run(shared)
     deadline = time.monotonic() + 900
     while not (base / "exit-ok").is_file():
         if (base / "exit-failed").is_file():
@@ -353,15 +295,11 @@ def smoke_bundle(pneumonia_npz, tmp_path_factory) -> Path:
     return run
 
 
-def _smoke_cache(base: Path) -> Path:
-    return Path(os.environ.get("MEDSTACK_TEST_CACHE_DIR") or base / "cache")
-
-
 @pytest.fixture(scope="session")
 def smoke_cache(smoke_bundle, tmp_path_factory) -> Path:
     """The fold cache the smoke run trained into: a run of configs/smoke.yaml on the same data that points its
     runtime.cache_dir here trains nothing (every fold is a cache hit). Read it; do not delete from it."""
-    return _smoke_cache(_shared_dir(tmp_path_factory) / "smoke-bundle")
+    return smoke_cache_dir(_shared_dir(tmp_path_factory) / "smoke-bundle")
 
 
 @pytest.fixture(scope="session")

@@ -209,6 +209,8 @@ def test_fused_model_and_its_exports_equal_the_per_member_path(bundle, test_imag
     fused = make_scorer(bundle)(x)  # predict's own scorer, built and traced once per loaded bundle:
     assert make_scorer(bundle) is make_scorer(bundle) and make_scorer(bundle, "members") is not make_scorer(bundle)
     assert list(fused) == bundle.models
+    # 5 test-time views: the scorers send 51 rows a call (255 images through a network), the exports all rows at once
+    assert make_scorer(bundle).rows == make_scorer(bundle, "members").rows == 256 // 5 < len(x)
     model = export_fused(bundle, tmp_path / "ensemble.keras", tmp_path / "saved_model")
     reloaded = keras.saving.load_model(tmp_path / "ensemble.keras", safe_mode=True)
     # Called plainly, as a user would: the fold models' random augmentation layers must stay off without

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from medstack.config import AugmentationConfig, ModelConfig, NoParams, TrainingConfig
-from medstack.models.network import build_model
+from medstack.models.network import build_model, with_tta
 from medstack.models.training import CNNClassifier, predict_logits_many
 
 pytestmark = pytest.mark.slow
@@ -42,11 +42,37 @@ def test_inverse_time_schedule_trains_and_decays(rng):
 def test_batches_that_span_arrays_give_each_array_its_own_logits(rng):
     model = build_model((8, 8, 1), 3, SMALL, STRONG_AUG, seed=2)
     arrays = [rng.integers(0, 255, (n, 8, 8, 1)).astype("uint8") for n in (5, 0, 11, 2)]
-    many = predict_logits_many(model, arrays, batch_size=4)  # batches of 4 rows cross every boundary
+    many = predict_logits_many(model, arrays, images=4)  # batches of 4 rows cross every boundary
     assert [m.shape for m in many] == [(5, 3), (0, 3), (11, 3), (2, 3)] and predict_logits_many(model, []) == []
     for array, logits in zip(arrays, many):
         if len(array):
             np.testing.assert_array_equal(logits, np.asarray(model(array, training=False)))
+
+
+class _RowsSeen:
+    """A real model, and the rows of every call made to it."""
+
+    def __init__(self, model):
+        self.model, self.rows = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, x, **kwargs):
+        self.rows.append(len(x))
+        return self.model(x, **kwargs)
+
+
+def test_a_call_holds_at_most_the_images_asked_for_test_time_views_included(rng):
+    """Stacked views multiply a call's images (and its activations' memory) by the view count: 3 views and at most
+    7 images a call means 2 rows a call."""
+    net = build_model((8, 8, 1), 3, SMALL, None, seed=2)
+    model = with_tta(net, [{"flip": f, "dy": 0, "dx": 0} for f in ("none", "horizontal", "vertical")])
+    x = rng.integers(0, 255, (9, 8, 8, 1)).astype("uint8")
+    seen = _RowsSeen(model)
+    [logits] = predict_logits_many(seen, [x], images=7)
+    assert seen.rows == [2, 2, 2, 2, 1]
+    np.testing.assert_allclose(logits, np.asarray(model(x, training=False)), rtol=1e-5, atol=1e-6)
 
 
 def test_num_classes_must_be_two_or_more():

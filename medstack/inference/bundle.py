@@ -268,7 +268,7 @@ def _load_keras(root: Path, spec: dict[str, Any]) -> keras.Model:
     import keras
 
     import medstack.models.losses  # noqa: F401  registers the losses a nested model's compile config names
-    import medstack.models.network  # noqa: F401  registers TTAView and CosineLogits for safe-mode loading
+    import medstack.models.network  # noqa: F401  registers the view layers and CosineLogits for safe-mode loading
     import medstack.models.recipe  # noqa: F401  registers the custom metric
 
     path = root / spec["file"]

@@ -24,6 +24,7 @@ import medstack.models.recipe  # noqa: F401
 from medstack.inference.bundle import Bundle, softmax
 from medstack.inference.schema import ENGINES
 from medstack.models.ensemble import PROBA_CLIP
+from medstack.models.network import rows_per_call, tta_view_count
 from medstack.run_folder import STUDENT
 
 Scores = dict[str, np.ndarray]
@@ -124,16 +125,36 @@ def compiled_call(model: keras.Model) -> Callable[[np.ndarray], Any]:
     return tf.function(lambda x: model(x, training=False), input_signature=[spec])
 
 
+def scoring_rows(bundle: Bundle, student: bool = False) -> int:
+    """Rows of one scoring call, so that no network of the bundle (or its student's) sees more than
+    :data:`medstack.models.network.NETWORK_IMAGES` images at once, its test-time views included."""
+    networks = [bundle.student_model()] if student else [m for ms in bundle.member_models().values() for m in ms]
+    return rows_per_call(max(tta_view_count(m) for m in networks))
+
+
+def _in_chunks(score: Callable[[np.ndarray], Scores], images: np.ndarray, rows: int) -> Scores:
+    """``score`` of ``images`` (float32) in calls of at most ``rows`` rows, the outputs joined in order."""
+    x = np.asarray(images, np.float32)
+    if len(x) <= rows:
+        return score(x)
+    parts = [score(x[start:start + rows]) for start in range(0, len(x), rows)]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
 class FusedScorer:
-    """Scores batches through the fused model (or the student's network, ``student=True``): one call per batch."""
+    """Scores batches through the fused model (or the student's network, ``student=True``): one graph call per
+    :func:`scoring_rows` rows of a batch."""
 
     def __init__(self, bundle: Bundle, model: keras.Model | None = None, student: bool = False):
         self.model = model or (student_network(bundle) if student else fused_model(bundle))
+        self.rows = scoring_rows(bundle, student)
         self._call = compiled_call(self.model)
 
     def __call__(self, images: np.ndarray) -> Scores:
-        out = self._call(np.asarray(images, np.float32))
-        return {name: np.asarray(ops.convert_to_numpy(value), np.float64) for name, value in out.items()}
+        return _in_chunks(self._score, images, self.rows)
+
+    def _score(self, x: np.ndarray) -> Scores:
+        return {name: np.asarray(ops.convert_to_numpy(value), np.float64) for name, value in self._call(x).items()}
 
 
 class MemberScorer:
@@ -141,11 +162,14 @@ class MemberScorer:
 
     def __init__(self, bundle: Bundle):
         self.bundle = bundle
+        self.rows = scoring_rows(bundle)
         self._calls = {s: [compiled_call(m) for m in ms] for s, ms in bundle.member_models().items()}
         self._student = compiled_call(bundle.student_model()) if bundle.has_student else None
 
     def __call__(self, images: np.ndarray) -> Scores:
-        x = np.asarray(images, np.float32)
+        return _in_chunks(self._score, images, self.rows)
+
+    def _score(self, x: np.ndarray) -> Scores:
         by_fold = {s: [softmax(ops.convert_to_numpy(call(x))) for call in calls] for s, calls in self._calls.items()}
         out = {s: np.mean(p, axis=0) for s, p in by_fold.items()}
         out["soft_voting"] = np.mean([out[s] for s in by_fold], axis=0)
