@@ -94,8 +94,8 @@ def measure(config: str, layout: str, rows: int) -> dict:
         started = time.perf_counter()
         call(x[:1])
         singles.append(time.perf_counter() - started)
-    rows = len(x) if layout == LAYOUTS[0] else rows_per_call(len(views))
-    chunked = lambda batch: [call(batch[i:i + rows]) for i in range(0, len(batch), rows)]  # noqa: E731
+    per_call = len(x) if layout == LAYOUTS[0] else rows_per_call(len(views))
+    chunked = lambda batch: [call(batch[i:i + per_call]) for i in range(0, len(batch), per_call)]  # noqa: E731
     rates = {}
     for batch in (64, 256):
         chunked(x[:batch])
@@ -103,7 +103,7 @@ def measure(config: str, layout: str, rows: int) -> dict:
         rates[batch] = round(4 * batch / best)
     return {"config": Path(config).name, "layout": layout, "folds": folds, "views": len(views), "rows": rows,
             "eager_ms": round(1000 * float(np.median(eager)), 1), "trace_cpu_s": round(trace, 2),
-            "one_image_ms": round(1000 * float(np.median(singles)), 2), "rows_a_call": rows,
+            "one_image_ms": round(1000 * float(np.median(singles)), 2), "rows_a_call": per_call,
             "images_per_s_64": rates[64], "images_per_s_256": rates[256]}
 
 
