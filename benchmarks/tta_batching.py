@@ -83,7 +83,8 @@ def measure(config: str, layout: str, rows: int) -> dict:
             keras.ops.convert_to_numpy(model(x[:rows], training=False))
             eager.append(_cpu() - started)
     inputs = keras.Input(shape=shape, dtype="float32", name="pixels")
-    outs = [keras.Model(m.inputs[0], m.outputs[0], name=f"fold{i}")(inputs, training=False) for i, m in enumerate(models)]
+    outs = [keras.Model(m.inputs[0], m.outputs[0], name=f"fold{i}")(inputs, training=False)
+            for i, m in enumerate(models)]
     fused = keras.Model(inputs, keras.layers.Average()(outs) if len(outs) > 1 else outs[0])
     started = _cpu()
     call = compiled_call(fused)

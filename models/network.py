@@ -232,8 +232,8 @@ def with_tta(net: keras.Model, views: list[dict]) -> keras.Model:
     the model, so a saved ``.keras`` file predicts exactly what the run reported, in safe mode. The network runs
     once on the views stacked into one batch: against one call a view, at 28x28 on a 2-core CPU, the fused graph
     traced 3-6x quicker, one image scored 1.2-2.6x quicker and batches 3-6% slower (8-24% for the tiny smoke
-    network; docs/benchmarks.md, "Test-time views in one batch"). A call holds the activations of every view at once: callers send at most
-    :func:`rows_per_call` rows."""
+    network; docs/benchmarks.md, "Test-time views in one batch"). A call holds the activations of every view at
+    once: callers send at most :func:`rows_per_call` rows."""
     if len(views) == 1 and views[0] == {"flip": "none", "dy": 0, "dx": 0}:
         return net
     inputs = keras.Input(shape=net.input_shape[1:], name="pixels")

@@ -165,7 +165,8 @@ def test_a_fold_model_saved_with_one_layer_a_view_still_loads_and_predicts_the_s
     """Bundles written before the views were stacked into one batch hold one TTAView layer a view: they load in
     safe mode and predict what the stacked layout predicts."""
     net = build_model((6, 5, 1), 3, SMALL, None, seed=4)
-    views = [{"flip": "none", "dy": 0, "dx": 0}, {"flip": "vertical", "dy": 0, "dx": 0}, {"flip": "none", "dy": -1, "dx": 2}]
+    views = [{"flip": "none", "dy": 0, "dx": 0}, {"flip": "vertical", "dy": 0, "dx": 0},
+             {"flip": "none", "dy": -1, "dx": 2}]
     inputs = keras.Input(shape=(6, 5, 1), name="pixels")
     logits = [net(TTAView(**view, name=f"tta_view{i}")(inputs)) for i, view in enumerate(views)]
     keras.Model(inputs, keras.layers.Average(name="tta_mean")(logits)).save(tmp_path / "per-view.keras")

@@ -114,26 +114,20 @@ class PreparedData:
     def fold_data(self, fold: int) -> FoldData:
         if not 0 <= fold < self.n_folds:
             raise ValueError(f"fold {fold} out of range 0..{self.n_folds - 1}")
-        inside = self.fold_of != fold
+        return self._data(self.fold_of != fold)
+
+    def whole_training_data(self) -> FoldData:
+        """What a network trained on every fold sees (the student): the whole training split, no held-out rows."""
+        return self._data(np.ones(len(self.train_idx), dtype=bool))
+
+    def _data(self, inside: np.ndarray) -> FoldData:
+        """The arrays of a network trained on the training rows where ``inside`` holds, the others held out."""
         held_out = self.train_idx[~inside]
         return FoldData(
             x_train=self.images[self.train_idx[inside]],
             y_train=self.y_train[inside],
             x_holdout=self.images[held_out],
             holdout_rows=held_out,
-            x_val=self.images[self.val_idx],
-            y_val=self.y_val,
-            x_test=self.images[self.test_idx],
-            x_cal=self.images[self.cal_idx],
-        )
-
-    def whole_training_data(self) -> FoldData:
-        """What a network trained on every fold sees (the student): the whole training split, no held-out rows."""
-        return FoldData(
-            x_train=self.images[self.train_idx],
-            y_train=self.y_train,
-            x_holdout=self.images[self.train_idx[:0]],
-            holdout_rows=self.train_idx[:0],
             x_val=self.images[self.val_idx],
             y_val=self.y_val,
             x_test=self.images[self.test_idx],
