@@ -30,7 +30,7 @@ from medstack.run_folder import read_manifest, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {"546": (546, 78), "1500": (1500, 214), "full": (None, None)}  # train, val (val:train about 1:7)
-MODELS = ("stacking", "soft_voting", "ldam", "class_weight", "smote", "custom_loss")
+MODELS = ("stacking", "soft_voting", "ldam", "class_weight", "smote", "custom_loss", "student")  # student: when trained
 FIELDS = ("label", "size", "n_train", "model", "test_roc_auc", "test_balanced_accuracy", "oof_roc_auc",
           "epochs_mean", "epochs_min", "epochs_max", "wall_s", "commit")
 
@@ -72,14 +72,14 @@ def rows_of(run_dir: Path, size: str, label: str, wall: float, commit: str) -> l
         epochs.setdefault(name.split("|")[0], []).append(int(fold["epochs_run"]))
     n_train = sum(metrics["dataset"]["counts"]["train"].values())
     rows = []
-    for model in MODELS:
+    for model in [m for m in MODELS if m in metrics["models"]]:
         result = metrics["models"][model]
         spent = epochs.get(model)
         rows.append({
             "label": label, "size": size, "n_train": n_train, "model": model,
             "test_roc_auc": round(result["test"]["roc_auc"], 4),
             "test_balanced_accuracy": round(result["test"]["balanced_accuracy"], 4),
-            "oof_roc_auc": round(result["oof"]["roc_auc"], 4),
+            "oof_roc_auc": round(result["oof"]["roc_auc"], 4) if "oof" in result else "",  # the student has none
             "epochs_mean": round(sum(spent) / len(spent), 1) if spent else "",
             "epochs_min": min(spent) if spent else "", "epochs_max": max(spent) if spent else "",
             "wall_s": round(wall), "commit": commit,
