@@ -20,11 +20,14 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    filters: list[int] = Field(default=[32, 64, 128], min_length=1)
+    """The CNN. The defaults are configs/pneumoniamnist.yaml's half-width network (docs/benchmarks.md, "A leaner
+    default")."""
+
+    filters: list[int] = Field(default=[16, 32, 64], min_length=1)
     convs_per_block: int = Field(default=2, ge=1)
     batch_norm: bool = True
-    head: Literal["flatten", "gap"] = "flatten"
-    dense_units: int = Field(default=256, ge=1)
+    head: Literal["flatten", "gap"] = "gap"
+    dense_units: int = Field(default=128, ge=1)
     dropout: float = Field(default=0.5, ge=0.0, lt=1.0)
     l2: float = Field(default=1e-4, ge=0.0)
 
@@ -66,7 +69,7 @@ class TrainingConfig(Section):
     epochs: int = Field(default=30, ge=1, description="Passes over the training rows planned when they give at least "
                                                       "min_steps steps.")
     min_steps: int = Field(
-        default=500, ge=0,
+        default=400, ge=0,
         description="Optimiser steps planned at least: max(epochs passes, min_steps) steps. Loss phases (LDAM's "
                     "DRW epoch) keep their share of the budget.",
     )
