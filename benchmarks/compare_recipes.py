@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 
 from medstack.models.metrics import paired_auc_difference
 from medstack.models.reliability import expected_calibration_error
-from medstack.run_folder import read_manifest, read_oof_predictions, read_positive_class, read_test_predictions
+from medstack.run_comparison import shared_test
+from medstack.run_folder import read_manifest, read_metrics, read_oof_predictions, read_positive_class
 from small_data import append_rows  # the benchmarks' one csv writer (this folder is on sys.path when the script runs)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,53 +30,57 @@ FIELDS = ("label", "n_train", "model", "test_auc_base", "test_auc_new", "test_di
           "ece_new", "wall_base", "wall_new", "steps_base", "steps_new", "commit")
 
 
-def _paired(labels: np.ndarray, a: np.ndarray, b: np.ndarray, positive: int) -> dict:
-    found = paired_auc_difference(labels, a, b, positive)
+def _interval(found: dict) -> dict:
     return {"a": found["a"], "b": found["b"], "diff": found["difference"], "lo": found["ci"][0], "hi": found["ci"][1]}
 
 
-def _brier(labels: np.ndarray, proba: np.ndarray, positive: int) -> float:
-    return float(np.mean((proba[:, positive] - (labels == positive)) ** 2))
-
-
 def cost(run: Path) -> dict:
-    """Wall seconds of the flow and the optimiser steps of its trainings, from the run's manifest."""
+    """Wall seconds of the flow and the optimiser steps of its trainings, from the run's manifest. A run that took
+    folds from the fold cache is refused: its wall time is not a cold run's."""
     manifest = read_manifest(run)
-    folds = [f for f in manifest["folds"].values() if not f.get("from_cache")]
-    return {"wall": manifest["wall_seconds"], "steps": sum(int(f.get("steps_run") or 0) for f in folds)}
+    cached = [name for name, fold in manifest["folds"].items() if fold.get("from_cache")]
+    if cached:
+        raise SystemExit(f"{run}: {len(cached)} training(s) came from the fold cache ({cached[0]}, ...): "
+                         "compare cold runs (a fresh --cache-dir)")
+    return {"wall": manifest["wall_seconds"], "steps": sum(int(f.get("steps_run") or 0)
+                                                           for f in manifest["folds"].values())}
 
 
 def compare(base: Path, new: Path) -> list[dict]:
     """One row per model both runs have (see the module docstring)."""
-    test_a, test_b = read_test_predictions(base), read_test_predictions(new)
-    if not test_a.same_images(test_b):
+    test = shared_test(base, new)
+    if test is None:
         raise SystemExit("the two runs scored different test images: nothing to pair")
+    positive = test.positive_class
+    if read_positive_class(base) != positive:
+        raise SystemExit("the two runs name different positive classes")
     oof_a, oof_b = read_oof_predictions(base), read_oof_predictions(new)
     same_oof = oof_a.same_images(oof_b)
-    positive = read_positive_class(new)
+    metrics_a, metrics_b = read_metrics(base)["models"], read_metrics(new)["models"]
     rows = []
-    for model in [m for m in test_b.probas if m in test_a.probas]:
-        labels, pa, pb = test_b.labels, test_a.probas[model], test_b.probas[model]
-        test = _paired(labels, pa, pb, positive)
-        oof = (_paired(oof_b.labels, oof_a.probas[model], oof_b.probas[model], positive)
+    for model in [m for m in test.b if m in test.a]:
+        on_test = test.roc_auc_difference(model, model)
+        if on_test is None:
+            raise SystemExit(f"{model}: its test ROC AUC difference is undefined (a non-finite probability?)")
+        oof = (paired_auc_difference(oof_b.labels, oof_a.probas[model], oof_b.probas[model], positive)
                if same_oof and model in oof_a.probas and model in oof_b.probas else None)
         rows.append({
-            "model": model, "test": test, "oof": oof,
-            "brier": (_brier(labels, pa, positive), _brier(labels, pb, positive)),
-            "ece": (expected_calibration_error(labels, pa, positive), expected_calibration_error(labels, pb, positive)),
+            "model": model, "test": _interval(on_test), "oof": None if oof is None else _interval(oof),
+            "n_oof": len(oof_b.rows),
+            "brier": (metrics_a[model]["test"]["brier"], metrics_b[model]["test"]["brier"]),
+            "ece": tuple(expected_calibration_error(test.labels, p[model], positive) for p in (test.a, test.b)),
         })
     return rows
 
 
 def as_csv_rows(rows: list[dict], base: Path, new: Path, label: str) -> list[dict]:
     ca, cb = cost(base), cost(new)
-    n_train = len(read_oof_predictions(new).rows)
     commit = str(read_manifest(new).get("git_commit") or "")[:7]  # the checkout the candidate ran on
     out = []
     for r in rows:
         t, o = r["test"], r["oof"] or {}
         out.append({
-            "label": label, "n_train": n_train, "model": r["model"],
+            "label": label, "n_train": r["n_oof"], "model": r["model"],
             "test_auc_base": round(t["a"], 4), "test_auc_new": round(t["b"], 4), "test_diff": round(t["diff"], 4),
             "test_lo": round(t["lo"], 4), "test_hi": round(t["hi"], 4),
             **({"oof_auc_base": round(o["a"], 4), "oof_auc_new": round(o["b"], 4), "oof_diff": round(o["diff"], 4),
@@ -101,7 +105,8 @@ def print_table(rows: list[dict]) -> None:
               f"| {r['ece_base']:.3f} / {r['ece_new']:.3f} |")
     if rows:
         r = rows[0]
-        print(f"\nwall: base {r['wall_base']:.0f} s, new {r['wall_new']:.0f} s ({r['wall_base'] / r['wall_new']:.2f}x); "
+        speedup = r["wall_base"] / r["wall_new"]
+        print(f"\nwall: base {r['wall_base']:.0f} s, new {r['wall_new']:.0f} s ({speedup:.2f}x); "
               f"optimiser steps: base {r['steps_base']:,}, new {r['steps_new']:,}")
 
 

@@ -18,9 +18,10 @@ temperature fit, predictions (``predict_logits`` after training), the cache save
 Measured (2 CPU cores shared with other jobs, class_weight, fold 1): ``--quick`` on a quiet machine: medstack 40-43 s,
 bare 33-34 s, ratio 1.23 by wall (1.26 CPU); of medstack's time, training 81% (as long as the whole bare fit),
 predictions with 5 TTA views 10%, validation 4%, calibration logits 3%, cache save 1%: fixed costs that 48 steps do
-not amortise. ``--epochs 5`` (the default config's 531-step budget for this fold, 9 epochs of 59 steps), one pair:
-medstack 804 s / 517 CPU s, bare 549 s / 474 CPU s: 1.09 by CPU, 1.47 by wall (medstack ran under a neighbour's load
-of 7, bare on a quiet machine); training 92%, predictions 5%, validation 2%, calibration 1%.
+not amortise. ``--epochs 5`` (then the default config's full-width network and its 531-step budget for this fold, 9
+epochs of 59 steps), one pair: medstack 804 s / 517 CPU s, bare 549 s / 474 CPU s: 1.09 by CPU, 1.47 by wall
+(medstack ran under a neighbour's load of 7, bare on a quiet machine); training 92%, predictions 5%, validation 2%,
+calibration 1%.
 
     python benchmarks/fit_overhead.py --quick                 # ~2 minutes: 640-image subset, 48 steps, 2 repeats
     python benchmarks/fit_overhead.py                         # one fold of configs/pneumoniamnist.yaml, as run

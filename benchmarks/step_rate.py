@@ -1,12 +1,14 @@
 """Optimiser steps per second of the default network fed by each training-input option, one process, no Prefect.
 
-Every case trains its own copy of the default network (configs/pneumoniamnist.yaml) with the compile medstack uses
-(accuracy + SoftmaxAUC, warm-up + cosine LR) on the same random 28x28x1 uint8 images, batch 64, ``--steps`` steps an
-epoch. After one untimed ``fit`` per case (traces the graph), the cases are timed in rounds, A, B, C, A, B, C, ...
-(each round starting one case later), each time a ``fit`` of ``--epochs`` epochs; a case's rate is the median over
-rounds and its ratio is the median of per-round ratios to ``arrays`` from the same round, so a neighbour's load on a
-shared machine hits every case alike. Wall time and this process's CPU time are both reported: on a shared machine
-the CPU seconds (the work the input pipeline adds) are far steadier than wall seconds.
+Every case trains its own copy of the default network (configs/pneumoniamnist.yaml: the half-width network since the
+leaner default; every rate quoted below and in docs/benchmarks.md up to then is the full-width one's) with the
+compile medstack uses (accuracy + SoftmaxAUC, warm-up + cosine LR) on the same random 28x28x1 uint8 images, batch
+64, ``--steps`` steps an epoch. After one untimed ``fit`` per case (traces the graph), the cases are timed in
+rounds, A, B, C, A, B, C, ... (each round starting one case later), each time a ``fit`` of ``--epochs`` epochs; a
+case's rate is the median over rounds and its ratio is the median of per-round ratios to ``arrays`` from the same
+round, so a neighbour's load on a shared machine hits every case alike. Wall time and this process's CPU time are
+both reported: on a shared machine the CPU seconds (the work the input pipeline adds) are far steadier than wall
+seconds.
 
 Cases (``--cases`` picks some):
   arrays            bare ``fit(x, y, batch_size=64)``: Keras' own (unseeded) shuffle, the target of issue 15
