@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 from medstack.models.metrics import paired_auc_difference
 from medstack.models.reliability import expected_calibration_error
 from medstack.run_comparison import shared_test
