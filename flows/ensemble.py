@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 
 from medstack import pipeline
 from medstack.config import RunConfig
+from medstack.pipeline import FoldCache
 from medstack.pipeline.student import split_student
 from medstack.resolve import resolve_run
 from medstack.run_folder import STUDENT, training_key
@@ -64,6 +65,7 @@ def ensemble_flow(config: RunConfig, overrides: dict[str, Any] | None = None) ->
             for strategy, fold in folds
         ]
         results = wait_for_folds(futures, progress)
+    FoldCache(config.runtime.cache_dir).sweep()  # what a worker killed mid-write left; its fold was trained again
 
     members, student = split_student(results)
     predictions = gather_oof(prepared, members)

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medstack.storage import _writer_tag
+
 distributed = pytest.importorskip("distributed")
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -120,9 +122,9 @@ def test_a_dask_cluster_run_survives_a_killed_worker_and_equals_the_threads_run(
                                                                                prefect_api_env, tmp_path):
     """The flow on a two-worker cluster, fresh cache. Once both workers have each finished a fold, SIGKILL the one
     training the next: Dask moves its task to the other worker and the run completes. Every fold trained in one of
-    the two worker processes (host and pid recorded per fold; both trained), no fold is in the cache twice, and the
-    metrics equal those of the threads run to the last bit: CPU training here is deterministic for a given seed in
-    any process."""
+    the two worker processes (host and pid recorded per fold; both trained), no fold is in the cache twice, nothing
+    the victim left half-written stays there, and the metrics equal those of the threads run to the last bit: CPU
+    training here is deterministic for a given seed in any process."""
     proc = _medstack_run(tiny_config, tmp_path, "dask", *_dask(dask_cluster), env=prefect_api_env)
     cache = tmp_path / "cache-dask"
     with dask_cluster.client() as client:
@@ -137,6 +139,11 @@ def test_a_dask_cluster_run_survives_a_killed_worker_and_equals_the_threads_run(
         victim = pid_of[busy]
         os.kill(victim, signal.SIGKILL)
         dask_cluster.workers[victim].wait(timeout=30)
+    # A kill seldom lands while the victim writes a cache entry, so leave what that would: a half-written
+    # temporary under its name. The run removes it once its trainings are done (its writer is dead).
+    half = cache / "folds" / f".{'0' * 16}.{_writer_tag().split('-')[0]}-{victim}-abcd1234.tmp"
+    half.mkdir(parents=True, exist_ok=True)
+    (half / "predictions.npz").write_bytes(b"half")
 
     run = _finish(proc)
     manifest = json.loads((run / "manifest.json").read_text())
