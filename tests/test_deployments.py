@@ -91,6 +91,9 @@ def stack(tmp_path_factory, prefect_home_with_database):
         **ENVIRONMENT_DEFAULTS,  # no telemetry (this machine has no outbound network), quiet TensorFlow
         "PREFECT_LOGGING_TO_API_ENABLED": "true",
         "PREFECT_WORKER_QUERY_SECONDS": "2",  # pick up runs quickly (default 10 s)
+        # The weekly deployment's schedule stays active, but no run of it is created: a suite running across
+        # Monday 03:00 Berlin time would otherwise start a full training on this worker.
+        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
         "PYTHONUNBUFFERED": "1",
     }
     stack = PrefectStack(env=env, url=url, logs=base)
@@ -353,18 +356,18 @@ def test_ui_shows_the_run_the_leaderboard_and_the_plots(deployed, smoke_runs, br
     artifacts = {a.key: a for a in _artifacts(deployed, run.flow_run_id)}
     page = browser.new_page(viewport={"width": 1400, "height": 1800})
 
-    page.goto(f"{deployed.url}/runs/flow-run/{run.flow_run_id}", wait_until="networkidle")
+    page.goto(f"{deployed.url}/runs/flow-run/{run.flow_run_id}", wait_until="load")
     page.get_by_text("train[class_weight|fold-1]").first.wait_for(timeout=60_000)  # the DAG's readable task names
     page.screenshot(path=str(shots / "flow-run.png"))
 
-    page.goto(f"{deployed.url}/artifacts/artifact/{artifacts['ensemble-leaderboard'].id}", wait_until="networkidle")
+    page.goto(f"{deployed.url}/artifacts/artifact/{artifacts['ensemble-leaderboard'].id}", wait_until="load")
     table = page.locator("table").first
     table.wait_for(timeout=60_000)
     cells = table.locator("td").all_inner_texts()
     assert {"stacking", "soft_voting", "class_weight"} <= {c.strip() for c in cells}, cells[:20]
     page.screenshot(path=str(shots / "leaderboard-artifact.png"))
 
-    page.goto(f"{deployed.url}/artifacts/artifact/{artifacts['ensemble-report'].id}", wait_until="networkidle")
+    page.goto(f"{deployed.url}/artifacts/artifact/{artifacts['ensemble-report'].id}", wait_until="load")
     page.get_by_text("Test leaderboard").first.wait_for(timeout=60_000)
     page.wait_for_function("() => [...document.images].some(i => i.src.startsWith('data:image/png') && i.complete)")
     rendered = page.eval_on_selector_all(
