@@ -59,10 +59,35 @@ def run_one(size: str, args: argparse.Namespace, workdir: Path) -> Path:
     log = workdir / "log.txt"
     print(f"[{size}] {' '.join(command)}", flush=True)
     with open(log, "w") as out:
-        done = subprocess.run(command, cwd=checkout, env=env, stdout=out, stderr=subprocess.STDOUT)
-    if done.returncode:
-        sys.exit(f"[{size}] run failed ({done.returncode}); see {log}")
+        proc = subprocess.Popen(command, cwd=checkout, env=env, stdout=out, stderr=subprocess.STDOUT)
+        peak = 0
+        while proc.poll() is None:  # every half second: the run's processes together (trainings in workers too)
+            peak = max(peak, tree_rss(proc.pid))
+            time.sleep(0.5)
+    if proc.returncode:
+        sys.exit(f"[{size}] run failed ({proc.returncode}); see {log}")
+    if peak:
+        print(f"[{size}] peak memory of the run's processes together (sum of RSS, sampled every 0.5 s): "
+              f"{peak / 2**30:.2f} GiB", flush=True)
     return next((workdir / "runs").iterdir())
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of process ``root`` and all its descendants, read from /proc (0 where there is no /proc)."""
+    parent_of, rss = {}, {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            parent_of[int(entry.name)] = int(fields[1])  # after "pid (comm)": state, ppid, ...
+            rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # field 24 of stat: rss in pages
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, parent in parent_of.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(rss.get(pid, 0) for pid in tree)
 
 
 def rows_of(run_dir: Path, size: str, label: str, wall: float, commit: str) -> list[dict]:

@@ -73,7 +73,8 @@ def tiny_config(root: Path) -> dict:
         "ensemble": {"inner_folds": 3},
         "distill": {"enabled": False},  # the smoke run trains the one-network model; these runs keep to the members
         "report": {"bootstrap": 50},
-        "runtime": {"cache_dir": str(root / "cache"), "output_dir": str(root / "runs")},
+        # Threads: no worker processes to start for trainings of seconds (tests/test_flow_e2e.py runs processes).
+        "runtime": {"cache_dir": str(root / "cache"), "output_dir": str(root / "runs"), "task_runner": "threads"},
     }
 
 

@@ -142,7 +142,8 @@ def _tiny(tmp_path: Path, overrides: dict) -> dict:
         "report": {"bootstrap": 10},
         # One training at a time: two threads tracing Keras functions at once can trip CPython 3.11's AST parser
         # ("SystemError: AST constructor recursion depth mismatch", seen once on the SMOTE row in-process).
-        "runtime": {"cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "runs"), "max_workers": 1},
+        "runtime": {"cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "runs"), "max_workers": 1,
+                    "task_runner": "threads"},
     }
     for key, value in overrides.items():
         merge = isinstance(value, dict) and key != "strategies"  # a case's strategies replace the default

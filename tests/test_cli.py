@@ -144,13 +144,13 @@ def test_data_folder_with_an_npz_config_asks_for_exactly_the_missing_key(tmp_pat
 @pytest.fixture(scope="module")
 def folder_runs(tmp_path_factory, prefect_api_env, prefect_home_with_database):
     """One default run of an npz config on an image folder (its own temporary Prefect server, as a user gets: no
-    PREFECT_API_URL, a Prefect home whose database a server created before), then the same with -q (folds from the
-    cache)."""
+    PREFECT_API_URL, a Prefect home whose database a server created before; the default runner, trainings in two
+    worker processes that report to that server), then the same with -q (folds from the cache)."""
     tmp = tmp_path_factory.mktemp("cli")
     home = {"PREFECT_HOME": str(prefect_home_with_database(tmp / "prefect-home"))}
     folder = _folder(tmp / "images", counts=(16, 16))
     tree = _tiny(tmp, {"data": {"source": "npz", "name": "pneumoniamnist", "path": "x.npz", "image_size": [12, 12],
-                                "channels": 1}, "runtime": {"max_workers": 2}})  # a user's default: 2 at a time
+                                "channels": 1}, "runtime": {"max_workers": 2, "task_runner": "processes"}})  # a user's default
     config = _write_config(tmp, tree)
     first = medstack("run", "--config", config, "--data", folder, "--set", "split.fractions=[0.5,0.25,0.25]",
                      env=home)
@@ -177,7 +177,7 @@ def test_default_run_output_has_no_start_up_noise(folder_runs):
     for noise in TF_STARTUP_NOISE + PREFECT_CHATTER + ("Traceback",):
         assert noise not in output, (noise, output)
     # Not a terminal: plain lines, one per fold, then the leaderboard and the run folder.
-    assert "training 2 models (2 at a time)" in first.stderr
+    assert "training 2 models (2 at a time, one process each)" in first.stderr
     assert sum(line.startswith("[") and "class_weight fold" in line for line in first.stderr.splitlines()) == 2
     assert first.stdout.splitlines()[0] == "test ROC AUC (95% CI):"
     run = Path(first.stdout.splitlines()[-1].removeprefix("run folder: "))

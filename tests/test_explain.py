@@ -53,7 +53,7 @@ def planted_bundle(tmp_path_factory, prefect_harness) -> Path:
                      "stop_after_steps": 10_000, "patience_steps": 1000},
         "strategies": {"class_weight": {}}, "distill": {"enabled": False},
         "ensemble": {"inner_folds": 3}, "report": {"bootstrap": 20},
-        "runtime": {"cache_dir": str(base / "cache"), "output_dir": str(base / "runs")},
+        "runtime": {"cache_dir": str(base / "cache"), "output_dir": str(base / "runs"), "task_runner": "threads"},
     }
     return Path(ensemble_flow(config=RunConfig.model_validate(config)))
 
