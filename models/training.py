@@ -68,6 +68,7 @@ class CNNClassifier:
         learned = _one_hot(plan.y, self.num_classes) if targets is None else targets
         recipe = resolve_recipe(len(plan.x), cfg)
         self.plan_, self.recipe_ = plan, recipe
+        mixed = cfg.mixed_precision and has_gpu()
         net = build_model(
             x.shape[1:],
             self.num_classes,
@@ -75,11 +76,13 @@ class CNNClassifier:
             self.augmentation,
             self.image_size,
             seed=self.seed,
-            mixed_precision=cfg.mixed_precision and has_gpu(),
+            mixed_precision=mixed,
             cosine_scale=plan.cosine_scale,
             name=f"cnn_{self.strategy}",
         )
         optimizer = keras.optimizers.Adam(learning_rate=learning_rate(cfg, recipe))
+        if mixed:  # float16 gradients underflow unscaled; Keras scales only for a model-wide mixed policy, not ours
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         # Every variable exists before the first trace. Keras (TensorFlow backend, no distribution strategy) would
         # create the optimizer's slots and the metrics' counters inside the first trace of the training step, which
         # makes tf.function trace that step twice; the second trace was a quarter of a small fold's training CPU.
