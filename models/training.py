@@ -264,21 +264,28 @@ def _best_epoch(history: dict[str, list[float]], recipe: Recipe, last_phase_star
     return int(first + int(pick(watched)))
 
 
+def _gpus() -> list:
+    """The GPUs the backend sees, listed without initialising them: TensorFlow's physical devices; for another
+    backend, the names Keras gives its devices ("gpu:0", "cuda:0")."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.config.list_physical_devices("GPU")
+    return [d for d in keras.distribution.list_devices() if "gpu" in d.lower() or "cuda" in d.lower()]
+
+
 def has_gpu() -> bool:
-    """Whether Keras sees a GPU (mixed precision is used only there)."""
-    try:
-        return any(d.platform == "gpu" for d in keras.distribution.list_devices())
-    except Exception:  # some backends list no devices before first use
-        return False
+    """Whether the backend sees a GPU (mixed precision is used only there)."""
+    return bool(_gpus())
 
 
 def configure_accelerators() -> list[str]:
     """Turn on TensorFlow GPU memory growth (so several trainings share one GPU); returns the GPUs seen."""
+    gpus = _gpus()
     if keras.backend.backend() != "tensorflow":
-        return [d for d in keras.distribution.list_devices() if "gpu" in d.lower() or "cuda" in d.lower()]
+        return gpus
     import tensorflow as tf
 
-    gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         try:
             tf.config.experimental.set_memory_growth(gpu, True)

@@ -9,7 +9,7 @@ import pytest
 from medstack.config import ModelConfig, NoParams, TrainingConfig
 from medstack.models import training as training_module
 from medstack.models.network import build_model
-from medstack.models.training import CNNClassifier, configure_accelerators
+from medstack.models.training import CNNClassifier, configure_accelerators, has_gpu
 
 pytestmark = pytest.mark.slow
 
@@ -78,3 +78,15 @@ def test_memory_growth_is_turned_on_for_every_gpu_even_one_already_initialised(m
     monkeypatch.setattr(tf.config.experimental, "set_memory_growth", set_memory_growth)
     assert configure_accelerators() == [g.name for g in gpus]
     assert grown == [("/physical_device:GPU:0", True)]
+
+
+def test_a_gpu_is_seen_where_tensorflow_lists_one(monkeypatch):
+    """What turns mixed precision on: the devices TensorFlow lists (Keras' own device list holds names, not
+    objects, and reading it as objects once made this always false)."""
+    import tensorflow as tf
+
+    real = tf.config.list_physical_devices
+    assert has_gpu() == bool(real("GPU"))
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind=None: [_FakeGPU("/physical_device:GPU:0")] if kind == "GPU" else real(kind))
+    assert has_gpu()
