@@ -111,6 +111,16 @@ def test_lookalike_messages_of_other_types_are_bugs():
     assert errors.judge(RuntimeError("config error: data error")).kind == "run failed (RuntimeError)"
 
 
+def test_a_dead_training_process_is_named_with_what_to_change_not_called_a_bug():
+    """What the processes runner raises when the system kills a worker (seen by SIGKILL of one mid-run)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    dead = errors.judge(BrokenProcessPool("A process in the process pool was terminated abruptly while the future "
+                                          "was running or pending."))
+    assert (dead.code, dead.kind) == (1, "a training process died")
+    assert "runtime.max_workers" in dead.hint and "bug" not in dead.hint
+
+
 def test_a_config_validation_error_names_keys_to_fix_and_others_do_not():
     with pytest.raises(ValidationError) as info:
         RunConfig.model_validate({"trainig": {}})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -38,6 +39,11 @@ def judge(exc: BaseException) -> Verdict:
     if isinstance(exc, MemoryError):
         return Verdict(RUN_FAILED, "out of memory",
                        "lower training.batch_size or runtime.max_workers, or train on data.subset")
+    if isinstance(exc, BrokenProcessPool):  # the processes runner: a worker died mid-task (most often the OOM killer)
+        return Verdict(RUN_FAILED, "a training process died",
+                       "something killed it, most often the system when memory ran out: lower runtime.max_workers "
+                       "or training.batch_size, or set runtime.task_runner: threads (one TensorFlow in memory); run "
+                       "again and the folds that finished come from the cache")
     # Prefect raises a plain RuntimeError when its ephemeral server does not start: no type to tell it by, so its
     # text picks the kind and hint only; the exit code is RUN_FAILED either way, as for any other RuntimeError.
     if isinstance(exc, RuntimeError) and "ephemeral Prefect API server" in str(exc):
