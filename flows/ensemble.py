@@ -16,17 +16,15 @@ from prefect import flow, get_run_logger
 
 from medstack import pipeline
 from medstack.config import RunConfig
-from medstack.pipeline import FoldCache
 from medstack.pipeline.student import split_student
 from medstack.resolve import resolve_run
-from medstack.run_folder import STUDENT, training_key
+from medstack.run_folder import STUDENT
 from medstack.tasks.data import load_dataset, make_folds, make_splits, store_dataset
 from medstack.tasks.ensemble import evaluate_on_test, fit_ensembles, gather_oof
 from medstack.tasks.registry import promote_if_better
 from medstack.tasks.report import publish_artifacts, write_report
 from medstack.tasks.tracking import track_run
-from medstack.tasks.training import (placement, shared_api, train_fold, training_progress, training_runner,
-                                     wait_for_folds)
+from medstack.tasks.training import train_all
 
 FLOW_NAME = "medstack-ensemble"
 
@@ -51,21 +49,7 @@ def ensemble_flow(config: RunConfig, overrides: dict[str, Any] | None = None) ->
     # The one-network model (distill) trains beside the folds, first: it is the longest training.
     folds = [(STUDENT, 0)] if config.distill.enabled else []
     folds += [(strategy, fold) for strategy in config.strategies for fold in range(config.split.folds)]
-    version = pipeline.code_version()  # once, here: the trainings' threads must not parse sources at the same time
-    with (shared_api(config.runtime), training_runner(config.runtime) as runner, placement(runner, config.runtime),
-          training_progress(runner, config.runtime, run.run_id, total=len(folds)) as progress):
-        futures = [
-            runner.submit(
-                train_fold.with_options(
-                    task_run_name=f"train[{training_key(strategy, fold)}]", tags=[config.runtime.gpu_tag, strategy]
-                ),
-                parameters={"prepared": prepared, "cfg": config, "strategy": strategy, "fold": fold,
-                            "version": version, "events": progress.publisher},
-            )
-            for strategy, fold in folds
-        ]
-        results = wait_for_folds(futures, progress)
-    FoldCache(config.runtime.cache_dir).sweep()  # what a worker killed mid-write left; its fold was trained again
+    results = train_all(prepared, config, folds, run.run_id)
 
     members, student = split_student(results)
     predictions = gather_oof(prepared, members)

@@ -176,9 +176,9 @@ class DaskConfig(Section):
 class RuntimeConfig(Section):
     task_runner: Literal["threads", "processes", "dask"] = Field(
         default="processes",
-        description="Where trainings run: processes (one worker process each; fastest measured on 2 CPU cores, "
-                    "docs/benchmarks.md Task runners), threads of the flow process (one TensorFlow in memory), or "
-                    "dask (runtime.dask).",
+        description="Where trainings run: processes (a pool of max_workers worker processes, each with its own "
+                    "TensorFlow; the faster on average on 2 CPU cores, docs/benchmarks.md Task runners), threads of "
+                    "the flow process (one TensorFlow in memory), or dask (runtime.dask).",
     )
     max_workers: int = Field(default=2, ge=1, description="Parallel trainings (threads and processes runners).")
     dask: DaskConfig = DaskConfig()

@@ -16,7 +16,7 @@ from medstack import pipeline, progress
 from medstack.config import RunConfig, RuntimeConfig
 from medstack.pipeline import FoldCache, FoldResult
 from medstack.pipeline.student import train_student
-from medstack.run_folder import STUDENT
+from medstack.run_folder import STUDENT, training_key
 from medstack.tasks.retry import is_transient
 
 PROGRESS_KEY = "ensemble-training-progress"
@@ -45,9 +45,36 @@ def train_fold(prepared: pipeline.PreparedData, cfg: RunConfig, strategy: str, f
     return Completed(data=result, message=f"trained {result.info.get('epochs_run')} epochs")
 
 
+def train_all(prepared: pipeline.PreparedData, config: RunConfig, folds: list[tuple[str, int]],
+              run_id: str) -> list[FoldResult]:
+    """The fan-out: one ``train[<strategy>|fold-<k>]`` task per (strategy, fold) of ``folds`` on the config's runner
+    (at most ``runtime.max_workers`` at once, tagged for the GPU concurrency limit), the run's progress stream
+    listening; their results in the order of ``folds``. A failed fold raises. Whatever happens, temporaries that a
+    worker killed mid-write left in the fold cache are removed at the end (on this host: see
+    :meth:`FoldCache.sweep`)."""
+    runtime = config.runtime
+    version = pipeline.code_version()  # once, here: the trainings' threads must not parse sources at the same time
+    try:
+        with (shared_api(runtime), training_runner(runtime) as runner, placement(runner, runtime),
+              training_progress(runner, runtime, run_id, total=len(folds)) as progress):
+            futures = [
+                runner.submit(
+                    train_fold.with_options(task_run_name=f"train[{training_key(strategy, fold)}]",
+                                            tags=[runtime.gpu_tag, strategy]),
+                    parameters={"prepared": prepared, "cfg": config, "strategy": strategy, "fold": fold,
+                                "version": version, "events": progress.publisher},
+                )
+                for strategy, fold in folds
+            ]
+            return wait_for_folds(futures, progress)
+    finally:
+        FoldCache(runtime.cache_dir).sweep()
+
+
 def training_runner(runtime: RuntimeConfig) -> TaskRunner:
-    """Threads (default) or processes (each training in its own TF session), ``runtime.max_workers`` wide, or a
-    Dask cluster (``runtime.dask``: an existing scheduler, or a temporary local cluster of worker processes).
+    """Processes (default: a pool of worker processes, each with its own TensorFlow) or threads of the flow process,
+    ``runtime.max_workers`` wide, or a Dask cluster (``runtime.dask``: an existing scheduler, or a temporary local
+    cluster of worker processes).
 
     The flow enters this runner itself rather than fixing one in ``@flow``, so a deployment run honours the
     config's runtime section exactly like ``medstack run`` does."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medstack.storage import _writer_tag
+from medstack.storage import _host_tag
 
 distributed = pytest.importorskip("distributed")
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -106,8 +106,8 @@ def tiny_config(tiny_reference) -> Path:
 
 @pytest.fixture(scope="module")
 def threads_run(tiny_reference) -> Path:
-    """The tiny config through the flow in a test process with the default threads runner (own cache): what every
-    cluster run must equal to the last bit."""
+    """The tiny config through the flow in a test process with the threads runner, as conftest pins it (own
+    cache): what every cluster run must equal to the last bit."""
     return tiny_reference
 
 
@@ -139,12 +139,15 @@ def test_a_dask_cluster_run_survives_a_killed_worker_and_equals_the_threads_run(
         # The worker that just stored its fold may still be ending that task (reporting its state): a kill then
         # would leave nothing to retrain. A second later it is on its next fold, or idle and not chosen.
         time.sleep(1)
-        busy = next((addr for addr, keys in client.processing().items() if keys), None)
+        busy, until = None, time.monotonic() + 10  # none, should the last fold end and the run finish meanwhile
+        while busy is None and time.monotonic() < until and proc.poll() is None:
+            busy = next((addr for addr, keys in client.processing().items() if keys), None)
+            time.sleep(0.1)
         assert busy is not None, "no worker was training a second after each worker had finished a fold"
         victim = pid_of[busy]
         # A kill seldom lands while the victim writes a cache entry, so leave what that would: a half-written
         # temporary under its name. The run removes it once its trainings are done (its writer is dead by then).
-        half = cache / "folds" / f".{'0' * 16}.{_writer_tag().split('-')[0]}-{victim}-abcd1234.tmp"
+        half = cache / "folds" / f".{'0' * 16}.{_host_tag()}-{victim}-abcd1234.tmp"
         half.mkdir(parents=True, exist_ok=True)
         (half / "predictions.npz").write_bytes(b"half")
         os.kill(victim, signal.SIGKILL)
