@@ -60,26 +60,32 @@ def run_one(size: str, args: argparse.Namespace, workdir: Path) -> Path:
     print(f"[{size}] {' '.join(command)}", flush=True)
     with open(log, "w") as out:
         proc = subprocess.Popen(command, cwd=checkout, env=env, stdout=out, stderr=subprocess.STDOUT)
-        peak = 0
-        while proc.poll() is None:  # every half second: the run's processes together (trainings in workers too)
-            peak = max(peak, tree_rss(proc.pid))
-            time.sleep(0.5)
+        peak_rss = peak_pss = 0
+        try:
+            while proc.poll() is None:  # every half second: the run's processes together (trainings in workers too)
+                rss, pss = tree_memory(proc.pid)
+                peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+                time.sleep(0.5)
+        finally:  # Ctrl-C here stops the run too
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     if proc.returncode:
         sys.exit(f"[{size}] run failed ({proc.returncode}); see {log}")
-    if peak:
-        print(f"[{size}] peak memory of the run's processes together (sum of RSS, sampled every 0.5 s): "
-              f"{peak / 2**30:.2f} GiB", flush=True)
+    if peak_rss:
+        print(f"[{size}] peak memory of the run's processes together, sampled every 0.5 s: {peak_pss / 2**30:.2f} "
+              f"GiB (sum of PSS), {peak_rss / 2**30:.2f} GiB (sum of RSS)", flush=True)
     return next((workdir / "runs").iterdir())
 
 
-def tree_rss(root: int) -> int:
-    """Resident bytes of process ``root`` and all its descendants, read from /proc (0 where there is no /proc)."""
-    parent_of, rss = {}, {}
+def tree_memory(root: int) -> tuple[int, int]:
+    """Resident bytes of process ``root`` and all its descendants, read from /proc: the sum of their RSS (pages
+    shared by several processes, such as libraries and the memory-mapped dataset, counted in each) and of their PSS
+    (each shared page split between its processes: what they hold together). (0, 0) where there is no /proc."""
+    parent_of = {}
     for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            parent_of[int(entry.name)] = int(fields[1])  # after "pid (comm)": state, ppid, ...
-            rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # field 24 of stat: rss in pages
+        try:  # after "pid (comm)": state, ppid, ...
+            parent_of[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):  # gone meanwhile
             continue
     tree, grew = {root}, True
@@ -87,7 +93,15 @@ def tree_rss(root: int) -> int:
         more = {pid for pid, parent in parent_of.items() if parent in tree} - tree
         tree |= more
         grew = bool(more)
-    return sum(rss.get(pid, 0) for pid in tree)
+    rss = pss = 0
+    for pid in tree:
+        try:
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+            rss += int(fields["Rss"].split()[0]) * 1024
+            pss += int(fields["Pss"].split()[0]) * 1024
+        except (OSError, KeyError, ValueError):
+            continue
+    return rss, pss
 
 
 def rows_of(run_dir: Path, size: str, label: str, wall: float, commit: str) -> list[dict]:
