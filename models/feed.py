@@ -52,7 +52,7 @@ class TrainingFeed:
     Under TensorFlow the batches go in as a ``tf.data`` pipeline of row ranges, each batch gathered from the arrays
     by ``tf.numpy_function`` (the arrays, memory maps included, are neither copied nor converted); ``fit`` gets
     ``steps_per_epoch``, so Keras keeps one iterator across the epochs. Fed the PyDataset itself, TensorFlow trained
-    the default network at about half the steps per second (fresh processes, 2 CPU cores, 240 steps: 1.60 against
+    the full-width network at about half the steps per second (fresh processes, 2 CPU cores, 240 steps: 1.60 against
     3.40 for arrays; ``benchmarks/step_rate.py``). Other backends (JAX) are fed the PyDataset, which keeps this
     module free of TensorFlow there.
     """
